@@ -1,0 +1,37 @@
+"""Fill OnlineQueues from a real fit; optionally checkpoint, or resume from a checkpoint.
+
+params: n, batch_size, queue_length, epochs, shuffle, save (checkpoint path written after
+fit), resume (checkpoint path to resume from).
+"""
+
+from _common import DictDataset, Encoder, blobs, loader, parse, save, trainer
+
+from spt_queue import OnlineQueue
+
+args = parse()
+p = {"n": 64, "batch_size": 8, "queue_length": 20, "epochs": 1, "shuffle": False, **args.params}
+features, labels = blobs(p["n"], dim=4, classes=3)
+data = DictDataset(features, labels)
+model = Encoder(in_dim=4)
+indices = OnlineQueue("index", p["queue_length"], gather_distributed=True)
+embeddings = OnlineQueue("embedding", p["queue_length"], dim=8)
+fit = trainer(args, max_epochs=p["epochs"], callbacks=[indices, embeddings])
+fit.fit(
+    model,
+    loader(data, p["batch_size"], shuffle=p["shuffle"]),
+    loader(data, p["batch_size"]),
+    ckpt_path=p.get("resume"),
+)
+if p.get("save"):
+    fit.save_checkpoint(p["save"])
+save(
+    args,
+    fit,
+    {
+        "rows": indices.buffer.last(),
+        "snapshot": indices.snapshot(),
+        "embeddings": embeddings.buffer.last(),
+        "appended": indices.buffer.appended,
+        "seen": model.seen,
+    },
+)

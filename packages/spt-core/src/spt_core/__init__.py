@@ -1,0 +1,23 @@
+"""spt-core: the shared base of the spt callbacks."""
+
+from spt_core import distributed
+from spt_core.__about__ import __version__
+from spt_core.callback import SPTCallback, callbacks_metrics, callbacks_modules
+from spt_core.keys import lookup
+from spt_core.metrics import StageMetrics, metric_name, named_metrics, unique_names
+from spt_core.verbosity import get_verbosity, set_verbosity
+
+__all__ = [
+    "SPTCallback",
+    "StageMetrics",
+    "__version__",
+    "callbacks_metrics",
+    "callbacks_modules",
+    "distributed",
+    "get_verbosity",
+    "lookup",
+    "metric_name",
+    "named_metrics",
+    "set_verbosity",
+    "unique_names",
+]

@@ -1,0 +1,119 @@
+"""The base class of every spt callback."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lightning.pytorch import Callback, LightningModule, Trainer
+from loguru import logger
+
+from spt_core.verbosity import get_verbosity
+
+
+class SPTCallback(Callback):
+    """A Lightning callback with a name, its own checkpoint slot and spt's verbosity.
+
+    Subclasses put everything that must survive a resume in :meth:`state_dict` and restore
+    it in :meth:`load_state_dict`. Several instances of one class coexist on a Trainer as
+    long as their names differ: each gets its own ``state_key``.
+
+    Args:
+        name: Unique identifier, used in logged names and in the checkpoint.
+        verbose: ``True`` logs extra per-step detail, ``False`` stays quiet, ``None`` follows
+            :func:`spt_core.set_verbosity` / ``SPT_VERBOSE``.
+
+    Raises:
+        ValueError: If ``name`` is empty or contains ``/``.
+        TypeError: If ``name`` is not a string or ``verbose`` is not a bool or ``None``.
+
+    Example:
+        >>> class Counter(SPTCallback):
+        ...     pass
+        >>> Counter("steps").state_key
+        'Counter[name=steps]'
+    """
+
+    def __init__(self, name: str, verbose: bool | None = None) -> None:
+        super().__init__()
+        if not isinstance(name, str):
+            raise TypeError(f"name must be a str, got {type(name).__name__} {name!r}")
+        if not name or "/" in name:
+            raise ValueError(f"name must be a non-empty string without '/', got {name!r}")
+        if verbose is not None and not isinstance(verbose, bool):
+            raise TypeError(f"verbose must be a bool or None, got {verbose!r}")
+        self.name = name
+        self._verbose = verbose
+        self._said: set[tuple[str, int]] = set()
+
+    @property
+    def state_key(self) -> str:
+        return f"{type(self).__name__}[name={self.name}]"
+
+    @property
+    def verbose(self) -> bool:
+        """This callback's verbosity, resolving ``None`` to the global setting."""
+        return get_verbosity() if self._verbose is None else self._verbose
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r})"
+
+    def info(self, message: str) -> None:
+        """Log ``message`` under this callback's name."""
+        logger.info(f"{self.state_key}: {message}")
+
+    def debug(self, message: str) -> None:
+        """Log ``message`` only when this callback is verbose."""
+        if self.verbose:
+            logger.info(f"{self.state_key}: {message}")
+
+    def info_once(self, trainer: Trainer, topic: str, message: str) -> None:
+        """Log ``message`` at most once per epoch and topic (for skips and warnings).
+
+        Only rank 0 speaks, so a DDP run prints the line once.
+        """
+        mark = (topic, trainer.current_epoch)
+        if mark in self._said:
+            return
+        self._said.add(mark)
+        if trainer.is_global_zero:
+            logger.info(f"{self.state_key}: {message}")
+
+    def warn_once(self, trainer: Trainer, topic: str, message: str) -> None:
+        """Like :meth:`info_once`, at warning level."""
+        mark = (topic, trainer.current_epoch)
+        if mark in self._said:
+            return
+        self._said.add(mark)
+        if trainer.is_global_zero:
+            logger.warning(f"{self.state_key}: {message}")
+
+    def state_dict(self) -> dict[str, Any]:
+        """What must survive a resume; empty for a stateless callback."""
+        return {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+
+
+def callbacks_modules(pl_module: LightningModule) -> dict[str, Any]:
+    """The ``callbacks_modules`` dict of ``pl_module``, created on first use.
+
+    It is a plain attribute, not a registered submodule: the model's parameters, its
+    ``state_dict`` and DDP's wrapper never see what callbacks put there.
+    """
+    return _plain_dict(pl_module, "callbacks_modules")
+
+
+def callbacks_metrics(pl_module: LightningModule) -> dict[str, Any]:
+    """The ``callbacks_metrics`` dict of ``pl_module``, created on first use (see
+    :func:`callbacks_modules`)."""
+    return _plain_dict(pl_module, "callbacks_metrics")
+
+
+def _plain_dict(pl_module: LightningModule, attribute: str) -> dict[str, Any]:
+    store = pl_module.__dict__.get(attribute)
+    if store is None:
+        store = {}
+        # object.__setattr__ keeps nn.Module from registering anything it may hold later.
+        object.__setattr__(pl_module, attribute, store)
+    return store

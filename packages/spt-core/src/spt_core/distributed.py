@@ -1,0 +1,150 @@
+"""The few collectives spt needs, usable whether or not a process group exists.
+
+Without an initialised ``torch.distributed`` process group every function behaves as the
+single-process case (world size 1, rank 0, identity gathers), so callbacks call them
+unconditionally.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+__all__ = [
+    "all_reduce_mean",
+    "broadcast_",
+    "gather_uneven",
+    "is_distributed",
+    "rank",
+    "world_size",
+]
+
+# gloo has no reduction or gather kernels for the 16-bit float types: they travel as fp32.
+_GLOO_UPCAST = {torch.float16: torch.float32, torch.bfloat16: torch.float32}
+
+
+def is_distributed() -> bool:
+    """Whether a process group with more than one process is active.
+
+    Example:
+        >>> is_distributed()
+        False
+    """
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def world_size() -> int:
+    """Number of processes in the default group, 1 without one.
+
+    Example:
+        >>> world_size()
+        1
+    """
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def rank() -> int:
+    """Rank of this process in the default group, 0 without one.
+
+    Example:
+        >>> rank()
+        0
+    """
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def _wire_dtype(dtype: torch.dtype) -> torch.dtype:
+    if dist.get_backend() == "gloo":
+        return _GLOO_UPCAST.get(dtype, dtype)
+    return dtype
+
+
+def gather_uneven(tensor: Tensor) -> Tensor:
+    """Concatenate every rank's rows in rank order when ranks hold different row counts.
+
+    Every rank must call this with tensors that agree on dtype and on all dimensions but
+    the first. Each rank's rows appear exactly once in the result.
+
+    Args:
+        tensor: This rank's rows, shape ``(n_rank, *shape)``; ``n_rank`` may be 0.
+
+    Returns:
+        Tensor of shape ``(sum(n_rank), *shape)`` on the input's device and dtype; the input
+        itself without a process group.
+
+    Example:
+        >>> gather_uneven(torch.arange(3)).tolist()
+        [0, 1, 2]
+    """
+    if not is_distributed():
+        return tensor
+    size = torch.tensor([tensor.shape[0]], device=tensor.device, dtype=torch.long)
+    sizes = [torch.zeros_like(size) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, size)
+    counts = torch.cat(sizes).tolist()  # one host sync per gather, not per row
+    longest = max(counts)
+    wire = tensor.to(_wire_dtype(tensor.dtype))
+    padded = wire.new_zeros((longest, *tensor.shape[1:]))
+    padded[: tensor.shape[0]] = wire
+    slots = [torch.empty_like(padded) for _ in counts]
+    dist.all_gather(slots, padded.contiguous())
+    rows = [slot[:count] for slot, count in zip(slots, counts)]
+    return torch.cat(rows).to(tensor.dtype)
+
+
+def _flat_apply(tensors: Sequence[Tensor], collective) -> None:
+    if not tensors:
+        return
+    flat = torch.cat([t.detach().reshape(-1).to(_wire_dtype(t.dtype)) for t in tensors])
+    collective(flat)
+    offset = 0
+    for t in tensors:
+        n = t.numel()
+        t.detach().copy_(flat[offset : offset + n].view_as(t))
+        offset += n
+
+
+def all_reduce_mean(tensors: Sequence[Tensor]) -> None:
+    """Replace each tensor, in place, by its mean over all ranks (one collective for all).
+
+    Args:
+        tensors: Tensors with the same shapes on every rank, in the same order (for example
+            the gradients of a module's parameters). They may differ in dtype.
+
+    Example:
+        >>> t = torch.ones(2)
+        >>> all_reduce_mean([t])
+        >>> t.tolist()
+        [1.0, 1.0]
+    """
+    if not is_distributed():
+        return
+    n = dist.get_world_size()
+
+    def reduce(flat: Tensor) -> None:
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        flat.div_(n)
+
+    _flat_apply(list(tensors), reduce)
+
+
+def broadcast_(tensors: Sequence[Tensor], src: int = 0) -> None:
+    """Overwrite each tensor, in place, with rank ``src``'s value (one collective for all).
+
+    Args:
+        tensors: Tensors with the same shapes on every rank, in the same order (for example
+            a module's parameters and buffers).
+        src: The rank whose values win.
+
+    Example:
+        >>> t = torch.zeros(2)
+        >>> broadcast_([t])
+        >>> t.tolist()
+        [0.0, 0.0]
+    """
+    if not is_distributed():
+        return
+    _flat_apply(list(tensors), lambda flat: dist.broadcast(flat, src=src))

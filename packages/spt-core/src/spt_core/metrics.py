@@ -1,0 +1,204 @@
+"""Naming and per-stage copies of metric objects, shared by the spt callbacks.
+
+Nothing here imports torchmetrics: a metric is anything with ``update``/``compute``/``reset``
+(and optionally ``clone`` and ``to``), which torchmetrics' ``Metric`` provides.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from spt_core import distributed
+
+_TASK_PREFIX = re.compile(r"^(multiclass|multilabel|binary)_")
+
+
+def metric_name(metric: Any) -> str:
+    """A readable snake_case name for a metric object, class or function.
+
+    torchmetrics' task prefixes are dropped (``MulticlassAccuracy`` -> ``accuracy``) and a
+    ``top_k`` above 1 is kept in the name, so top-1 and top-5 accuracy stay apart.
+
+    Example:
+        >>> import functools, operator
+        >>> metric_name(operator.add), metric_name(functools.partial(operator.add, 1))
+        ('add', 'add')
+        >>> metric_name(lambda x: x)
+        'lambda'
+    """
+    if isinstance(metric, functools.partial):
+        return metric_name(metric.func)
+    raw = getattr(metric, "__name__", None) or type(metric).__name__
+    if raw == "<lambda>":
+        return "lambda"
+    snake = re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", raw).lower()
+    snake = _TASK_PREFIX.sub("", snake)
+    top_k = getattr(metric, "top_k", None)
+    if isinstance(top_k, int) and top_k > 1:
+        snake = f"{snake}_top{top_k}"
+    return snake
+
+
+def unique_names(names: Iterable[str]) -> list[str]:
+    """Make names unique by suffixing repeats with ``_2``, ``_3``...
+
+    Example:
+        >>> unique_names(["acc", "acc", "f1", "acc"])
+        ['acc', 'acc_2', 'f1', 'acc_3']
+    """
+    seen: dict[str, int] = {}
+    result = []
+    taken = set()
+    for name in names:
+        count = seen.get(name, 0) + 1
+        candidate = name if count == 1 else f"{name}_{count}"
+        while candidate in taken:
+            count += 1
+            candidate = f"{name}_{count}"
+        seen[name] = count
+        taken.add(candidate)
+        result.append(candidate)
+    return result
+
+
+def named_metrics(metrics: Any, *, owner: str, argument: str = "metrics") -> dict[str, Any]:
+    """Normalise a dict, list, tuple, single metric or ``None`` into ``{name: metric}``.
+
+    Args:
+        metrics: What the user passed.
+        owner: Who asks, for error messages.
+        argument: The argument's name, for error messages.
+
+    Returns:
+        A new dict; list entries are named by :func:`metric_name` and made unique.
+
+    Raises:
+        TypeError: If a key is not a string.
+        ValueError: If a key is empty or contains ``/``.
+
+    Example:
+        >>> import operator
+        >>> sorted(named_metrics([operator.add, operator.add], owner="demo"))
+        ['add', 'add_2']
+    """
+    if metrics is None:
+        return {}
+    if isinstance(metrics, Mapping):
+        for key in metrics:
+            if not isinstance(key, str):
+                raise TypeError(f"{owner}: {argument} keys must be strings, got {key!r}")
+            if not key or "/" in key:
+                raise ValueError(
+                    f"{owner}: {argument} keys must be non-empty without '/', got {key!r}"
+                )
+        return dict(metrics)
+    items = list(metrics) if isinstance(metrics, (list, tuple)) else [metrics]
+    return dict(zip(unique_names(metric_name(m) for m in items), items))
+
+
+def _copy(metric: Any) -> Any:
+    clone = getattr(metric, "clone", None)
+    duplicate = clone() if callable(clone) else copy.deepcopy(metric)
+    reset = getattr(duplicate, "reset", None)
+    if callable(reset):
+        reset()
+    return duplicate
+
+
+class StageMetrics:
+    """Independent copies of a set of metrics for every (stage, dataloader) pair.
+
+    The prototypes are never updated; each ``(stage, dataloader_idx)`` gets its own clones
+    on first use, so a validation run in the middle of a training epoch never mixes into
+    the training value, and two validation loaders never mix either.
+
+    Args:
+        metrics: ``{name: metric}`` prototypes (see :func:`named_metrics`).
+
+    Example:
+        >>> class Mean:
+        ...     def __init__(self): self.values = []
+        ...     def update(self, x): self.values.append(x)
+        ...     def compute(self): return torch.tensor(sum(self.values) / len(self.values))
+        ...     def reset(self): self.values = []
+        >>> stages = StageMetrics({"mean": Mean()})
+        >>> stages.update("train", 0, 1.0); stages.update("train", 0, 3.0)
+        >>> stages.update("val", 0, 10.0)
+        >>> stages.compute_and_reset("train", num_dataloaders=1)
+        {'mean': tensor(2.)}
+    """
+
+    def __init__(self, metrics: Mapping[str, Any]) -> None:
+        self.prototypes = dict(metrics)
+        self._live: dict[tuple[str, int], dict[str, Any]] = {}
+        self._updated: set[tuple[str, int]] = set()
+
+    def __bool__(self) -> bool:
+        return bool(self.prototypes)
+
+    def get(
+        self, stage: str, dataloader_idx: int = 0, device: torch.device | None = None
+    ) -> dict[str, Any]:
+        """The live copies for ``(stage, dataloader_idx)``, created (and moved) on first use."""
+        key = (stage, dataloader_idx)
+        live = self._live.get(key)
+        if live is None:
+            live = {name: _copy(m) for name, m in self.prototypes.items()}
+            self._live[key] = live
+        if device is not None:
+            for metric in live.values():
+                mover = getattr(metric, "to", None)
+                if callable(mover):
+                    mover(device)
+        return live
+
+    def update(self, stage: str, dataloader_idx: int, *args: Any, **kwargs: Any) -> None:
+        """Update every copy of ``(stage, dataloader_idx)`` with the same arguments."""
+        for metric in self.get(stage, dataloader_idx).values():
+            metric.update(*args, **kwargs)
+        self._updated.add((stage, dataloader_idx))
+
+    def all_live(self) -> dict[str, dict[str, Any]]:
+        """Every live copy, keyed ``"{stage}/{dataloader_idx}"`` (for ``callbacks_metrics``)."""
+        return {f"{stage}/{idx}": live for (stage, idx), live in self._live.items()}
+
+    def compute_and_reset(
+        self,
+        stage: str,
+        num_dataloaders: int,
+        device: torch.device | None = None,
+    ) -> dict[str, Tensor]:
+        """Compute and reset every copy of ``stage`` that was updated on any rank.
+
+        Returns:
+            ``{name: value}`` for a single dataloader; with several, names carry Lightning's
+            suffix: ``{name}/dataloader_idx_{i}``. A loader no rank updated is left out.
+        """
+        updated = torch.tensor(
+            [(stage, i) in self._updated for i in range(num_dataloaders)],
+            dtype=torch.float32,
+            device=device,
+        )
+        if distributed.is_distributed():
+            torch.distributed.all_reduce(updated, op=torch.distributed.ReduceOp.MAX)
+        results: dict[str, Tensor] = {}
+        for idx, flag in enumerate(updated.tolist()):
+            if not flag:
+                continue
+            suffix = f"/dataloader_idx_{idx}" if num_dataloaders > 1 else ""
+            for name, metric in self.get(stage, idx, device).items():
+                results[f"{name}{suffix}"] = _as_tensor(metric.compute())
+                metric.reset()
+            self._updated.discard((stage, idx))
+        return results
+
+
+def _as_tensor(value: Any) -> Tensor:
+    return value if isinstance(value, Tensor) else torch.as_tensor(value)

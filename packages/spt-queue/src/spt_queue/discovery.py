@@ -1,0 +1,88 @@
+"""Finding the queue of a key among a Trainer's callbacks, and reading queues together."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from lightning.pytorch import Trainer
+from torch import Tensor
+
+from spt_queue.online_queue import OnlineQueue, _flat_dim
+
+
+def find_queue(trainer: Trainer, key: str) -> OnlineQueue | None:
+    """The :class:`OnlineQueue` of ``key`` registered on ``trainer``, or ``None``."""
+    for callback in trainer.callbacks:
+        if isinstance(callback, OnlineQueue) and callback.key == key:
+            return callback
+    return None
+
+
+def find_or_create_queue(
+    trainer: Trainer,
+    key: str,
+    queue_length: int,
+    dim: int | Sequence[int] | None = None,
+    dtype: torch.dtype | None = None,
+    gather_distributed: bool = False,
+    *,
+    previous: OnlineQueue | None = None,
+) -> OnlineQueue:
+    """Return the queue of ``key`` on ``trainer``, registering a new one if there is none.
+
+    Discovery scans ``trainer.callbacks`` only: there is no registry, so a second Trainer
+    in the same process starts clean. A found queue is shared: its capacity grows to
+    ``queue_length`` if that is larger, and it gathers across ranks if any consumer asks.
+
+    Args:
+        trainer: The Trainer whose callbacks are searched (and extended).
+        key: The queued key.
+        queue_length: Rows this consumer reads per rank.
+        dim: Expected feature size (see :class:`OnlineQueue`).
+        dtype: Storage dtype for a new queue.
+        gather_distributed: Whether this consumer needs every rank's rows.
+        previous: A queue this consumer used with an earlier Trainer; when ``trainer`` has
+            no queue for ``key`` it is registered again instead of a new, empty one.
+
+    Returns:
+        The shared queue.
+
+    Raises:
+        ValueError: If an existing queue of ``key`` was declared with another ``dim``.
+    """
+    queue = find_queue(trainer, key)
+    if queue is None and previous is not None and previous.key == key:
+        queue = previous
+        trainer.callbacks.append(queue)
+    if queue is None:
+        queue = OnlineQueue(key, queue_length, dim, dtype, gather_distributed)
+        trainer.callbacks.append(queue)
+        return queue
+    wanted = _flat_dim(dim)
+    if wanted is not None and queue.dim is not None and wanted != queue.dim:
+        raise ValueError(
+            f"the queue of '{key}' holds rows of dim={queue.dim}, a consumer asks for "
+            f"dim={wanted}; use one feature size per key"
+        )
+    queue.request(queue_length)
+    queue.gather_distributed = queue.gather_distributed or gather_distributed
+    return queue
+
+
+def read_aligned(queues: Sequence[OnlineQueue], n: int, owner: str) -> list[Tensor]:
+    """Snapshots of several queues that must describe the same rows (features, labels...).
+
+    Raises:
+        RuntimeError: If the queues did not receive the same rows (different append counts or
+            snapshot lengths), which would pair a feature with another sample's label.
+    """
+    snapshots = [queue.snapshot(n) for queue in queues]
+    counts = {(q.snapshot_appended, len(s)) for q, s in zip(queues, snapshots)}
+    if len(counts) > 1:
+        detail = ", ".join(
+            f"'{q.key}': {q.snapshot_appended} appended, {len(s)} in snapshot"
+            for q, s in zip(queues, snapshots)
+        )
+        raise RuntimeError(f"{owner}: its queues are not aligned ({detail})")
+    return snapshots

@@ -1,0 +1,181 @@
+"""OnlineQueue: a callback that keeps the most recent training values of one key."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningModule, Trainer
+from torch import Tensor
+
+from spt_core import SPTCallback, distributed, lookup
+from spt_queue.ring_buffer import RingBuffer
+
+
+def _flat_dim(dim: int | Sequence[int] | None, argument: str = "dim") -> int | None:
+    if dim is None:
+        return None
+    dims = [dim] if isinstance(dim, int) else list(dim)
+    if not dims or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in dims):
+        raise ValueError(f"{argument} must be a positive int or a tuple of them, got {dim!r}")
+    return math.prod(dims)
+
+
+class OnlineQueue(SPTCallback):
+    """Appends ``key`` from every training batch to a ring buffer that consumers read.
+
+    The value is looked up in the step outputs first, then in the batch, detached, and
+    appended to :attr:`buffer`. Consumers (kNN, LatentViz...) share one queue per key: each
+    calls :meth:`request` with the number of rows it wants, the capacity grows to the
+    largest request, and each reads its own most recent rows through :meth:`snapshot`.
+
+    Snapshots are taken once at the start of every validation and test epoch. With
+    ``gather_distributed=True`` a snapshot holds every rank's rows exactly once, in rank
+    order; otherwise this rank's rows only. The buffer is callback state: it goes into
+    checkpoints through :meth:`state_dict` (under DDP every rank's rows, each once) and is
+    never a buffer of the LightningModule.
+
+    Args:
+        key: Entry of the step outputs or batch to queue.
+        queue_length: Rows kept per rank (grows if a consumer requests more).
+        dim: Feature size; an int or a shape whose product is used. Rows are then flattened
+            to ``(batch, prod(dim))`` and checked. ``None`` keeps rows as they come.
+        dtype: Storage dtype; ``None`` keeps the first batch's dtype.
+        gather_distributed: Snapshots gather every rank's rows.
+        verbose: See :class:`spt_core.SPTCallback`.
+
+    Raises:
+        ValueError: If ``queue_length`` or ``dim`` is not positive, or ``key`` is empty.
+
+    Example:
+        >>> queue = OnlineQueue("embedding", queue_length=4, dim=2)
+        >>> queue.state_key
+        'OnlineQueue[name=embedding]'
+        >>> queue.buffer.capacity
+        4
+    """
+
+    def __init__(
+        self,
+        key: str,
+        queue_length: int,
+        dim: int | Sequence[int] | None = None,
+        dtype: torch.dtype | None = None,
+        gather_distributed: bool = False,
+        verbose: bool | None = None,
+    ) -> None:
+        if not isinstance(key, str) or not key:
+            raise ValueError(f"key must be a non-empty string, got {key!r}")
+        if isinstance(queue_length, bool) or not isinstance(queue_length, int) or queue_length < 1:
+            raise ValueError(f"queue_length must be a positive integer, got {queue_length!r}")
+        if dtype is not None and not isinstance(dtype, torch.dtype):
+            raise TypeError(f"dtype must be a torch.dtype or None, got {dtype!r}")
+        super().__init__(name=key.replace("/", "."), verbose=verbose)
+        self.key = key
+        self.dim = _flat_dim(dim)
+        self.gather_distributed = bool(gather_distributed)
+        shape = None if self.dim is None else (self.dim,)
+        self.buffer = RingBuffer(queue_length, shape=shape, dtype=dtype)
+        self._requests: set[int] = {queue_length}
+        self._snapshots: dict[int, Tensor] = {}
+        self._snapshot_appended = 0
+
+    @property
+    def queue_length(self) -> int:
+        return self.buffer.capacity
+
+    def request(self, n: int) -> None:
+        """Register a consumer that reads ``n`` rows; the capacity becomes the largest request."""
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"queue_length must be a positive integer, got {n!r}")
+        self._requests.add(n)
+        self.buffer.resize(max(self._requests))
+
+    def on_train_batch_end(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        value = lookup(self.key, outputs, batch, owner=self.state_key)
+        if not isinstance(value, Tensor):
+            value = torch.as_tensor(value)
+        rows = value.detach()
+        if self.dim is not None:
+            rows = rows.reshape(rows.shape[0], -1)
+            if rows.shape[1] != self.dim:
+                raise ValueError(
+                    f"{self.state_key}: '{self.key}' has {rows.shape[1]} features per row, "
+                    f"expected dim={self.dim}"
+                )
+        if self.buffer.device != pl_module.device:
+            self.buffer.to(pl_module.device)
+        try:
+            self.buffer.append(rows)
+        except ValueError as error:
+            raise ValueError(f"{self.state_key}: '{self.key}': {error}") from error
+
+    def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.take_snapshots()
+
+    def on_test_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.take_snapshots()
+
+    def take_snapshots(self) -> None:
+        """Freeze every requested view of the buffer (collective when gathering)."""
+        self._snapshot_appended = self.buffer.appended
+        self._snapshots = {}
+        for n in sorted(self._requests):
+            rows = self.buffer.last(n)
+            self._snapshots[n] = distributed.gather_uneven(rows) if self.gather_distributed else rows
+
+    def snapshot(self, n: int | None = None) -> Tensor:
+        """The rows frozen at the start of the current evaluation epoch (oldest first).
+
+        Args:
+            n: The consumer's request (rows per rank); ``None`` for the full queue.
+        """
+        n = self.queue_length if n is None else n
+        if n not in self._snapshots:
+            raise RuntimeError(
+                f"{self.state_key}: no snapshot of {n} rows; call request({n}) before the "
+                "evaluation epoch starts, or take_snapshots() outside a Trainer"
+            )
+        return self._snapshots[n]
+
+    @property
+    def snapshot_appended(self) -> int:
+        """How many rows this rank had appended when the current snapshots were taken."""
+        return self._snapshot_appended
+
+    def state_dict(self) -> dict[str, Any]:
+        rows = self.buffer.last()
+        counts = torch.tensor([len(rows)])
+        state = self.buffer.state_dict()
+        if distributed.is_distributed():
+            # Every rank calls state_dict while a checkpoint is dumped, only rank 0's is
+            # written: gather every rank's rows so none is lost and none is duplicated.
+            device = rows.device
+            state["rows"] = distributed.gather_uneven(rows)
+            counts = distributed.gather_uneven(counts.to(device)).cpu()
+            appended = torch.tensor([self.buffer.appended], device=device)
+            state["appended_per_rank"] = distributed.gather_uneven(appended).cpu().tolist()
+        else:
+            state["appended_per_rank"] = [self.buffer.appended]
+        state["rows_per_rank"] = counts.tolist()
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore this rank's rows; ranks of the writing run map onto ``rank % world_size``."""
+        counts = state_dict["rows_per_rank"]
+        appended = state_dict["appended_per_rank"]
+        me, world = distributed.rank(), distributed.world_size()
+        pieces = state_dict["rows"].split(counts)
+        mine = [p for r, p in enumerate(pieces) if r % world == me]
+        rows = torch.cat(mine) if mine else state_dict["rows"][:0]
+        mine_appended = sum(a for r, a in enumerate(appended) if r % world == me)
+        self.buffer.load_state_dict({**state_dict, "rows": rows, "appended": mine_appended})

@@ -1,0 +1,176 @@
+"""A preallocated, fixed-capacity FIFO of tensor rows."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+
+class RingBuffer:
+    """Keeps the most recent ``capacity`` rows appended to it.
+
+    Storage is allocated once (at construction when ``shape`` and ``dtype`` are given,
+    otherwise at the first append, which then fixes them). :meth:`append` writes at most two
+    slices in place: it costs O(rows), never copies the whole buffer and never waits on the
+    device. Row counters are plain Python integers derived from tensor shapes, so nothing
+    here synchronises with a GPU.
+
+    Args:
+        capacity: Number of rows kept.
+        shape: Shape of one row (``()`` for scalars such as labels). ``None``: taken from the
+            first append.
+        dtype: Storage dtype. ``None``: the first append's dtype (int64 labels stay int64,
+            bf16 features stay bf16).
+        device: Storage device. ``None``: the first append's device.
+
+    Raises:
+        ValueError: If ``capacity`` is not a positive integer.
+
+    Example:
+        >>> buffer = RingBuffer(3)
+        >>> buffer.append(torch.tensor([1, 2]))
+        >>> buffer.append(torch.tensor([3, 4]))
+        >>> len(buffer), buffer.last().tolist(), buffer.last(2).tolist()
+        (3, [2, 3, 4], [3, 4])
+        >>> buffer.dtype
+        torch.int64
+    """
+
+    def __init__(
+        self,
+        capacity: int,
+        shape: Sequence[int] | None = None,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> None:
+        if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
+            raise ValueError(f"capacity must be a positive integer, got {capacity!r}")
+        self.capacity = capacity
+        self.shape = None if shape is None else tuple(int(s) for s in shape)
+        self.dtype = dtype
+        self.device = None if device is None else torch.device(device)
+        self._data: Tensor | None = None
+        self._head = 0
+        self._size = 0
+        self.appended = 0
+        if self.shape is not None and self.dtype is not None:
+            self._allocate(self.device or torch.device("cpu"))
+
+    def _allocate(self, device: torch.device) -> None:
+        self.device = device
+        self._data = torch.empty((self.capacity, *self.shape), dtype=self.dtype, device=device)
+
+    def __len__(self) -> int:
+        return self._size
+
+    def __repr__(self) -> str:
+        return (
+            f"RingBuffer(capacity={self.capacity}, len={self._size}, shape={self.shape}, "
+            f"dtype={self.dtype}, device={self.device})"
+        )
+
+    def append(self, rows: Tensor) -> None:
+        """Append ``rows`` (shape ``(n, *shape)``); if ``n > capacity`` the newest rows win.
+
+        Raises:
+            ValueError: If the rows' shape does not match the buffer's row shape.
+        """
+        if rows.dim() == 0:
+            raise ValueError("rows must have a leading batch dimension, got a 0-d tensor")
+        if self.shape is None:
+            self.shape = tuple(rows.shape[1:])
+        elif tuple(rows.shape[1:]) != self.shape:
+            raise ValueError(
+                f"rows of shape {tuple(rows.shape[1:])} do not fit a buffer of rows "
+                f"shaped {self.shape}"
+            )
+        if self.dtype is None:
+            self.dtype = rows.dtype
+        if self._data is None:
+            self._allocate(self.device or rows.device)
+        n = rows.shape[0]
+        self.appended += n
+        if n == 0:
+            return
+        if n >= self.capacity:
+            self._data.copy_(rows[n - self.capacity :])
+            self._head, self._size = 0, self.capacity
+            return
+        end = self._head + n
+        if end <= self.capacity:
+            self._data[self._head : end].copy_(rows)
+        else:
+            split = self.capacity - self._head
+            self._data[self._head :].copy_(rows[:split])
+            self._data[: end - self.capacity].copy_(rows[split:])
+        self._head = end % self.capacity
+        self._size = min(self._size + n, self.capacity)
+
+    def last(self, n: int | None = None) -> Tensor:
+        """A copy of the ``n`` most recent rows (all when ``None``), oldest first."""
+        n = self._size if n is None else min(max(int(n), 0), self._size)
+        if self._data is None:
+            return torch.empty((0, *(self.shape or ())), dtype=self.dtype, device=self.device)
+        if n <= self._head:
+            return self._data[self._head - n : self._head].clone()
+        wrapped = n - self._head
+        return torch.cat((self._data[self.capacity - wrapped :], self._data[: self._head]))
+
+    def unordered(self) -> Tensor:
+        """A view of every stored row in storage order (no copy; order is not recency)."""
+        if self._data is None:
+            return torch.empty((0, *(self.shape or ())), dtype=self.dtype, device=self.device)
+        return self._data[: self._size]
+
+    def clear(self) -> None:
+        """Forget every row (storage, shape and dtype are kept)."""
+        self._head = self._size = 0
+
+    def resize(self, capacity: int) -> None:
+        """Change the capacity, keeping the newest rows that fit."""
+        if capacity == self.capacity:
+            return
+        rows = self.last()
+        appended = self.appended
+        self.__init__(capacity, self.shape, self.dtype, self.device)
+        if self._data is not None or len(rows):
+            self.append(rows)
+        self.appended = appended
+
+    def to(self, device: torch.device | str) -> RingBuffer:
+        """Move the storage to ``device`` (in place) and return ``self``."""
+        self.device = torch.device(device)
+        if self._data is not None:
+            self._data = self._data.to(self.device)
+        return self
+
+    def state_dict(self) -> dict[str, Any]:
+        """Rows (oldest first), capacity, row shape, dtype and the append counter."""
+        return {
+            "capacity": self.capacity,
+            "rows": self.last(),
+            "shape": self.shape,
+            "dtype": self.dtype,
+            "appended": self.appended,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s output; with a smaller capacity the newest rows win."""
+        rows: Tensor = state["rows"]
+        self._head = self._size = 0
+        self.appended = int(state["appended"])
+        if state["shape"] is None:
+            return
+        if self.shape is None:
+            self.shape = tuple(state["shape"])
+        if self.dtype is None:
+            self.dtype = state["dtype"]
+        device = self.device or rows.device
+        self._data = None
+        if self.shape is not None and self.dtype is not None:
+            self._allocate(device)
+        self.append(rows.to(device=device, dtype=self.dtype))
+        self.appended = int(state["appended"])

@@ -1,0 +1,109 @@
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from spt_queue import OnlineQueue, find_or_create_queue, find_queue, read_aligned
+
+
+def fake_trainer(*callbacks):
+    return SimpleNamespace(callbacks=list(callbacks))
+
+
+def feed(queue, batch, outputs=None):
+    module = SimpleNamespace(device=torch.device("cpu"))
+    queue.on_train_batch_end(None, module, outputs, batch, 0)
+
+
+def test_outputs_win_over_the_batch_and_rows_are_detached():
+    queue = OnlineQueue("z", queue_length=8)
+    features = torch.ones(2, 3, requires_grad=True)
+    feed(queue, {"z": torch.zeros(2, 3)}, outputs={"z": features})
+    rows = queue.buffer.last()
+    assert rows.tolist() == [[1.0] * 3] * 2
+    assert not rows.requires_grad
+
+
+def test_dim_flattens_and_checks_features():
+    queue = OnlineQueue("z", queue_length=8, dim=(2, 3))
+    feed(queue, {"z": torch.ones(4, 2, 3)})
+    assert queue.buffer.last().shape == (4, 6)
+    with pytest.raises(ValueError, match="has 5 features per row, expected dim=6"):
+        feed(queue, {"z": torch.ones(4, 5)})
+
+
+def test_changing_row_shape_names_the_key():
+    queue = OnlineQueue("z", queue_length=8)
+    feed(queue, {"z": torch.ones(4, 3)})
+    with pytest.raises(ValueError, match="'z'"):
+        feed(queue, {"z": torch.ones(4, 5)})
+
+
+def test_missing_key_lists_what_exists():
+    queue = OnlineQueue("z", queue_length=8)
+    with pytest.raises(KeyError, match=r"OnlineQueue\[name=z\].*\['x', 'y'\]"):
+        feed(queue, {"x": torch.ones(1), "y": torch.ones(1)})
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"key": "", "queue_length": 3}, "key"),
+        ({"key": "z", "queue_length": 0}, "queue_length"),
+        ({"key": "z", "queue_length": 3, "dim": 0}, "dim"),
+        ({"key": "z", "queue_length": 3, "dtype": "float32"}, "dtype"),
+    ],
+)
+def test_bad_arguments_are_named(kwargs, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        OnlineQueue(**kwargs)
+
+
+def test_consumers_share_one_queue_and_read_their_own_rows():
+    trainer = fake_trainer()
+    small = find_or_create_queue(trainer, "z", 2)
+    large = find_or_create_queue(trainer, "z", 5, gather_distributed=True)
+    assert small is large and len(trainer.callbacks) == 1
+    assert small.queue_length == 5 and small.gather_distributed
+    feed(small, {"z": torch.arange(7)})
+    small.take_snapshots()
+    assert small.snapshot(2).tolist() == [5, 6]
+    assert small.snapshot(5).tolist() == [2, 3, 4, 5, 6]
+    with pytest.raises(RuntimeError, match="request"):
+        small.snapshot(3)
+
+
+def test_discovery_is_per_trainer_and_checks_dim():
+    first, second = fake_trainer(), fake_trainer()
+    queue = find_or_create_queue(first, "z", 4, dim=3)
+    assert find_queue(second, "z") is None
+    assert find_or_create_queue(second, "z", 4) is not queue
+    assert find_or_create_queue(fake_trainer(), "z", 4, previous=queue) is queue
+    with pytest.raises(ValueError, match="dim=3"):
+        find_or_create_queue(first, "z", 4, dim=5)
+
+
+def test_read_aligned_refuses_queues_that_saw_different_rows():
+    features, labels = OnlineQueue("z", 4), OnlineQueue("y", 4)
+    feed(features, {"z": torch.ones(3, 2), "y": torch.arange(3)})
+    feed(labels, {"z": torch.ones(3, 2), "y": torch.arange(3)})
+    for q in (features, labels):
+        q.take_snapshots()
+    z, y = read_aligned([features, labels], 4, owner="knn")
+    assert z.shape == (3, 2) and y.tolist() == [0, 1, 2]
+    feed(features, {"z": torch.ones(1, 2)})
+    features.take_snapshots()
+    with pytest.raises(RuntimeError, match="not aligned"):
+        read_aligned([features, labels], 4, owner="knn")
+
+
+def test_state_dict_round_trip_with_a_new_length_keeps_the_newest_rows():
+    queue = OnlineQueue("z", queue_length=6)
+    feed(queue, {"z": torch.arange(10.0).reshape(5, 2)})
+    restored = OnlineQueue("z", queue_length=3)
+    restored.load_state_dict(queue.state_dict())
+    assert restored.buffer.last().tolist() == [[4.0, 5.0], [6.0, 7.0], [8.0, 9.0]]
+    assert restored.buffer.appended == 5
+    empty = OnlineQueue("z", queue_length=3)
+    empty.load_state_dict(OnlineQueue("z", queue_length=3).state_dict())
+    assert len(empty.buffer) == 0
