@@ -25,7 +25,7 @@ def test_checkpoint_and_resume_round_trip_the_rows(run_scenario, tmp_path):
 def test_ddp_snapshot_holds_every_ranks_rows_once(run_scenario):
     ranks = run_scenario("queue_fill", devices=2, n=64, batch_size=4, queue_length=12)
     own_rows = [torch.cat(result["seen"])[-12:].tolist() for result in ranks]
-    for result, rows in zip(ranks, own_rows):
+    for result, rows in zip(ranks, own_rows, strict=True):
         assert result["rows"].tolist() == rows
         assert result["appended"] == 32
     assert set(own_rows[0]).isdisjoint(own_rows[1])
@@ -45,7 +45,7 @@ def test_ddp_checkpoint_restores_each_ranks_rows_without_duplicates(run_scenario
     ranks = run_scenario(
         "queue_fill", devices=2, n=64, batch_size=4, queue_length=20, epochs=2, resume=ckpt
     )
-    for before, result in zip((first, second), ranks):
+    for before, result in zip((first, second), ranks, strict=True):
         resumed_rows = torch.cat(result["seen"]).tolist()  # only epoch 2 ran after the resume
         assert result["rows"].tolist() == (before["rows"].tolist() + resumed_rows)[-20:]
         assert result["appended"] == 64

@@ -91,7 +91,7 @@ def gather_uneven(tensor: Tensor) -> Tensor:
     padded[: tensor.shape[0]] = wire
     slots = [torch.empty_like(padded) for _ in counts]
     dist.all_gather(slots, padded.contiguous())
-    rows = [slot[:count] for slot, count in zip(slots, counts)]
+    rows = [slot[:count] for slot, count in zip(slots, counts, strict=True)]
     return torch.cat(rows).to(tensor.dtype)
 
 

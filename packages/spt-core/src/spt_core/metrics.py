@@ -100,7 +100,7 @@ def named_metrics(metrics: Any, *, owner: str, argument: str = "metrics") -> dic
                 )
         return dict(metrics)
     items = list(metrics) if isinstance(metrics, (list, tuple)) else [metrics]
-    return dict(zip(unique_names(metric_name(m) for m in items), items))
+    return dict(zip(unique_names(metric_name(m) for m in items), items, strict=True))
 
 
 def _copy(metric: Any) -> Any:

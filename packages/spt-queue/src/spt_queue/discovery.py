@@ -78,11 +78,11 @@ def read_aligned(queues: Sequence[OnlineQueue], n: int, owner: str) -> list[Tens
             snapshot lengths), which would pair a feature with another sample's label.
     """
     snapshots = [queue.snapshot(n) for queue in queues]
-    counts = {(q.snapshot_appended, len(s)) for q, s in zip(queues, snapshots)}
+    counts = {(q.snapshot_appended, len(s)) for q, s in zip(queues, snapshots, strict=True)}
     if len(counts) > 1:
         detail = ", ".join(
             f"'{q.key}': {q.snapshot_appended} appended, {len(s)} in snapshot"
-            for q, s in zip(queues, snapshots)
+            for q, s in zip(queues, snapshots, strict=True)
         )
         raise RuntimeError(f"{owner}: its queues are not aligned ({detail})")
     return snapshots

@@ -131,7 +131,9 @@ class OnlineQueue(SPTCallback):
         self._snapshots = {}
         for n in sorted(self._requests):
             rows = self.buffer.last(n)
-            self._snapshots[n] = distributed.gather_uneven(rows) if self.gather_distributed else rows
+            self._snapshots[n] = (
+                distributed.gather_uneven(rows) if self.gather_distributed else rows
+            )
 
     def snapshot(self, n: int | None = None) -> Tensor:
         """The rows frozen at the start of the current evaluation epoch (oldest first).

@@ -1,0 +1,43 @@
+"""Run spt_core.distributed's collectives in two real gloo processes (used by a test).
+
+Usage: python gloo_collectives.py PORT. Exits non-zero if any check fails.
+"""
+
+import sys
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from spt_core import distributed
+
+
+def check(rank: int, port: int) -> None:
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    assert distributed.is_distributed()
+    assert (distributed.rank(), distributed.world_size()) == (rank, 2)
+
+    rows = torch.arange(3 * rank, dtype=torch.float32).reshape(-1, 1) + 100 * rank
+    gathered = distributed.gather_uneven(rows)
+    assert gathered.tolist() == [[100.0], [101.0], [102.0]], gathered
+
+    labels = torch.arange(rank + 1) + 10 * rank
+    assert distributed.gather_uneven(labels).tolist() == [0, 10, 11]
+    assert distributed.gather_uneven(labels).dtype == torch.int64
+
+    half = torch.full((2, 2), float(rank), dtype=torch.bfloat16)
+    assert distributed.gather_uneven(half).dtype == torch.bfloat16
+    assert distributed.gather_uneven(half)[:, 0].tolist() == [0.0, 0.0, 1.0, 1.0]
+
+    grads = [torch.full((2,), float(rank)), torch.full((1, 3), 2.0 * rank, dtype=torch.float64)]
+    distributed.all_reduce_mean(grads)
+    assert grads[0].tolist() == [0.5, 0.5] and grads[1].tolist() == [[1.0, 1.0, 1.0]]
+
+    weights = [torch.full((2,), float(rank + 1)), torch.tensor([rank], dtype=torch.int64)]
+    distributed.broadcast_(weights, src=1)
+    assert weights[0].tolist() == [2.0, 2.0] and weights[1].tolist() == [1]
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    mp.start_processes(check, args=(int(sys.argv[1]),), nprocs=2, start_method="spawn")

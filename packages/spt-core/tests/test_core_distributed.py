@@ -1,0 +1,30 @@
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from spt_core import distributed
+
+
+def test_single_process_fallbacks():
+    assert not distributed.is_distributed()
+    assert (distributed.rank(), distributed.world_size()) == (0, 1)
+    rows = torch.ones(3, 2)
+    assert distributed.gather_uneven(rows) is rows
+    grads = [torch.ones(2)]
+    distributed.all_reduce_mean(grads)
+    distributed.broadcast_(grads)
+    assert grads[0].tolist() == [1.0, 1.0]
+
+
+def test_collectives_in_two_gloo_processes():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    script = Path(__file__).with_name("gloo_collectives.py")
+    done = subprocess.run(
+        [sys.executable, str(script), str(port)], capture_output=True, text=True, timeout=180
+    )
+    assert done.returncode == 0, done.stdout + done.stderr

@@ -1,0 +1,73 @@
+import functools
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from spt_core import StageMetrics, metric_name, named_metrics, unique_names
+
+
+class MulticlassAccuracy:
+    def __init__(self, top_k: int = 1) -> None:
+        self.top_k = top_k
+        self.total = 0.0
+
+    def update(self, value: float) -> None:
+        self.total += value
+
+    def compute(self) -> torch.Tensor:
+        return torch.tensor(self.total)
+
+    def reset(self) -> None:
+        self.total = 0.0
+
+
+def test_names_drop_the_task_prefix_and_keep_top_k_apart():
+    named = named_metrics([MulticlassAccuracy(), MulticlassAccuracy(top_k=5)], owner="probe")
+    assert list(named) == ["accuracy", "accuracy_top5"]
+
+
+def test_function_partial_and_lambda_names():
+    def alignment(z1, z2):
+        return 0
+
+    assert metric_name(alignment) == "alignment"
+    assert metric_name(functools.partial(alignment, z2=1)) == "alignment"
+    assert list(named_metrics([alignment, alignment, lambda: 0], owner="m")) == [
+        "alignment",
+        "alignment_2",
+        "lambda",
+    ]
+
+
+@given(st.lists(st.sampled_from(["a", "b", "a_2", "c"]), max_size=12))
+def test_unique_names_are_unique_and_keep_first_occurrences(names):
+    result = unique_names(names)
+    assert len(set(result)) == len(result) == len(names)
+    for original, new in zip(names, result, strict=True):
+        assert new.startswith(original)
+
+
+@pytest.mark.parametrize(
+    ("metrics", "error"), [({1: None}, TypeError), ({"a/b": None}, ValueError)]
+)
+def test_bad_dict_keys_are_named(metrics, error):
+    with pytest.raises(error, match="metrics keys"):
+        named_metrics(metrics, owner="knn")
+
+
+def test_stages_and_dataloaders_never_mix():
+    prototype = MulticlassAccuracy()
+    stages = StageMetrics({"acc": prototype})
+    stages.update("train", 0, 1.0)
+    stages.update("val", 0, 10.0)
+    stages.update("val", 1, 100.0)
+    assert prototype.total == 0.0
+    assert stages.compute_and_reset("val", num_dataloaders=2) == {
+        "acc/dataloader_idx_0": torch.tensor(10.0),
+        "acc/dataloader_idx_1": torch.tensor(100.0),
+    }
+    assert stages.compute_and_reset("val", num_dataloaders=2) == {}
+    assert stages.compute_and_reset("train", num_dataloaders=1) == {"acc": torch.tensor(1.0)}
+    assert set(stages.all_live()) == {"train/0", "val/0", "val/1"}
