@@ -21,6 +21,8 @@ import pytest
 import torch
 
 SCENARIOS = Path(__file__).parent / "scenarios"
+# Scenario scripts run a Trainer when imported: never collect them (not even for doctests).
+collect_ignore = ["scenarios"]
 
 
 def _run(name: str, workdir: Path, devices: int, timeout: float, params: dict) -> list[Any]:
