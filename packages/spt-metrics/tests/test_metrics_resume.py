@@ -1,0 +1,77 @@
+"""Checkpoint + resume: counters and the open training window continue where they stopped."""
+
+from __future__ import annotations
+
+import torch
+from torchmetrics.classification import MulticlassAccuracy
+
+from spt_metrics import MetricsCallback
+
+
+def hits(preds, target):
+    return float((preds.argmax(-1) == target).mean())
+
+
+def callbacks():
+    metrics = {"acc": MulticlassAccuracy(num_classes=3, average="micro"), "hits": hits}
+    return [
+        # 3 training batches per epoch, a window of 4: the checkpoint after epoch 1 holds an
+        # open window of 3 batches, which the first value after the resume must include.
+        MetricsCallback(metrics, every_n_train_steps=4, every_n_val_epochs=2),
+        MetricsCallback(
+            {"hits": hits},
+            compute_per_training_step=False,
+            every_n_train_steps=4,
+            every_n_val_epochs=2,
+            name="exact",
+        ),
+    ]
+
+
+def fit(harness, epochs, ckpt_path=None, save=None):
+    train = harness.classification(10, 3, correct=0.5, seed=20)
+    val = harness.classification(9, 3, correct=0.3, seed=21)
+    pair = callbacks()
+    trainer = harness.make_trainer(pair, max_epochs=epochs)
+    module = harness.OutputsModule(
+        lambda batch, module: {"preds": batch["logits"], "target": batch["target"]}
+    )
+    trainer.fit(
+        module,
+        harness.loader(harness.DictDataset(**train), 4),
+        harness.loader(harness.DictDataset(**val), 4),
+        ckpt_path=ckpt_path,
+    )
+    if save:
+        trainer.save_checkpoint(save)
+    return trainer, pair
+
+
+def logged(trainer, name):
+    """``(step, epoch, value)`` of every value logged under ``name``."""
+    return [(step, m["epoch"], m[name]) for step, m in trainer.logger.records if name in m]
+
+
+def test_resume_continues_counters_and_the_open_window(harness, tmp_path):
+    straight, straight_callbacks = fit(harness, epochs=3)
+    path = str(tmp_path / "epoch1.ckpt")
+    first, _ = fit(harness, epochs=1, save=path)
+    saved = torch.load(path, weights_only=False)["callbacks"]
+    state = saved["MetricsCallback[name=metrics]"]
+    assert (state["train_batches"], state["train_epochs"], state["val_runs"]) == (3, 1, 1)
+    assert state["train_window"]["batches"] == 3
+    assert set(state["train_window"]["torchmetrics"]) == {"acc"}
+    assert saved["MetricsCallback[name=exact]"]["train_window"]["rows"][0].shape == (10, 3)
+    assert first.logger.names() & {"acc/train", "acc/val"} == set()
+
+    resumed, resumed_callbacks = fit(harness, epochs=3, ckpt_path=path)
+    for name in ("acc/train", "hits/train", "acc/val", "hits/val"):
+        expected = logged(straight, name)
+        assert expected, name
+        assert logged(resumed, name) == expected, name
+    for done, again in zip(straight_callbacks, resumed_callbacks, strict=True):
+        assert (again.train_batches, again.train_epochs, again.val_runs) == (9, 3, 3)
+        assert (
+            again.state_dict()["train_window"]["batches"]
+            == (done.state_dict()["train_window"]["batches"])
+        )
