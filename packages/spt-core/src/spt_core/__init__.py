@@ -4,15 +4,25 @@ from spt_core import distributed
 from spt_core.__about__ import __version__
 from spt_core.callback import SPTCallback, callbacks_metrics, callbacks_modules
 from spt_core.keys import lookup
+from spt_core.lars import LARS
 from spt_core.metrics import StageMetrics, metric_name, named_metrics, unique_names
+from spt_core.module_factory import build_module
+from spt_core.optim import SchedulerConfig, create_optimizer, create_scheduler
+from spt_core.trainable import TrainableCallback
 from spt_core.verbosity import get_verbosity, set_verbosity
 
 __all__ = [
+    "LARS",
     "SPTCallback",
+    "SchedulerConfig",
     "StageMetrics",
+    "TrainableCallback",
     "__version__",
+    "build_module",
     "callbacks_metrics",
     "callbacks_modules",
+    "create_optimizer",
+    "create_scheduler",
     "distributed",
     "get_verbosity",
     "lookup",

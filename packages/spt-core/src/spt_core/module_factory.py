@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Mapping
-from typing import Any, Union
+from typing import Any
 
 from torch import nn
 
 __all__ = ["ModuleSpec", "build_module", "check_module", "is_hydra_config"]
 
-ModuleSpec = Union[nn.Module, Callable[..., nn.Module], Mapping[str, Any]]
+ModuleSpec = nn.Module | Callable[..., nn.Module] | Mapping[str, Any]
 
 _FORMS = (
     "an nn.Module, a callable returning one (called with no argument, or with the "
@@ -63,7 +63,8 @@ def _instantiate(config: Mapping[str, Any], argument: str) -> Any:
     except ImportError as error:
         raise ImportError(
             f"{argument} is a Hydra config ('_target_': {config['_target_']!r}) but hydra is "
-            "not installed: `pip install hydra-core`, or pass an nn.Module or a callable"
+            "not installed: `pip install hydra-core` (or spt-core[hydra]), or pass an nn.Module "
+            "or a callable"
         ) from error
     return instantiate(config, _convert_="object")
 

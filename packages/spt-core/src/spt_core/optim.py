@@ -21,7 +21,7 @@ import inspect
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 import torch
 from torch.optim import Optimizer
@@ -42,8 +42,8 @@ __all__ = [
     "scheduler_class",
 ]
 
-OptimizerSpec = Union[str, Mapping[str, Any], Callable[..., Optimizer], Optimizer]
-SchedulerSpec = Union[str, Mapping[str, Any], Callable[..., Any], LRScheduler]
+OptimizerSpec = str | Mapping[str, Any] | Callable[..., Optimizer] | Optimizer
+SchedulerSpec = str | Mapping[str, Any] | Callable[..., Any] | LRScheduler
 
 INTERVALS = ("step", "epoch")
 _SCHEDULER_OPTIONS = ("interval", "monitor", "strict")
@@ -187,7 +187,9 @@ def check_optimizer(spec: OptimizerSpec, argument: str = "optimizer") -> None:
             raise TypeError(f"{argument}['type'] must be an Optimizer class, got {cls!r}")
         _check_kwargs(cls, kwargs, (), argument)
     elif not callable(spec):
-        raise TypeError(f"{argument} must be {_OPTIMIZER_FORMS}; got {type(spec).__name__} {spec!r}")
+        raise TypeError(
+            f"{argument} must be {_OPTIMIZER_FORMS}; got {type(spec).__name__} {spec!r}"
+        )
 
 
 def create_optimizer(
@@ -333,11 +335,17 @@ def check_scheduler(spec: SchedulerSpec, argument: str = "scheduler") -> None:
 
 
 def _fill_horizon(
-    cls: type, kwargs: dict[str, Any], optimizer: Optimizer, horizon: int | None, argument: str
+    cls: type,
+    kwargs: dict[str, Any],
+    optimizer: Optimizer,
+    horizon: int | Callable[[], int | None] | None,
+    argument: str,
 ) -> dict[str, Any]:
     key = _HORIZON_ARGS.get(cls.__name__)
     if key is None or key in kwargs:
         return kwargs
+    if callable(horizon):
+        horizon = horizon()
     if horizon is None or not math.isfinite(horizon) or horizon < 1:
         raise ValueError(
             f"{argument}: {cls.__name__} needs {key!r} and the run's length is unknown "
@@ -392,7 +400,7 @@ def create_scheduler(
     elif isinstance(inner, Mapping):
         cls, kwargs = _split_type(inner, argument, scheduler_class)
         default = "epoch" if issubclass(cls, ReduceLROnPlateau) else "step"
-        steps = horizon(interval or default) if horizon is not None else None
+        steps = (lambda: horizon(interval or default)) if horizon is not None else None
         scheduler = cls(optimizer, **_fill_horizon(cls, kwargs, optimizer, steps, argument))
     else:
         scheduler = inner(optimizer)

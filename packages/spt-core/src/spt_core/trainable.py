@@ -57,8 +57,9 @@ class TrainableCallback(SPTCallback):
       averaged across ranks before each step, so the ranks stay identical.
     - **Mixed precision.** Inputs are detached and cast to the module's dtype; the module's
       forward runs outside autocast (fp32 module on bf16/fp16 features).
-    - **Randomness.** Building the module and training it run on a forked RNG, so adding the
-      callback does not change the random stream the user's model sees.
+    - **Randomness.** Building the module runs on a forked RNG and training on the callback's
+      own random stream (checkpointed), so adding the callback does not change the random
+      stream the user's model sees, and a dropout probe resumes exactly.
     - **Checkpoints.** :meth:`state_dict` holds the module, optimizer, scheduler, counters and
       any gradient of an unfinished window: a resume continues exactly.
 
@@ -87,6 +88,9 @@ class TrainableCallback(SPTCallback):
         ('TrainableCallback[name=head]', 1)
     """
 
+    #: How the module is called in the subclass's own signature, for error messages.
+    module_argument = "module"
+
     def __init__(
         self,
         name: str,
@@ -100,7 +104,7 @@ class TrainableCallback(SPTCallback):
     ) -> None:
         super().__init__(name, verbose=verbose)
         if module is not None:
-            check_module(module, "module")
+            check_module(module, self.module_argument)
         if optimizer is not None:
             check_optimizer(optimizer, "optimizer")
         if scheduler is not None:
@@ -138,12 +142,11 @@ class TrainableCallback(SPTCallback):
         self._device: torch.device | None = None
         self._dtype = torch.float32
         self._pending: dict[str, Any] = {}
-        self._reset_counters()
-
-    def _reset_counters(self) -> None:
+        self._logged: dict[str, Tensor] = {}
+        self._rng_state: dict[str, Any] | None = None
         self.optimizer_steps = 0
         self._window_count = 0
-        self._window_size = self.accumulate_grad_batches
+        self._window_size = accumulate_grad_batches
 
     # ------------------------------------------------------------------ what subclasses tune
 
@@ -155,9 +158,10 @@ class TrainableCallback(SPTCallback):
         """
         if self._module_spec is None:
             raise ValueError(
-                f"{self.state_key}: no module to train; pass module=... or override build_module"
+                f"{self.state_key}: no module to train; pass {self.module_argument}=... "
+                "or override build_module"
             )
-        return build_module(self._module_spec, pl_module, "module")
+        return build_module(self._module_spec, pl_module, self.module_argument)
 
     def default_optimizer(self) -> OptimizerSpec:
         """The optimizer form used when ``optimizer=None``: AdamW with lr 1e-3."""
@@ -205,10 +209,11 @@ class TrainableCallback(SPTCallback):
 
     @contextmanager
     def training_context(self) -> Iterator[nn.Module]:
-        """Module in train mode, gradients on, autocast off, on a forked RNG; yields the module."""
+        """Module in train mode, gradients on, autocast off, on the callback's own random
+        stream (see the class notes); yields the module."""
         module = self.module
         module.train()
-        with self._forked_rng(), torch.enable_grad(), self._no_autocast():
+        with self._own_rng(), torch.enable_grad(), self._no_autocast():
             yield module
 
     @contextmanager
@@ -219,7 +224,9 @@ class TrainableCallback(SPTCallback):
         with torch.no_grad(), self._no_autocast():
             yield module
 
-    def backward_and_step(self, loss: Tensor, trainer: Trainer, batch_idx: int | None = None) -> bool:
+    def backward_and_step(
+        self, loss: Tensor, trainer: Trainer, batch_idx: int | None = None
+    ) -> bool:
         """Accumulate ``loss``'s gradient and step when the window is full.
 
         Call it once per training batch (or once per update, for callbacks that skip
@@ -256,6 +263,19 @@ class TrainableCallback(SPTCallback):
             return False
         self._step(trainer, rescale=self._window_size / self._window_count)
         return True
+
+    def log_values(
+        self, pl_module: LightningModule, values: dict[str, Tensor], **kwargs: Any
+    ) -> None:
+        """``pl_module.log`` each value (``kwargs`` go to it) and remember it for ``monitor``.
+
+        Lightning shows values logged in an epoch-end hook in ``trainer.callback_metrics``
+        only after the hook; remembering them lets a ``ReduceLROnPlateau`` that monitors this
+        callback's own epoch value use it at once.
+        """
+        for key, value in values.items():
+            pl_module.log(key, value, **kwargs)
+        self._logged.update(values)
 
     # ------------------------------------------------------------------ Lightning hooks
 
@@ -307,6 +327,7 @@ class TrainableCallback(SPTCallback):
                 window_count=self._window_count,
                 window_size=self._window_size,
                 grads=[p.grad for p in self._parameters()] if self._window_count else None,
+                rng=self._rng_state,
             )
         return state
 
@@ -321,7 +342,11 @@ class TrainableCallback(SPTCallback):
 
     def _check_unique_name(self, trainer: Trainer) -> None:
         for other in trainer.callbacks:
-            if other is not self and isinstance(other, TrainableCallback) and other.name == self.name:
+            if (
+                other is not self
+                and isinstance(other, TrainableCallback)
+                and other.name == self.name
+            ):
                 raise ValueError(
                     f"{self.state_key}: another callback ({other.state_key}) has the name "
                     f"{self.name!r}; names key callbacks_modules and must be unique"
@@ -331,7 +356,9 @@ class TrainableCallback(SPTCallback):
         params = self._parameters()
         if not params:
             raise ValueError(f"{self.state_key}: the module has no trainable parameters")
-        spec = self._optimizer_spec if self._optimizer_spec is not None else self.default_optimizer()
+        spec = (
+            self._optimizer_spec if self._optimizer_spec is not None else self.default_optimizer()
+        )
         optimizer = create_optimizer(params, spec, "optimizer")
         held = {id(p) for group in optimizer.param_groups for p in group["params"]}
         if held != {id(p) for p in params}:
@@ -340,9 +367,16 @@ class TrainableCallback(SPTCallback):
                 "parameters; pass a form that builds it (name, dict, partial) instead"
             )
         self._optimizer = optimizer
-        sched = self._scheduler_spec if self._scheduler_spec is not None else self.default_scheduler()
+        sched = (
+            self._scheduler_spec if self._scheduler_spec is not None else self.default_scheduler()
+        )
         self._scheduler_config = create_scheduler(
             optimizer, sched, horizon=lambda interval: self._horizon(trainer, interval)
+        )
+        self.debug(
+            f"training {type(self.module).__name__} with {type(optimizer).__name__}, "
+            f"{type(self.scheduler).__name__} every {self.scheduler_config.interval}, "
+            f"{self.accumulate_grad_batches} batch(es) per step"
         )
 
     def _horizon(self, trainer: Trainer, interval: str) -> int | None:
@@ -394,11 +428,11 @@ class TrainableCallback(SPTCallback):
         if not config.needs_monitor:
             config.scheduler.step()
             return
-        value = trainer.callback_metrics.get(config.monitor)
+        value = self._logged.get(config.monitor, trainer.callback_metrics.get(config.monitor))
         if value is None:
             message = (
                 f"scheduler monitors {config.monitor!r}, which was not logged; logged: "
-                f"{sorted(trainer.callback_metrics)}"
+                f"{sorted({*trainer.callback_metrics, *self._logged})}"
             )
             if config.strict:
                 raise KeyError(f"{self.state_key}: {message}")
@@ -434,20 +468,41 @@ class TrainableCallback(SPTCallback):
             self.optimizer_steps = state.pop("optimizer_steps")
             self._window_count = state.pop("window_count")
             self._window_size = state.pop("window_size")
+            self._rng_state = state.pop("rng", None)
             grads = state.pop("grads")
-            for p, grad in zip(self._parameters(), grads or []):
-                p.grad = None if grad is None else grad.to(p.device, p.dtype).clone()
+            if grads is not None:
+                for p, grad in zip(self._parameters(), grads, strict=True):
+                    p.grad = None if grad is None else grad.to(p.device, p.dtype).clone()
 
     @contextmanager
-    def _forked_rng(self) -> Iterator[None]:
-        device = self._device
-        if device is None or device.type == "cpu":
-            with torch.random.fork_rng(devices=[]):
-                yield
-        else:
-            with torch.random.fork_rng(devices=[device], device_type=device.type):
-                yield
+    def _own_rng(self) -> Iterator[None]:
+        """Run on this callback's own random stream; the global stream is left as it was.
+
+        The stream starts as a copy of the global state at the first use and continues from
+        call to call; it is checkpointed, so a resumed dropout probe draws the same masks.
+        """
+        device = self._device if self._device is not None else torch.device("cpu")
+        accelerated = device.type != "cpu"
+        devices = [device] if accelerated else []
+        with torch.random.fork_rng(devices=devices, device_type=device.type):
+            rng = self._rng_state
+            if rng is not None:
+                torch.set_rng_state(rng["cpu"])
+                if accelerated and rng.get("device_type") == device.type:
+                    _device_module(device).set_rng_state(rng["device"], device)
+            yield
+            self._rng_state = {"cpu": torch.get_rng_state()}
+            if accelerated:
+                self._rng_state.update(
+                    device_type=device.type,
+                    device=_device_module(device).get_rng_state(device),
+                )
 
     def _no_autocast(self) -> Any:
         device_type = self._device.type if self._device is not None else "cpu"
         return torch.autocast(device_type=device_type, enabled=False)
+
+
+def _device_module(device: torch.device) -> Any:
+    """``torch.cuda`` (or the module of another accelerator type) for RNG state calls."""
+    return getattr(torch, device.type)

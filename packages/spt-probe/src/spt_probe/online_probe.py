@@ -1,0 +1,265 @@
+"""OnlineProbe: a probe trained on detached features while the backbone trains."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
+from typing import Any
+
+from lightning.pytorch import LightningModule, Trainer
+from torch import Tensor
+from torchmetrics import Metric
+
+from spt_core import (
+    StageMetrics,
+    TrainableCallback,
+    callbacks_metrics,
+    lookup,
+    named_metrics,
+)
+from spt_core.module_factory import ModuleSpec
+from spt_core.optim import OptimizerSpec, SchedulerSpec
+from spt_probe.functional import masked_cross_entropy
+
+__all__ = ["OnlineProbe"]
+
+
+class OnlineProbe(TrainableCallback):
+    """Train a probe (linear or MLP) on frozen features during training and evaluate it.
+
+    On every training batch the probe reads ``input`` (step outputs first, then the batch),
+    detaches it, casts it to the probe's dtype and takes one step of its own optimizer
+    against ``target``; the backbone's gradients and weights are never touched. On
+    validation and test batches it predicts without training. Predictions are written to
+    the batch dict as ``{name}_preds``.
+
+    Logged: ``train/{name}_loss`` (per step and epoch mean), ``train/{name}_{metric}`` at
+    the end of each training epoch, ``eval/{name}_{metric}`` at the end of each validation or
+    test epoch (with ``/dataloader_idx_{i}`` when there are several loaders). Train,
+    validation (per loader) and test own separate metric copies, exposed at
+    ``pl_module.callbacks_metrics[name]``; the probe is at
+    ``pl_module.callbacks_modules[name]``.
+
+    Args:
+        module: The LightningModule being trained, or ``None``; when given, the probe
+            checks at setup that it is the module it runs on.
+        name: Unique identifier (logged names, storage keys, checkpoint slot).
+        input: Key of the features in the step outputs or the batch dict.
+        target: Key of the integer labels in the step outputs or the batch dict.
+        probe: An ``nn.Module``, a callable returning one (no argument, or the
+            LightningModule), or a Hydra config (``_target_``).
+        loss_fn: ``loss_fn(logits, target)``; ``None`` is cross-entropy that ignores rows
+            whose target is negative.
+        optimizer: Any form of :func:`spt_core.optim.create_optimizer`; ``None`` is
+            ``LARS(lr=0.1, clip_lr=True, eta=0.02, exclude_bias_n_norm=True, weight_decay=0)``.
+        scheduler: Any form of :func:`spt_core.optim.create_scheduler`; ``None`` keeps the
+            learning rate constant.
+        accumulate_grad_batches: Training batches per probe step.
+        gradient_clip_val: Clip threshold, ``None`` for no clipping.
+        gradient_clip_algorithm: ``"norm"`` or ``"value"``.
+        metrics: A metric, list/tuple of metrics (named after their class, e.g. ``accuracy``
+            and ``accuracy_top5``), or ``{name: metric}``; each is updated with
+            ``(logits, target)``. ``None`` logs the loss only. Prefer torchmetrics objects
+            with ``validate_args=False``: argument validation synchronises with the host.
+        verbose: See :class:`~spt_core.SPTCallback`.
+
+    Raises:
+        TypeError: For a missing ``name``/``input``/``target``/``probe``, or an argument of
+            the wrong type.
+        ValueError: For an empty key or invalid training options.
+
+    Example:
+        >>> import torch
+        >>> probe = OnlineProbe(name="linear", input="embedding", target="label",
+        ...                     probe=torch.nn.Linear(8, 3))
+        >>> probe.state_key
+        'OnlineProbe[name=linear]'
+    """
+
+    module_argument = "probe"
+
+    def __init__(
+        self,
+        module: LightningModule | None = None,
+        name: str | None = None,
+        input: str | None = None,
+        target: str | None = None,
+        probe: ModuleSpec | None = None,
+        loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
+        optimizer: OptimizerSpec | None = None,
+        scheduler: SchedulerSpec | None = None,
+        accumulate_grad_batches: int = 1,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str = "norm",
+        metrics: Metric | Mapping[str, Metric] | Sequence[Metric] | None = None,
+        verbose: bool | None = None,
+    ) -> None:
+        if module is not None and not isinstance(module, LightningModule):
+            raise TypeError(
+                f"module must be the LightningModule being trained or None, got "
+                f"{type(module).__name__} {module!r}; pass name=..., input=... as keywords"
+            )
+        for argument, value in (("name", name), ("input", input), ("target", target)):
+            if value is None:
+                raise TypeError(f"OnlineProbe() missing required argument {argument!r}")
+            if not isinstance(value, str) or not value:
+                raise TypeError(f"{argument} must be a non-empty str, got {value!r}")
+        if probe is None:
+            raise TypeError("OnlineProbe() missing required argument 'probe'")
+        if loss_fn is not None and not callable(loss_fn):
+            raise TypeError(f"loss_fn must be callable(logits, target) or None, got {loss_fn!r}")
+        super().__init__(
+            name,
+            module=probe,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            accumulate_grad_batches=accumulate_grad_batches,
+            gradient_clip_val=gradient_clip_val,
+            gradient_clip_algorithm=gradient_clip_algorithm,
+            verbose=verbose,
+        )
+        named = named_metrics(metrics, owner=self.state_key, argument="metrics")
+        for key, metric in named.items():
+            duck = all(callable(getattr(metric, m, None)) for m in ("update", "compute", "reset"))
+            if not (isinstance(metric, Metric) or duck):
+                raise TypeError(
+                    f"metrics[{key!r}] must be a torchmetrics Metric (or have update/compute/"
+                    f"reset), got {metric!r}"
+                )
+        self.input = input
+        self.target = target
+        self.loss_fn = loss_fn if loss_fn is not None else masked_cross_entropy
+        self._lightning_module = module
+        self._metrics = StageMetrics(named)
+
+    def default_optimizer(self) -> OptimizerSpec:
+        """LARS(lr=0.1, clip_lr=True, eta=0.02, exclude_bias_n_norm=True, weight_decay=0)."""
+        return {
+            "type": "LARS",
+            "lr": 0.1,
+            "clip_lr": True,
+            "eta": 0.02,
+            "exclude_bias_n_norm": True,
+            "weight_decay": 0.0,
+        }
+
+    # ------------------------------------------------------------------ setup
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if self._lightning_module is not None and self._lightning_module is not pl_module:
+            raise ValueError(
+                f"{self.state_key}: module= was given a different LightningModule than the "
+                "one being run; pass the trained module or leave module=None"
+            )
+        super().setup(trainer, pl_module, stage)
+
+    def _expose_metrics(self, pl_module: LightningModule, stage: str, loaders: int) -> None:
+        for idx in range(loaders):
+            self._metrics.get(stage, idx, pl_module.device)
+        callbacks_metrics(pl_module)[self.name] = self._metrics.all_live()
+
+    # ------------------------------------------------------------------ training
+
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._expose_metrics(pl_module, "train", 1)
+
+    def on_train_batch_end(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        features = self.prepare_input(lookup(self.input, outputs, batch, owner=self.state_key))
+        target = self._target(outputs, batch, features)
+        with self.training_context() as probe:
+            logits = probe(features)
+            loss = self.loss_fn(logits, target)
+        self.backward_and_step(loss, trainer, batch_idx)
+        preds = logits.detach()
+        self._publish(batch, preds)
+        pl_module.log(
+            f"train/{self.name}_loss",
+            loss.detach(),
+            on_step=True,
+            on_epoch=True,
+            batch_size=features.shape[0],
+        )
+        if self._metrics:
+            self._metrics.update("train", 0, preds, target)
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._metrics:
+            values = self._metrics.compute_and_reset("train", 1, pl_module.device)
+            # torchmetrics already synced the states: every rank holds the global value, and
+            # sync_dist only averages identical numbers (it silences Lightning's DDP warning).
+            self.log_values(pl_module, self._prefixed("train", values), sync_dist=True)
+        super().on_train_epoch_end(trainer, pl_module)
+
+    # ------------------------------------------------------------------ evaluation
+
+    def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._expose_metrics(pl_module, "val", len(trainer.num_val_batches))
+
+    def on_test_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._expose_metrics(pl_module, "test", len(trainer.num_test_batches))
+
+    def on_validation_batch_end(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        self._evaluate("val", trainer, outputs, batch, dataloader_idx)
+
+    def on_test_batch_end(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        self._evaluate("test", trainer, outputs, batch, dataloader_idx)
+
+    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._log_eval("val", trainer, pl_module, len(trainer.num_val_batches))
+
+    def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._log_eval("test", trainer, pl_module, len(trainer.num_test_batches))
+
+    # ------------------------------------------------------------------ internals
+
+    def _target(self, outputs: Any, batch: Any, features: Tensor) -> Tensor:
+        return (
+            lookup(self.target, outputs, batch, owner=self.state_key).detach().to(features.device)
+        )
+
+    def _publish(self, batch: Any, preds: Tensor) -> None:
+        if isinstance(batch, MutableMapping):
+            batch[f"{self.name}_preds"] = preds
+
+    def _evaluate(self, stage: str, trainer: Trainer, outputs: Any, batch: Any, idx: int) -> None:
+        features = self.prepare_input(lookup(self.input, outputs, batch, owner=self.state_key))
+        with self.evaluation_context() as probe:
+            preds = probe(features)
+        self._publish(batch, preds)
+        if self._metrics and not trainer.sanity_checking:
+            self._metrics.update(stage, idx, preds, self._target(outputs, batch, features))
+
+    def _log_eval(
+        self, stage: str, trainer: Trainer, pl_module: LightningModule, loaders: int
+    ) -> None:
+        if not self._metrics or trainer.sanity_checking:
+            return
+        values = self._metrics.compute_and_reset(stage, loaders, pl_module.device)
+        self.log_values(
+            pl_module, self._prefixed("eval", values), sync_dist=True, add_dataloader_idx=False
+        )
+
+    def _prefixed(self, prefix: str, values: dict[str, Tensor]) -> dict[str, Tensor]:
+        return {f"{prefix}/{self.name}_{key}": value for key, value in values.items()}

@@ -1,0 +1,296 @@
+"""OnlineProbe's contract: signature, validation, logging names, lifecycle across Trainers."""
+
+import contextlib
+import copy
+import inspect
+import pickle
+
+import lightning as L
+import pytest
+import torch
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from spt_core import LARS, TrainableCallback, callbacks_metrics, callbacks_modules
+from spt_probe import OnlineProbe
+
+
+def accuracy(n: int = 3, top_k: int = 1) -> MulticlassAccuracy:
+    return MulticlassAccuracy(n, top_k=top_k, average="micro", validate_args=False)
+
+
+def linear_probe(name: str = "linear", **kwargs) -> OnlineProbe:
+    settings = {"input": "embedding", "target": "label", "probe": nn.Linear(5, 3)}
+    settings.update(kwargs)
+    return OnlineProbe(name=name, **settings)
+
+
+def offline_accuracy(probe: nn.Module, model, dataset, top_k: int = 1) -> float:
+    """Accuracy of the trained probe on the backbone's features of ``dataset``."""
+    with torch.no_grad():
+        logits = probe(model.encoder(dataset.features))
+    hits = logits.topk(top_k, dim=1).indices.eq(dataset.labels[:, None]).any(dim=1)
+    return hits.float().mean().item()
+
+
+class Recorder(L.Callback):
+    """Keeps the batch dicts it sees after the probes ran (callbacks run in list order)."""
+
+    def __init__(self):
+        self.train, self.val = [], []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.train.append(dict(batch))
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, idx=0):
+        self.val.append(dict(batch))
+
+
+# ----------------------------------------------------------------------------- signature
+
+
+def test_signature_is_the_reference_one_plus_verbose():
+    parameters = inspect.signature(OnlineProbe).parameters
+    assert list(parameters) == [
+        "module", "name", "input", "target", "probe", "loss_fn", "optimizer", "scheduler",
+        "accumulate_grad_batches", "gradient_clip_val", "gradient_clip_algorithm", "metrics",
+        "verbose",
+    ]  # fmt: skip
+    defaults = {k: p.default for k, p in parameters.items()}
+    assert defaults["module"] is None and defaults["loss_fn"] is None
+    assert defaults["accumulate_grad_batches"] == 1
+    assert defaults["gradient_clip_algorithm"] == "norm"
+    assert defaults["metrics"] is None and defaults["verbose"] is None
+
+
+def test_positional_call_with_the_module_first(backbone):
+    model = backbone()
+    probe = OnlineProbe(model, "lin", "embedding", "label", nn.Linear(5, 3))
+    assert (probe.name, probe.input, probe.target) == ("lin", "embedding", "label")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"name": None}, TypeError, "'name'"),
+        ({"input": None}, TypeError, "'input'"),
+        ({"target": None}, TypeError, "'target'"),
+        ({"probe": None}, TypeError, "'probe'"),
+        ({"input": ""}, TypeError, "input must be a non-empty str"),
+        ({"probe": 3}, TypeError, "probe must be"),
+        ({"module": "lin"}, TypeError, "module must be the LightningModule"),
+        ({"loss_fn": 2.0}, TypeError, "loss_fn"),
+        ({"optimizer": "Adamm"}, ValueError, "not a known optimizer"),
+        ({"optimizer": {"type": "SGD", "rl": 1}}, TypeError, "takes no argument"),
+        ({"scheduler": "StepLR"}, TypeError, "needs \\['step_size'\\]"),
+        ({"scheduler": "ReduceLROnPlateau"}, ValueError, "monitor"),
+        ({"accumulate_grad_batches": 0}, ValueError, "accumulate_grad_batches"),
+        ({"gradient_clip_val": -1.0}, ValueError, "gradient_clip_val"),
+        ({"gradient_clip_algorithm": "l1"}, ValueError, "gradient_clip_algorithm"),
+        ({"metrics": [object()]}, TypeError, "update/compute/reset"),
+        ({"name": "a/b"}, ValueError, "without '/'"),
+    ],
+)
+def test_constructor_rejects_bad_arguments(kwargs, error, match):
+    settings = {"name": "p", "input": "embedding", "target": "label", "probe": nn.Linear(5, 3)}
+    settings.update(kwargs)
+    with pytest.raises(error, match=match):
+        OnlineProbe(**settings)
+
+
+def test_default_optimizer_is_lars_with_the_documented_settings(backbone, trainer, loader, data):
+    probe = linear_probe()
+    trainer(callbacks=[probe], max_steps=1).fit(backbone(), loader(data))
+    assert type(probe.optimizer) is LARS
+    defaults = probe.optimizer.defaults
+    assert (defaults["lr"], defaults["eta"], defaults["weight_decay"]) == (0.1, 0.02, 0.0)
+    assert defaults["clip_lr"] and defaults["exclude_bias_n_norm"]
+    assert type(probe.scheduler).__name__ == "ConstantLR"
+    assert probe.scheduler.get_last_lr() == [0.1]
+
+
+def test_given_module_must_be_the_trained_one(backbone, trainer, loader, data):
+    model = backbone()
+    trainer(callbacks=[OnlineProbe(model, "lin", "embedding", "label", nn.Linear(5, 3))],
+            max_steps=1).fit(model, loader(data))  # fmt: skip
+    stranger = OnlineProbe(backbone(), "lin", "embedding", "label", nn.Linear(5, 3))
+    with pytest.raises(ValueError, match="different LightningModule"):
+        trainer(callbacks=[stranger], max_steps=1).fit(model, loader(data))
+
+
+def test_missing_key_names_the_probe(backbone, trainer, loader, data):
+    with pytest.raises(KeyError, match=r"OnlineProbe\[name=linear\].*'features'"):
+        trainer(callbacks=[linear_probe(input="features")], max_steps=1).fit(
+            backbone(), loader(data)
+        )
+
+
+def test_two_trainable_callbacks_with_one_name_are_refused(backbone, trainer, loader, data):
+    # Two OnlineProbes with one name already share a state_key, which Lightning refuses; a
+    # different trainable callback with the probe's name would take its callbacks_modules slot.
+    other = TrainableCallback("linear", module=nn.Linear(5, 3))
+    with pytest.raises(ValueError, match="must be unique"):
+        trainer(callbacks=[linear_probe(), other], max_steps=1).fit(backbone(), loader(data))
+
+
+# ----------------------------------------------------------------------------- logging
+
+
+def test_logged_names_predictions_and_offline_agreement(backbone, trainer, loader, data):
+    probe = linear_probe(metrics=[accuracy(), accuracy(top_k=2)], optimizer="SGD")
+    recorder = Recorder()
+    model = backbone()
+    fit = trainer(callbacks=[probe, recorder], max_epochs=2)
+    fit.fit(model, loader(data), loader(data))
+    assert set(fit.callback_metrics) == {
+        "train/linear_loss", "train/linear_loss_step", "train/linear_loss_epoch",
+        "train/linear_accuracy", "train/linear_accuracy_top2",
+        "eval/linear_accuracy", "eval/linear_accuracy_top2",
+    }  # fmt: skip
+    trained = callbacks_modules(model)["linear"]
+    for top_k, key in ((1, "eval/linear_accuracy"), (2, "eval/linear_accuracy_top2")):
+        assert fit.callback_metrics[key].item() == pytest.approx(
+            offline_accuracy(trained, model, data, top_k), abs=1e-6
+        )
+    assert all(batch["linear_preds"].shape == (8, 3) for batch in recorder.train + recorder.val)
+    last = recorder.val[-1]
+    with torch.no_grad():
+        expected = trained(model.encoder(last["x"]))
+    torch.testing.assert_close(last["linear_preds"], expected)
+
+
+def test_stages_own_separate_metric_copies(backbone, trainer, loader, data):
+    probe = linear_probe(metrics={"acc": accuracy()})
+    model = backbone()
+    fit = trainer(callbacks=[probe])
+    fit.fit(model, loader(data), loader(data))
+    fit.test(model, loader(data), verbose=False)
+    live = callbacks_metrics(model)["linear"]
+    assert set(live) == {"train/0", "val/0", "test/0"}
+    objects = [live[stage]["acc"] for stage in live]
+    assert len({id(m) for m in objects}) == 3
+    assert fit.callback_metrics["eval/linear_acc"].item() == pytest.approx(
+        offline_accuracy(callbacks_modules(model)["linear"], model, data), abs=1e-6
+    )
+
+
+def test_several_validation_loaders_get_lightnings_suffix(backbone, trainer, loader, make_data):
+    first, second = make_data(n=24, seed=1), make_data(n=24, seed=2)
+    probe = linear_probe(metrics=[accuracy()])
+    model = backbone()
+    fit = trainer(callbacks=[probe])
+    fit.fit(model, loader(make_data()), [loader(first), loader(second)])
+    trained = callbacks_modules(model)["linear"]
+    for idx, dataset in enumerate((first, second)):
+        assert fit.callback_metrics[f"eval/linear_accuracy/dataloader_idx_{idx}"].item() == (
+            pytest.approx(offline_accuracy(trained, model, dataset), abs=1e-6)
+        )
+
+
+def test_linear_and_mlp_probes_coexist(backbone, trainer, loader, data):
+    mlp = nn.Sequential(nn.Linear(5, 16), nn.ReLU(), nn.Linear(16, 3))
+    probes = [
+        linear_probe("linear", metrics=[accuracy()]),
+        linear_probe("mlp", probe=mlp, metrics=[accuracy()], optimizer={"type": "AdamW"}),
+    ]
+    model = backbone()
+    before = copy.deepcopy(mlp.state_dict())
+    fit = trainer(callbacks=probes, max_epochs=2)
+    fit.fit(model, loader(data), loader(data))
+    assert set(callbacks_modules(model)) == {"linear", "mlp"}
+    assert callbacks_modules(model)["mlp"] is mlp
+    assert not torch.equal(mlp.state_dict()["0.weight"], before["0.weight"])
+    for name in ("linear", "mlp"):
+        assert f"eval/{name}_accuracy" in fit.callback_metrics
+        assert f"train/{name}_loss" in fit.callback_metrics
+    assert type(probes[1].optimizer).__name__ == "AdamW"
+
+
+# ----------------------------------------------------------------------------- lifecycle
+
+
+def test_validate_and_test_after_fit_use_the_trained_probe(backbone, trainer, loader, data):
+    probe = linear_probe(metrics=[accuracy()])
+    model = backbone()
+    fit = trainer(callbacks=[probe], max_epochs=2)
+    fit.fit(model, loader(data))
+    weights = probe.module.weight.detach().clone()
+    expected = offline_accuracy(probe.module, model, data)
+    (validated,) = fit.validate(model, loader(data), verbose=False)
+    (tested,) = fit.test(model, loader(data), verbose=False)
+    assert validated["eval/linear_accuracy"] == pytest.approx(expected, abs=1e-6)
+    assert tested["eval/linear_accuracy"] == pytest.approx(expected, abs=1e-6)
+    assert torch.equal(probe.module.weight, weights)  # evaluation never trains
+
+
+def test_second_trainer_continues_like_one_longer_fit(backbone, trainer, loader, data):
+    torch.manual_seed(0)
+    straight_model, straight = backbone(), linear_probe()
+    trainer(callbacks=[straight], max_epochs=2).fit(straight_model, loader(data))
+
+    torch.manual_seed(0)
+    model, probe = backbone(), linear_probe()
+    trainer(callbacks=[probe], max_epochs=1).fit(model, loader(data))
+    trainer(callbacks=[probe], max_epochs=1).fit(model, loader(data))
+    assert probe.optimizer_steps == straight.optimizer_steps == 12
+    assert torch.equal(probe.module.weight, straight.module.weight)
+    assert torch.equal(probe.module.bias, straight.module.bias)
+
+
+def test_lightning_module_pickles_and_keeps_the_probe_out_of_its_state(
+    backbone, trainer, loader, data
+):
+    model = backbone()
+    keys = set(model.state_dict())
+    n_params = len(list(model.parameters()))
+    trainer(callbacks=[linear_probe(metrics=[accuracy()])]).fit(model, loader(data), loader(data))
+    assert set(model.state_dict()) == keys
+    assert len(list(model.parameters())) == n_params
+    clone = pickle.loads(pickle.dumps(model))
+    torch.testing.assert_close(
+        clone.callbacks_modules["linear"].state_dict(),
+        model.callbacks_modules["linear"].state_dict(),
+    )
+    assert set(clone.callbacks_metrics["linear"]) == {"train/0", "val/0"}
+
+
+_SYNCS = ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__")
+
+
+@contextlib.contextmanager
+def host_syncs_forbidden():
+    saved = {name: getattr(torch.Tensor, name) for name in _SYNCS}
+
+    def refuse(name):
+        def fail(self, *args, **kwargs):
+            raise AssertionError(f"Tensor.{name} called on a per-batch path")
+
+        return fail
+
+    for name in _SYNCS:
+        setattr(torch.Tensor, name, refuse(name))
+    try:
+        yield
+    finally:
+        for name, method in saved.items():
+            setattr(torch.Tensor, name, method)
+
+
+def test_batch_hooks_never_synchronise_with_the_host(backbone, trainer, loader, data):
+    probe = linear_probe(metrics=[accuracy()], accumulate_grad_batches=2, gradient_clip_val=1.0)
+    calls = {"train": 0, "val": 0}
+
+    def guard(hook, stage):
+        def run(*args, **kwargs):
+            calls[stage] += 1
+            with host_syncs_forbidden():
+                return hook(*args, **kwargs)
+
+        return run
+
+    probe.on_train_batch_end = guard(probe.on_train_batch_end, "train")
+    probe.on_validation_batch_end = guard(probe.on_validation_batch_end, "val")
+    fit = trainer(callbacks=[probe])
+    fit.fit(backbone(), loader(data), loader(data))
+    assert calls == {"train": 6, "val": 6}
+    assert "eval/linear_accuracy" in fit.callback_metrics
