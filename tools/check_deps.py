@@ -60,7 +60,8 @@ def load(folder: Path) -> Package:
 def _scan(tree: ast.Module, package: Package, own: str) -> None:
     guarded_nodes = set()
     for node in ast.walk(tree):
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Try)):
+        type_checking = isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Try)) or type_checking:
             guarded_nodes.update(id(n) for n in ast.walk(node) if n is not node)
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):

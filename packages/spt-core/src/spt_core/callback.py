@@ -43,7 +43,7 @@ class SPTCallback(Callback):
             raise TypeError(f"verbose must be a bool or None, got {verbose!r}")
         self.name = name
         self._verbose = verbose
-        self._said: set[tuple[str, int]] = set()
+        self._said: set[tuple[str, int, int]] = set()
 
     @property
     def state_key(self) -> str:
@@ -69,9 +69,10 @@ class SPTCallback(Callback):
     def info_once(self, trainer: Trainer, topic: str, message: str) -> None:
         """Log ``message`` at most once per epoch and topic (for skips and warnings).
 
-        Only rank 0 speaks, so a DDP run prints the line once.
+        Only rank 0 speaks, so a DDP run prints the line once. A callback reused with a new
+        Trainer speaks again.
         """
-        mark = (topic, trainer.current_epoch)
+        mark = (topic, trainer.current_epoch, id(trainer))
         if mark in self._said:
             return
         self._said.add(mark)
@@ -80,7 +81,7 @@ class SPTCallback(Callback):
 
     def warn_once(self, trainer: Trainer, topic: str, message: str) -> None:
         """Like :meth:`info_once`, at warning level."""
-        mark = (topic, trainer.current_epoch)
+        mark = (topic, trainer.current_epoch, id(trainer))
         if mark in self._said:
             return
         self._said.add(mark)

@@ -1,0 +1,123 @@
+"""OnlineKNNs in both distributed modes in one DDP fit.
+
+"gather" (gather mode) and "shared" (shard mode) share the "embedding" and "label" queues,
+which gather for the first, so the second reads each rank's own rows from the buffers;
+"shard" (shard mode) has queues of its own ("local_embedding", "local_label", the same
+values), which never gather. Each rank trains on its own rows (rank r gets
+rows r, r + W, ...) and validates on its own, unevenly sized, slice of the validation rows
+(20 rows on rank 0, 17 on rank 1: batches of 8, 8, 4 and 8, 8, 1).
+
+params: n, batch_size, queue_length, epochs, metric, weighting.
+"""
+
+import lightning as L
+import torch
+from _common import DictDataset, Encoder, blobs, parse, save, trainer
+from torch.utils.data import DataLoader, DistributedSampler, Subset
+from torchmetrics.classification import MulticlassAccuracy
+
+from spt_knn import OnlineKNN
+from spt_queue import OnlineQueue, find_queue
+
+args = parse()
+p = {
+    "n": 64,
+    "batch_size": 4,
+    "queue_length": 12,
+    "epochs": 1,
+    "metric": "euclidean",
+    "weighting": "inverse",
+    **args.params,
+}
+features, labels = blobs(p["n"] + 37, dim=4, classes=3)
+noise = torch.randn(37, 4, generator=torch.Generator().manual_seed(3)) * 2
+train = DictDataset(features[: p["n"]], labels[: p["n"]])
+validation = DictDataset(features[p["n"] :] + noise, labels[p["n"] :])
+val_rows = [range(20), range(20, 37)]
+
+
+class Model(Encoder):
+    def _step(self, batch):
+        out = super()._step(batch)
+        return {**out, "local_embedding": out["embedding"], "local_label": out["label"]}
+
+    def train_dataloader(self):
+        sampler = DistributedSampler(
+            train, self.trainer.world_size, self.trainer.global_rank, shuffle=False
+        )
+        return DataLoader(train, batch_size=p["batch_size"], sampler=sampler)
+
+    def val_dataloader(self):
+        rows = val_rows[self.trainer.global_rank]
+        return DataLoader(Subset(validation, rows), batch_size=8)
+
+
+class Keep(L.Callback):
+    """Every validation batch's predictions of both callbacks, and the logged values."""
+
+    def __init__(self):
+        self.preds = {"gather": [], "shared": [], "shard": []}
+        self.logged = []
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, idx=0):
+        for mode in self.preds:
+            self.preds[mode].append(batch[f"{mode}_preds"])
+
+    def on_validation_end(self, trainer, pl_module):
+        logged = trainer.callback_metrics
+        self.logged.append({k: v.item() for k, v in logged.items() if k.startswith("eval/")})
+
+
+def knn(name, mode, prefix=""):
+    return OnlineKNN(
+        name,
+        input=f"{prefix}embedding",
+        target=f"{prefix}label",
+        queue_length=p["queue_length"],
+        metrics={"accuracy": MulticlassAccuracy(3, average="micro")},
+        num_classes=3,
+        k=5,
+        temperature=0.5,
+        distance_metric=p["metric"],
+        weighting=p["weighting"],
+        distributed=mode,
+    )
+
+
+indices = OnlineQueue("index", p["queue_length"], gather_distributed=True)
+keep = Keep()
+model = Model(in_dim=4)
+fit = trainer(
+    args,
+    max_epochs=p["epochs"],
+    callbacks=[
+        knn("gather", "gather"),
+        knn("shared", "shard"),
+        knn("shard", "shard", prefix="local_"),
+        indices,
+        keep,
+    ],
+    use_distributed_sampler=False,
+)
+fit.fit(model)
+model.eval()
+with torch.no_grad():
+    rows = validation.features[list(val_rows[fit.global_rank])]
+    embeddings = torch.cat([model(x) for x in rows.split(8)])  # the products validation ran
+save(
+    args,
+    fit,
+    {
+        "preds": keep.preds,
+        "logged": keep.logged,
+        "bank": find_queue(fit, "embedding").snapshot(p["queue_length"]),
+        "bank_labels": find_queue(fit, "label").snapshot(p["queue_length"]),
+        "own_rows": find_queue(fit, "embedding").buffer.last(),
+        "local_snapshot": find_queue(fit, "local_embedding").snapshot(p["queue_length"]),
+        "local_gathers": find_queue(fit, "local_label").gather_distributed,
+        "index_snapshot": indices.snapshot(),
+        "seen": torch.cat(model.seen),
+        "embeddings": embeddings,
+        "labels": validation.labels[list(val_rows[fit.global_rank])],
+    },
+)

@@ -1,0 +1,63 @@
+"""LatentViz under two-process DDP on CPU (gloo): one projection, rank 0 draws, exact resume.
+
+Both checks share the runs (a DDP start costs seconds): a straight 3-epoch fit that saves a
+checkpoint after every epoch, and a fit resumed from the checkpoint of epoch 2.
+"""
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.ddp
+
+
+def assert_same_projection(first, second):
+    assert first.keys() == second.keys()
+    for key in first:
+        torch.testing.assert_close(first[key], second[key], rtol=0, atol=0)
+
+
+def check_one_projection_and_rank_0_draws_the_gathered_queue(ranks):
+    first, second = ranks
+    # Gradients are averaged: the projection is identical, step for step, on both ranks.
+    assert first["optimizer_steps"] == second["optimizer_steps"] == 12
+    assert_same_projection(first["projection"], second["projection"])
+    # Each rank trains on its own rows; the map is drawn from every rank's rows, once each.
+    assert not torch.equal(first["own_rows"], second["own_rows"])
+    gathered = torch.cat([first["own_rows"], second["own_rows"]])
+    for rank in ranks:
+        assert torch.equal(rank["snapshot"], gathered)
+        assert rank["logged"] == first["logged"]
+    assert 0.0 <= first["logged"]["eval/viz_trustworthiness"] <= 1.0
+    assert 0.0 <= first["logged"]["eval/viz_knn_recall"] <= 1.0
+    # Only rank 0 writes, one file per plot; its coordinates are the projected gathered queue.
+    assert second["files"] == []
+    assert {"epoch_0000.npz", "epoch_0001.npz", "epoch_0002.npz"} <= set(first["files"])
+    saved = first["saved"]
+    assert saved["coordinates"].shape == (64, 2)
+    torch.testing.assert_close(torch.from_numpy(saved["coordinates"]), first["projected_snapshot"])
+    assert saved["labels"].tolist() == first["label_snapshot"].tolist()
+    logged_score = first["logged"]["eval/viz_trustworthiness"]
+    assert float(saved["trustworthiness"]) == pytest.approx(logged_score)
+
+
+def test_ddp_shares_one_projection_draws_on_rank_0_and_resumes_exactly(run_scenario, tmp_path):
+    checkpoints = tmp_path / "checkpoints"
+    straight = run_scenario(
+        "latentviz_ddp", devices=2, epochs=3, queue_length=32, checkpoint_dir=str(checkpoints)
+    )
+    check_one_projection_and_rank_0_draws_the_gathered_queue(straight)
+    resumed = run_scenario(
+        "latentviz_ddp",
+        devices=2,
+        epochs=3,
+        queue_length=32,
+        resume=str(checkpoints / "epoch=1.ckpt"),
+    )
+    # Projection, optimizer, counters and each rank's negative-sampling stream come back.
+    for before, after in zip(straight, resumed, strict=True):
+        assert after["optimizer_steps"] == before["optimizer_steps"]
+        assert after["train_batches"] == before["train_batches"]
+        assert_same_projection(before["projection"], after["projection"])
+    assert resumed[0]["files"] == [n for n in straight[0]["files"] if n.startswith("epoch_0002")]
+    coordinates = [torch.from_numpy(run[0]["saved"]["coordinates"]) for run in (straight, resumed)]
+    torch.testing.assert_close(*coordinates)

@@ -1,0 +1,176 @@
+"""The arithmetic shared by `pairwise_distances` and `knn_search`.
+
+Keys are scored against a block of queries with one matrix product per tile of keys. The
+score ranks keys exactly as the distance does but costs less to compute:
+
+- euclidean, squared_euclidean: ``|x|^2 - 2 <x, q>`` (the squared distance minus ``|q|^2``);
+- cosine: ``-<x, q> / (|x| |q|)`` (the distance minus 1), 0 when either vector is zero;
+- manhattan: the distance itself.
+
+Scores turn into distances on the few pairs that are returned. Where the matrix-product
+expansion cancels (distance close to zero) the distance is recomputed from the differences
+in float64, so identical rows come out exactly 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+_EUCLIDEAN = ("euclidean", "squared_euclidean")
+
+
+@dataclass(frozen=True)
+class Queries:
+    """Queries prepared once for scoring: upcast, normalised for cosine, with their norms."""
+
+    metric: str
+    rows: Tensor
+    """(B, D) in the compute dtype, as the product needs them: ``-2 q`` for the euclidean
+    metrics (exact scaling), unit rows (zero rows stay zero) for cosine, ``q`` for
+    manhattan."""
+    sq_norms: Tensor | None
+    """(B,) squared norms for the euclidean metrics, else None."""
+
+
+def prepare_queries(queries: Tensor, metric: str, dtype: torch.dtype) -> Queries:
+    rows = queries.to(dtype)
+    sq_norms = None
+    if metric in _EUCLIDEAN:
+        sq_norms = rows.square().sum(dim=1)
+        rows = rows * -2
+    elif metric == "cosine":
+        rows = rows * _inverse_norms(rows).unsqueeze(1)
+    return Queries(metric, rows.contiguous(), sq_norms)
+
+
+def _inverse_norms(rows: Tensor) -> Tensor:
+    norms = torch.linalg.vector_norm(rows, dim=1)
+    return torch.where(norms > 0, norms.reciprocal(), torch.zeros_like(norms))
+
+
+def score_tile(
+    keys: Tensor, queries: Queries, out: Tensor, scratch: Tensor | None = None
+) -> Tensor | None:
+    """Write the (T, B) scores of ``keys`` (T, D) against ``queries`` into ``out``.
+
+    ``scratch``, optional, is a (2, >= T, D) buffer in the compute dtype that saves an
+    allocation per tile. Returns the keys' squared norms for the euclidean metrics.
+    """
+    rows = keys.shape[0]
+    dtype = queries.rows.dtype
+    if keys.dtype != dtype:
+        keys = keys.to(dtype) if scratch is None else scratch[0, :rows].copy_(keys)
+    if queries.metric == "manhattan":
+        if keys.device.type == "cpu":
+            _manhattan_by_pdist(keys, queries.rows, out)
+        else:
+            out.copy_(torch.cdist(keys, queries.rows, p=1))
+        return None
+    if queries.metric == "cosine":
+        torch.mm(keys, queries.rows.T, out=out)
+        out.mul_(_inverse_norms(keys).neg_().unsqueeze(1))
+        return None
+    squares = keys.square() if scratch is None else torch.mul(keys, keys, out=scratch[1, :rows])
+    sq_norms = squares.sum(dim=1)
+    torch.mm(keys, queries.rows.T, out=out)
+    out.add_(sq_norms.unsqueeze(1))
+    return sq_norms
+
+
+def _manhattan_by_pdist(keys: Tensor, queries: Tensor, out: Tensor) -> None:
+    """L1 distances of every key to every query, written into ``out`` (T, B).
+
+    On CPU ``torch.cdist(p=1)`` runs a scalar loop while ``pdist`` is vectorised; scoring
+    the key/query block of ``pdist([keys; queries])`` is faster even though it also
+    computes the key-key and query-query pairs (about twice the work for T close to B).
+    """
+    n_keys, n_queries = keys.shape[0], queries.shape[0]
+    condensed = torch.nn.functional.pdist(torch.cat((keys, queries)), p=1)
+    n = n_keys + n_queries
+    i = torch.arange(n_keys, device=keys.device)
+    first = i * n - i * (i + 1) // 2 + n_keys - i - 1  # pair (key i, query 0)
+    where = first.unsqueeze(1) + torch.arange(n_queries, device=keys.device)
+    torch.index_select(condensed, 0, where.view(-1), out=out.view(-1))
+
+
+def distances_from_scores(scores: Tensor, metric: str, query_sq_norms: Tensor | None) -> Tensor:
+    """Undo the score shift (``query_sq_norms`` broadcasts against ``scores``); not clamped."""
+    if metric in _EUCLIDEAN:
+        assert query_sq_norms is not None
+        return scores + query_sq_norms
+    if metric == "cosine":
+        return scores + 1
+    return scores.clone()
+
+
+def cancellation_bound(
+    metric: str, dim: int, dtype: torch.dtype, sq_norms_a: Tensor | None, sq_norms_b: Tensor | None
+) -> Tensor | float | None:
+    """Worst-case rounding error of the expansion, as a squared or cosine distance.
+
+    A pair whose computed value is at most this bound may truly be at distance 0, so its
+    distance is recomputed exactly. The bound holds for any summation order (``gamma_D``
+    from the standard dot-product error analysis), with a factor two to spare.
+    """
+    if metric == "manhattan":
+        return None
+    unit_roundoff = torch.finfo(dtype).eps / 2
+    gamma = (2 * dim + 16) * unit_roundoff
+    if metric == "cosine":
+        return gamma
+    assert sq_norms_a is not None and sq_norms_b is not None
+    return gamma * (sq_norms_a.sqrt() + sq_norms_b.sqrt()).square()
+
+
+def exact_distances(left: Tensor, right: Tensor, metric: str) -> Tensor:
+    """Row-by-row distance of two (P, D) tensors from their differences, in float64.
+
+    Squared distance for the euclidean metrics, ``|u/|u| - v/|v||^2 / 2`` for cosine
+    (1 when either row is zero).
+    """
+    a, b = left.double(), right.double()
+    if metric in _EUCLIDEAN:
+        return (a - b).square_().sum(dim=1)
+    if metric == "cosine":
+        norm_a, norm_b = torch.linalg.vector_norm(a, dim=1), torch.linalg.vector_norm(b, dim=1)
+        nonzero = (norm_a > 0) & (norm_b > 0)
+        unit_a = a / torch.where(nonzero, norm_a, 1).unsqueeze(1)
+        unit_b = b / torch.where(nonzero, norm_b, 1).unsqueeze(1)
+        half_sq = (unit_a - unit_b).square_().sum(dim=1) / 2
+        return torch.where(nonzero, half_sq, torch.ones_like(half_sq))
+    return (a - b).abs_().sum(dim=1)
+
+
+def refine_near_zero(
+    values: Tensor,
+    near_zero: Tensor,
+    left: Tensor,
+    left_rows: Tensor,
+    right: Tensor,
+    right_rows: Tensor,
+    metric: str,
+    max_pairs: int,
+) -> None:
+    """Overwrite ``values[near_zero]`` with exact distances, ``max_pairs`` pairs at a time.
+
+    ``left_rows``/``right_rows`` have the shape of ``values`` and name the rows of ``left``
+    and ``right`` that each entry compares. One host sync (``nonzero``).
+    """
+    where = near_zero.nonzero(as_tuple=True)
+    li, ri = left_rows[where], right_rows[where]
+    exact = torch.empty(li.shape[0], dtype=values.dtype, device=values.device)
+    for s in range(0, li.shape[0], max_pairs):
+        part = slice(s, s + max_pairs)
+        exact[part] = exact_distances(left[li[part]], right[ri[part]], metric)
+    values[where] = exact
+
+
+def finish(values: Tensor, metric: str) -> Tensor:
+    """Clamp to the metric's range in place; square root for euclidean."""
+    if metric == "cosine":
+        return values.clamp_(0, 2)
+    values.clamp_(min=0)
+    return values.sqrt_() if metric == "euclidean" else values

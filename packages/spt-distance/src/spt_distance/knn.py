@@ -1,0 +1,439 @@
+"""Exact k-nearest-neighbour search that streams over chunks of keys."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from spt_distance import _scores
+from spt_distance._checks import (
+    check_chunk_size,
+    check_k,
+    check_memory_budget,
+    check_metric,
+    check_pair,
+    compute_dtype,
+)
+
+TILE = 1024
+"""Keys per matrix product. Every key is scored by a product of this fixed shape, aligned on
+multiples of ``TILE``, so a pair's score never depends on ``chunk_size``."""
+
+_MAX_GROUP = 64
+
+
+@dataclass(frozen=True)
+class ChunkPlan:
+    """How `knn_search` cuts its work, and the scratch memory that costs."""
+
+    tile: int
+    """Keys per matrix product."""
+    chunk: int
+    """Keys scored per step (a multiple of ``tile``, or every key)."""
+    query_block: int
+    """Queries searched together."""
+    scratch_bytes: int
+    """Upper estimate of the extra memory of one step (scores, top-k candidates, buffers)."""
+
+
+def plan_chunks(
+    n_queries: int,
+    n_keys: int,
+    dim: int,
+    k: int,
+    metric: str = "euclidean",
+    chunk_size: int | None = None,
+    *,
+    memory_budget: int | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> ChunkPlan:
+    """The chunking `knn_search` uses for these sizes (no data needed).
+
+    Args:
+        n_queries: Number of query rows ``B``.
+        n_keys: Number of key rows ``N``.
+        dim: Number of features ``D``.
+        k: Number of neighbours.
+        metric: One of :data:`spt_distance.METRICS`.
+        chunk_size: As in `knn_search`.
+        memory_budget: As in `knn_search`.
+        dtype: dtype of the keys (float16/bfloat16 keys need an upcast buffer).
+
+    Returns:
+        The :class:`ChunkPlan`.
+
+    Example:
+        >>> plan = plan_chunks(256, 65536, 128, 20)
+        >>> plan.chunk, plan.query_block, plan.scratch_bytes <= 64 * 2**20
+        (57344, 256, True)
+        >>> plan_chunks(256, 65536, 128, 20, chunk_size=-1).chunk
+        65536
+        >>> plan_chunks(256, 65536, 128, 20, chunk_size=1500).chunk
+        2048
+    """
+    metric = check_metric(metric)
+    chunk_size = check_chunk_size(chunk_size)
+    budget = check_memory_budget(memory_budget)
+    tile = min(TILE, n_keys)
+    kk = min(k + 1, n_keys)
+    query_block = max(1, n_queries)
+    while query_block > 1 and _scratch(query_block, tile, tile, dim, kk, metric, dtype) > budget:
+        query_block = -(-query_block // 2)
+    if metric == "manhattan":
+        # pdist over [keys; queries] costs (T + B)^2 / 2 pairs for the T * B wanted.
+        tile = min(tile, max(64, query_block))
+    n_tiles = -(-n_keys // tile)
+    if chunk_size is None:
+        tiles = n_tiles
+        while tiles > 1 and (
+            _scratch(query_block, tiles * tile, tile, dim, kk, metric, dtype) > budget
+        ):
+            tiles = max(1, min(tiles - 1, tiles * 7 // 8))
+    elif chunk_size == -1:
+        tiles = n_tiles
+    else:
+        tiles = min(n_tiles, -(-chunk_size // tile))
+    chunk = min(tiles * tile, n_keys)
+    return ChunkPlan(
+        tile, chunk, query_block, _scratch(query_block, chunk, tile, dim, kk, metric, dtype)
+    )
+
+
+def _scratch(
+    n_queries: int, chunk: int, tile: int, dim: int, kk: int, metric: str, dtype: torch.dtype
+) -> int:
+    """Bytes of one step: the chunk's scores, the top-k candidates, the per-tile buffers."""
+    elt = 8 if dtype == torch.float64 else 4
+    m = min(kk, chunk)
+    group = _group_size(chunk, m, tile)
+    scores = chunk * n_queries * elt
+    group_mins = (chunk // group) * n_queries * elt if group > 1 else 0
+    candidates = (group * m + group) * n_queries * (elt + 8) * 2
+    running = 3 * 2 * kk * n_queries * (elt + 8)
+    per_tile = tile * (2 * elt + 8) + 2 * tile * dim * elt
+    if metric == "manhattan":
+        pairs = (tile + n_queries) ** 2 // 2
+        per_tile += pairs * elt + (tile + n_queries) * dim * elt + tile * n_queries * 8
+    return scores + group_mins + candidates + running + per_tile
+
+
+def knn_search(
+    queries: Tensor,
+    keys: Tensor,
+    k: int,
+    metric: str = "euclidean",
+    chunk_size: int | None = None,
+    *,
+    memory_budget: int | None = None,
+) -> tuple[Tensor, Tensor]:
+    """The ``k`` nearest keys of every query, exactly, streaming over chunks of keys.
+
+    Each step scores one chunk of keys against the queries with matrix products (see
+    :func:`pairwise_distances` for the metrics), keeps that chunk's ``k + 1`` best and
+    merges them into the running best; extra memory is O(B * chunk + B * k) whatever the
+    number of keys. Keys are ranked by a score that orders them as the distance does
+    (``|x|^2 - 2 <q, x>`` for the euclidean metrics, ``-cos`` for cosine); keys with equal
+    scores are ranked by index, smaller first. Every score comes from a matrix product of
+    the same shape whatever the chunking, so the result is the same for every
+    ``chunk_size``, bit for bit. The returned rows are sorted by (distance, index).
+    Distances that the matrix-product expansion cannot resolve from 0 are recomputed from
+    the differences (identical rows give exactly 0).
+
+    float16/bfloat16 inputs are upcast one tile at a time and give exactly the result of
+    the float32 search on the upcast values; float64 inputs are searched in float64. On
+    CUDA the chunk loop never waits for the device; after the loop there is at most one
+    sync for the near-zero refinement and one to detect ties at the k-th place (resolved
+    by a second pass only when one exists). Non-finite inputs give unspecified neighbours.
+
+    Args:
+        queries: ``(B, d)`` floating-point tensor.
+        keys: ``(N, d)`` floating-point tensor on the same device.
+        k: Number of neighbours, ``1 <= k <= N``.
+        metric: One of :data:`spt_distance.METRICS`.
+        chunk_size: Keys scored per step: ``None`` picks the largest chunk whose scratch
+            memory fits ``memory_budget``; ``-1`` scores every key in one block; a positive
+            int is rounded up to a multiple of :data:`TILE` (at most ``N``).
+        memory_budget: Scratch bytes that ``chunk_size=None`` plans for, also the bound
+            under which queries are split into blocks (default
+            :data:`spt_distance.DEFAULT_MEMORY_BUDGET`, 64 MiB).
+
+    Returns:
+        ``(distances, indices)``, each ``(B, k)``, nearest first: float32 distances
+        (float64 for float64 inputs) and int64 row indices into ``keys``.
+
+    Raises:
+        ValueError: Unknown ``metric``; ``k`` outside ``[1, N]``; inputs that are not 2D, with
+            different feature counts or devices; ``chunk_size`` 0 or below -1;
+            ``memory_budget`` below 1.
+        TypeError: Non-floating-point inputs; non-int ``k``, ``chunk_size`` or
+            ``memory_budget``.
+
+    Example:
+        >>> keys = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0], [1.0, 0.0]])
+        >>> distances, indices = knn_search(torch.tensor([[1.0, 0.0]]), keys, k=3)
+        >>> distances
+        tensor([[0., 0., 1.]])
+        >>> indices
+        tensor([[1, 3, 0]])
+        >>> knn_search(torch.tensor([[0.0, 3.0]]), keys, k=1, metric="manhattan")
+        (tensor([[1.]]), tensor([[2]]))
+    """
+    metric = check_metric(metric)
+    check_pair(queries, keys, "queries", "keys")
+    k = check_k(k, keys.shape[0])
+    chunk_size = check_chunk_size(chunk_size)
+    budget = check_memory_budget(memory_budget)
+    dtype = compute_dtype(queries, keys)
+    n_queries, dim = queries.shape
+    if n_queries == 0:
+        return (
+            torch.empty(0, k, dtype=dtype, device=queries.device),
+            torch.empty(0, k, dtype=torch.int64, device=queries.device),
+        )
+    plan = plan_chunks(
+        n_queries, keys.shape[0], dim, k, metric, chunk_size, memory_budget=budget, dtype=keys.dtype
+    )
+    kk = min(k + 1, keys.shape[0])
+    blocks = []
+    key_sq_max = None
+    for q0 in range(0, n_queries, plan.query_block):
+        block = _scores.prepare_queries(queries[q0 : q0 + plan.query_block], metric, dtype)
+        scores, index, key_sq_max = _scan(keys, block, plan, kk)
+        blocks.append(_Block(block, scores.T, index.T))
+    scores = torch.cat([b.scores for b in blocks])
+    index = torch.cat([b.index for b in blocks])
+    dropped = None
+    if kk > k:
+        index, dropped = _drop_kth_plus_one(keys, blocks, plan, scores, index, k)
+    distances = _distances(queries, keys, blocks, scores, index, dropped, dtype, key_sq_max, budget)
+    return _sorted(distances, index, dropped, k)
+
+
+@dataclass(frozen=True)
+class _Block:
+    queries: _scores.Queries
+    scores: Tensor
+    """(B, k + 1) lowest scores, unordered."""
+    index: Tensor
+
+
+def _scan(
+    keys: Tensor, queries: _scores.Queries, plan: ChunkPlan, kk: int
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """The ``kk`` lowest scores of every query as ``(kk, B)`` scores and key indices, and
+    the largest squared key norm (euclidean metrics). The multiset of scores is exact."""
+    buffer = _score_buffer(plan, queries)
+    best: tuple[Tensor, Tensor] | None = None
+    sq_max = None
+    for start in range(0, keys.shape[0], plan.chunk):
+        n_rows = min(plan.chunk, keys.shape[0] - start)
+        group = _group_size(n_rows, min(kk, n_rows), plan.tile)
+        scores, mins, chunk_sq_max = _score_chunk(keys, start, plan, queries, buffer, group)
+        if chunk_sq_max is not None:
+            sq_max = chunk_sq_max if sq_max is None else torch.maximum(sq_max, chunk_sq_max)
+        values, rows = _lowest(scores, mins, group, kk)
+        rows += start
+        if best is not None:
+            values, rows = torch.cat((best[0], values)), torch.cat((best[1], rows))
+            top = values.topk(min(kk, values.shape[0]), dim=0, largest=False, sorted=False)
+            values, rows = top.values, rows.gather(0, top.indices)
+        best = values, rows
+    assert best is not None
+    return best[0], best[1], sq_max
+
+
+def _score_buffer(plan: ChunkPlan, queries: _scores.Queries) -> tuple[Tensor, Tensor]:
+    """The chunk's (chunk, B) scores and the (2, tile, D) per-tile scratch."""
+    rows = queries.rows
+    scores = torch.empty(plan.chunk, rows.shape[0], dtype=rows.dtype, device=rows.device)
+    scratch = torch.empty(2, plan.tile, rows.shape[1], dtype=rows.dtype, device=rows.device)
+    return scores, scratch
+
+
+def _score_chunk(
+    keys: Tensor,
+    start: int,
+    plan: ChunkPlan,
+    queries: _scores.Queries,
+    buffer: tuple[Tensor, Tensor],
+    group: int = 1,
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """Scores of keys ``[start, start + chunk)`` as a view of ``buffer``, tile by tile.
+
+    Also returns, when ``group > 1``, the minimum of every run of ``group`` rows (taken
+    while each tile is still in cache; trailing rows that fill no group are left out), and
+    the largest squared key norm for the euclidean metrics.
+    """
+    stop = min(start + plan.chunk, keys.shape[0])
+    scores, scratch = buffer
+    n_queries = scores.shape[1]
+    mins = None
+    if group > 1:
+        mins = scores.new_empty((stop - start) // group, n_queries)
+    norms = []
+    for t0 in range(start, stop, plan.tile):
+        t1 = min(t0 + plan.tile, stop)
+        tile = scores[t0 - start : t1 - start]
+        sq_norms = _scores.score_tile(keys[t0:t1], queries, tile, scratch)
+        if sq_norms is not None:
+            norms.append(sq_norms.amax())
+        if mins is not None:
+            full = (t1 - t0) // group
+            first = (t0 - start) // group
+            grouped = tile[: full * group].view(full, group, n_queries)
+            torch.amin(grouped, dim=1, out=mins[first : first + full])
+    sq_max = torch.stack(norms).amax() if norms else None
+    return scores[: stop - start], mins, sq_max
+
+
+def _group_size(rows: int, m: int, tile: int) -> int:
+    """Rows per group of the min-prefilter, about sqrt(rows / m); 1 disables it.
+
+    A power of two that divides ``tile``, so that groups never straddle tiles."""
+    group = 1
+    while (
+        group * 2 <= _MAX_GROUP
+        and tile % (group * 2) == 0
+        and rows // (group * 2) >= 4 * m
+        and (group * 2) ** 2 * m <= rows
+    ):
+        group *= 2
+    return group
+
+
+def _lowest(scores: Tensor, mins: Tensor | None, group: int, kk: int) -> tuple[Tensor, Tensor]:
+    """The ``min(kk, rows)`` lowest values of every column of ``scores`` and their rows.
+
+    The multiset of values is exact: with groups, only the ``kk`` groups with the lowest
+    minima are searched, and every value below the ``kk``-th lowest group minimum lies in
+    one of them (rows after the last full group are searched as well).
+    """
+    rows, n_queries = scores.shape
+    m = min(kk, rows)
+    if mins is None:
+        top = scores.topk(m, dim=0, largest=False, sorted=False)
+        return top.values, top.indices
+    chosen = mins.topk(m, dim=0, largest=False, sorted=False).indices
+    offsets = torch.arange(group, device=scores.device)
+    where = (chosen.unsqueeze(1) * group + offsets.view(1, group, 1)).view(m * group, n_queries)
+    columns = torch.arange(n_queries, device=scores.device)
+    values = scores.view(-1).index_select(0, (where * n_queries + columns).view(-1))
+    values = values.view(m * group, n_queries)
+    covered = mins.shape[0] * group
+    if covered < rows:
+        tail = torch.arange(covered, rows, device=scores.device)
+        values = torch.cat((values, scores[covered:]))
+        where = torch.cat((where, tail.unsqueeze(1).expand(-1, n_queries)))
+    top = values.topk(m, dim=0, largest=False, sorted=False)
+    return top.values, where.gather(0, top.indices)
+
+
+def _drop_kth_plus_one(
+    keys: Tensor, blocks: list[_Block], plan: ChunkPlan, scores: Tensor, index: Tensor, k: int
+) -> tuple[Tensor, Tensor]:
+    """Mark which of the (B, k + 1) entries is not among the k nearest.
+
+    Without a tie at the k-th score that is the unique largest score. With one, entries
+    scoring below the k-th score stay and the remaining places go to the smallest indices
+    that score exactly the k-th score, found by a second pass over the keys (run only when
+    such a tie exists: one host sync).
+    """
+    top2 = scores.topk(2, dim=1)
+    largest, kth = top2.values.unbind(1)
+    dropped = torch.zeros_like(scores, dtype=torch.bool)
+    dropped.scatter_(1, top2.indices[:, :1], True)
+    tied = largest == kth
+    if not bool(tied.any()):
+        return index, dropped
+    tau = torch.where(tied, kth, torch.full_like(kth, math.nan))
+    smallest = []
+    q0 = 0
+    for block in blocks:
+        n = block.scores.shape[0]
+        smallest.append(_smallest_rows_scoring(keys, block.queries, plan, tau[q0 : q0 + n], k))
+        q0 += n
+    tied_rows = torch.cat(smallest, dim=1).T
+    at_kth = scores >= kth.unsqueeze(1)
+    slots = k - (~at_kth).sum(dim=1, keepdim=True)
+    rank = at_kth.cumsum(dim=1) - 1
+    take = at_kth & (rank < slots)
+    replace = tied.unsqueeze(1) & take
+    index = torch.where(replace, tied_rows.gather(1, rank.clamp_(0, k - 1)), index)
+    dropped = torch.where(tied.unsqueeze(1), at_kth & ~take, dropped)
+    return index, dropped
+
+
+def _smallest_rows_scoring(
+    keys: Tensor, queries: _scores.Queries, plan: ChunkPlan, tau: Tensor, k: int
+) -> Tensor:
+    """(k, B) smallest key indices whose score equals ``tau`` (padded with N)."""
+    n_keys = keys.shape[0]
+    buffer = _score_buffer(plan, queries)
+    best = None
+    for start in range(0, n_keys, plan.chunk):
+        scores, _, _ = _score_chunk(keys, start, plan, queries, buffer)
+        for t0 in range(0, scores.shape[0], plan.tile):
+            part = scores[t0 : t0 + plan.tile]
+            rows = torch.arange(start + t0, start + t0 + part.shape[0], device=keys.device)
+            rows = rows.unsqueeze(1).expand_as(part)
+            candidates = torch.where(part == tau, rows, torch.full_like(rows, n_keys))
+            if best is not None:
+                candidates = torch.cat((best, candidates))
+            best = candidates.topk(min(k, candidates.shape[0]), dim=0, largest=False).values
+    assert best is not None
+    return best
+
+
+def _distances(
+    queries: Tensor,
+    keys: Tensor,
+    blocks: list[_Block],
+    scores: Tensor,
+    index: Tensor,
+    dropped: Tensor | None,
+    dtype: torch.dtype,
+    key_sq_max: Tensor | None,
+    budget: int,
+) -> Tensor:
+    """Distances of the chosen pairs, recomputed exactly where they are close to 0."""
+    metric = blocks[0].queries.metric
+    query_sq = None
+    if blocks[0].queries.sq_norms is not None:
+        query_sq = torch.cat([b.queries.sq_norms for b in blocks])  # type: ignore[misc]
+        query_sq = query_sq.unsqueeze(1)
+    values = _scores.distances_from_scores(scores, metric, query_sq)
+    bound = _scores.cancellation_bound(metric, queries.shape[1], dtype, query_sq, key_sq_max)
+    if bound is not None:
+        near_zero = values <= bound
+        if dropped is not None:
+            near_zero &= ~dropped
+        rows = torch.arange(queries.shape[0], device=queries.device).unsqueeze(1)
+        max_pairs = max(1, budget // (24 * max(1, queries.shape[1])))
+        _scores.refine_near_zero(
+            values, near_zero, queries, rows.expand_as(index), keys, index, metric, max_pairs
+        )
+    return _scores.finish(values, metric)
+
+
+def _sorted(
+    distances: Tensor, index: Tensor, dropped: Tensor | None, k: int
+) -> tuple[Tensor, Tensor]:
+    """The k kept entries of every row, sorted by (distance, index)."""
+    if distances.dtype == torch.float32:
+        # Non-negative floats order as their bit patterns (NaN, sign cleared, last).
+        bits = distances.view(torch.int32).long() & 0x7FFFFFFF
+        key = (bits << 32) | index
+        if dropped is not None:
+            key.masked_fill_(dropped, torch.iinfo(torch.int64).max)
+        order = key.argsort(dim=1)
+    else:
+        if dropped is not None:
+            distances = distances.masked_fill(dropped, math.inf)
+            index = index.masked_fill(dropped, torch.iinfo(torch.int64).max)
+        by_index = index.argsort(dim=1)
+        order = by_index.gather(1, distances.gather(1, by_index).argsort(dim=1, stable=True))
+    order = order[:, :k]
+    return distances.gather(1, order), index.gather(1, order)

@@ -1,0 +1,213 @@
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from spt_distance import DEFAULT_MEMORY_BUDGET, METRICS, knn_search, plan_chunks
+
+SETTINGS = settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+CHUNKS = st.sampled_from([None, -1, 1, 2, 3, 5, 8, 1000])
+TILES = st.sampled_from([1, 2, 3, 4, 7, 1024])
+
+
+@SETTINGS
+@given(data=st.data(), metric=st.sampled_from(METRICS), chunk_size=CHUNKS, tile_size=TILES)
+def test_knn_matches_float64_brute_force(ref, tile, data, metric, chunk_size, tile_size):
+    tile(tile_size)
+    queries, keys, k = data.draw(ref.problems())
+    dtype = data.draw(st.sampled_from(ref.dtypes))
+    queries, keys = queries.to(dtype), keys.to(dtype)
+    result = knn_search(queries, keys, k, metric, chunk_size=chunk_size)
+    ref.assert_valid_knn(queries, keys, k, metric, result)
+
+
+@SETTINGS
+@given(data=st.data(), metric=st.sampled_from(METRICS), tile_size=TILES)
+def test_knn_every_chunk_size_gives_the_unchunked_result(ref, tile, data, metric, tile_size):
+    tile(tile_size)
+    values = data.draw(st.sampled_from([ref.decimals, ref.small_ints]))
+    queries, keys, k = data.draw(ref.problems(values, max_keys=60))
+    queries, keys = queries.float(), keys.float()
+    unchunked = knn_search(queries, keys, k, metric, chunk_size=-1)
+    for chunk_size in (None, 1, 2, 3, 4, 5, 9, 16, keys.shape[0]):
+        ref.assert_identical(knn_search(queries, keys, k, metric, chunk_size=chunk_size), unchunked)
+
+
+@SETTINGS
+@given(
+    data=st.data(),
+    metric=st.sampled_from(["euclidean", "squared_euclidean", "manhattan"]),
+    chunk_size=CHUNKS,
+    tile_size=TILES,
+    budget=st.sampled_from([None, 1, 4096]),
+)
+def test_knn_exact_ties_go_to_the_smaller_index(
+    ref, tile, data, metric, chunk_size, tile_size, budget
+):
+    """Small integers make every distance exact, so the answer is fully determined."""
+    tile(tile_size)
+    queries, keys, k = data.draw(ref.problems(ref.small_ints, max_keys=60))
+    queries, keys = queries.float(), keys.float()
+    distances, index = knn_search(
+        queries, keys, k, metric, chunk_size=chunk_size, memory_budget=budget
+    )
+    exact = "squared_euclidean" if metric == "euclidean" else metric
+    expected_distances, expected_index = ref.reference_knn(queries, keys, k, exact)
+    assert torch.equal(index, expected_index)
+    expected_distances = expected_distances.float()
+    if metric == "euclidean":
+        expected_distances = expected_distances.sqrt()
+    assert torch.equal(distances, expected_distances)
+
+
+@pytest.mark.parametrize("metric", METRICS)
+@pytest.mark.parametrize("chunk_size", [None, 3, -1])
+def test_knn_all_keys_tied_returns_the_first_indices(tile, metric, chunk_size):
+    tile(4)
+    keys = torch.tensor([[0.3, -1.7, 2.9]]).repeat(50, 1)
+    queries = torch.tensor([[0.0, 0.0, 0.0], [0.3, -1.7, 2.9], [1.0, 2.0, 3.0]])
+    distances, index = knn_search(queries, keys, 7, metric, chunk_size=chunk_size)
+    assert torch.equal(index, torch.arange(7).repeat(3, 1))
+    assert bool((distances == distances[:, :1]).all())
+    assert bool((distances[1] == 0).all())
+    if metric == "cosine":
+        assert bool((distances[0] == 1).all())
+
+
+def test_knn_cosine_zero_vectors(tile):
+    tile(2)
+    keys = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 0.0], [0.0, 3.0], [-1.0, 0.0]])
+    queries = torch.tensor([[0.0, 0.0], [2.0, 0.0]])
+    distances, index = knn_search(queries, keys, 5, "cosine", chunk_size=2)
+    assert not bool(distances.isnan().any())
+    assert torch.equal(index, torch.tensor([[0, 1, 2, 3, 4], [1, 0, 2, 3, 4]]))
+    expected = torch.tensor([[1.0, 1.0, 1.0, 1.0, 1.0], [0.0, 1.0, 1.0, 1.0, 2.0]])
+    assert torch.equal(distances, expected)
+
+
+@SETTINGS
+@given(
+    n_queries=st.integers(1, 8),
+    n_keys=st.integers(1, 300),
+    dim=st.integers(1, 200),
+    scale=st.sampled_from([1e-3, 1.0, 1e3]),
+    offset=st.sampled_from([0.0, 100.0]),
+    metric=st.sampled_from(METRICS),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_knn_identical_rows_are_at_exactly_zero(
+    n_queries, n_keys, dim, scale, offset, metric, seed
+):
+    generator = torch.Generator().manual_seed(seed)
+    keys = torch.randn(n_keys, dim, generator=generator) * scale + offset
+    queries = keys[torch.randint(n_keys, (n_queries,), generator=generator)]
+    k = min(3, n_keys)
+    distances, index = knn_search(queries, keys, k, metric)
+    identical = (keys[index] == queries.unsqueeze(1)).all(dim=2)
+    assert bool((distances[identical] == 0).all())
+    if metric != "cosine":
+        assert torch.equal(identical, distances == 0)
+    if offset == 0:
+        # Well conditioned: the copy is found. (Near a common offset, keys closer than the
+        # product's rounding error are ranked by the rounded score, as documented.)
+        assert bool((distances[:, 0] == 0).all())
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("metric", METRICS)
+@pytest.mark.parametrize("tile_size", [16, 1024])
+def test_knn_low_precision_equals_float32_search_on_upcast_values(tile, dtype, metric, tile_size):
+    tile(tile_size)
+    generator = torch.Generator().manual_seed(1)
+    keys = torch.randn(300, 32, generator=generator).to(dtype)
+    queries = torch.randn(20, 32, generator=generator).to(dtype)
+    keys[7] = keys[11]
+    for chunk_size in (None, 64):
+        low = knn_search(queries, keys, 10, metric, chunk_size=chunk_size)
+        high = knn_search(queries.float(), keys.float(), 10, metric, chunk_size=chunk_size)
+        assert low[0].dtype == torch.float32
+        torch.testing.assert_close(low, high, rtol=0, atol=0)
+
+
+def test_knn_float64_inputs_search_in_float64(ref):
+    generator = torch.Generator().manual_seed(2)
+    keys = torch.randn(100, 5, generator=generator, dtype=torch.float64)
+    queries = torch.randn(4, 5, generator=generator, dtype=torch.float64)
+    result = knn_search(queries, keys.float(), 6)
+    assert result[0].dtype == torch.float64
+    ref.assert_valid_knn(queries, keys.float(), 6, "euclidean", result)
+
+
+def test_knn_no_queries():
+    distances, index = knn_search(torch.zeros(0, 3), torch.zeros(5, 3), 2)
+    assert distances.shape == index.shape == (0, 2)
+    assert index.dtype == torch.int64
+
+
+def test_knn_k_equals_number_of_keys(ref):
+    keys = torch.tensor([[2.0], [0.0], [1.0], [0.0]])
+    distances, index = knn_search(torch.tensor([[0.0]]), keys, 4)
+    assert torch.equal(index, torch.tensor([[1, 3, 2, 0]]))
+    assert torch.equal(distances, torch.tensor([[0.0, 0.0, 1.0, 2.0]]))
+
+
+@pytest.mark.parametrize("metric", METRICS)
+def test_knn_query_blocks_under_a_small_budget(ref, tile, metric):
+    tile(8)
+    generator = torch.Generator().manual_seed(3)
+    keys = torch.randn(200, 6, generator=generator)
+    queries = torch.randn(37, 6, generator=generator)
+    plan = plan_chunks(37, 200, 6, 5, metric, memory_budget=2048)
+    assert plan.query_block < 37
+    result = knn_search(queries, keys, 5, metric, memory_budget=2048)
+    ref.assert_valid_knn(queries, keys, 5, metric, result)
+    for chunk_size in (1, 17, -1):
+        ref.assert_identical(
+            knn_search(queries, keys, 5, metric, chunk_size=chunk_size, memory_budget=2048), result
+        )
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    n_queries=st.integers(1, 100_000),
+    n_keys=st.integers(1, 10_000_000),
+    dim=st.integers(1, 4096),
+    k=st.integers(1, 1000),
+    metric=st.sampled_from(METRICS),
+    dtype=st.sampled_from([torch.float32, torch.bfloat16, torch.float64]),
+)
+def test_plan_fits_the_default_budget(n_queries, n_keys, dim, k, metric, dtype):
+    k = min(k, n_keys)
+    plan = plan_chunks(n_queries, n_keys, dim, k, metric, dtype=dtype)
+    assert plan.chunk == n_keys or plan.chunk % plan.tile == 0
+    assert 1 <= plan.query_block <= n_queries
+    single = plan_chunks(1, n_keys, dim, k, metric, chunk_size=1, dtype=dtype)
+    if single.scratch_bytes <= DEFAULT_MEMORY_BUDGET:
+        assert plan.scratch_bytes <= DEFAULT_MEMORY_BUDGET
+
+
+def test_plan_rounds_chunk_size_to_tiles():
+    assert plan_chunks(4, 5000, 8, 3, chunk_size=1).chunk == 1024
+    assert plan_chunks(4, 5000, 8, 3, chunk_size=1025).chunk == 2048
+    assert plan_chunks(4, 5000, 8, 3, chunk_size=-1).chunk == 5000
+    assert plan_chunks(4, 5000, 8, 3, chunk_size=10**9).chunk == 5000
+    assert plan_chunks(4, 100, 8, 3, chunk_size=1).chunk == 100
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("metric", METRICS)
+def test_knn_on_cuda(ref, metric):
+    generator = torch.Generator().manual_seed(4)
+    keys = torch.randn(5000, 64, generator=generator)
+    queries = torch.randn(33, 64, generator=generator)
+    keys[100] = queries[0]
+    result = knn_search(queries.cuda(), keys.cuda(), 10, metric, chunk_size=1500)
+    assert result[0].is_cuda and result[1].is_cuda
+    cpu = result[0].cpu(), result[1].cpu()
+    ref.assert_valid_knn(queries, keys, 10, metric, cpu)
+    assert cpu[0][0, 0] == 0 and cpu[1][0, 0] == 100
+    ref.assert_identical(knn_search(queries.cuda(), keys.cuda(), 10, metric, chunk_size=-1), result)
+    half = knn_search(queries.cuda().half(), keys.cuda().half(), 10, metric)
+    assert half[0].dtype == torch.float32

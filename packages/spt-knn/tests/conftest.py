@@ -1,0 +1,146 @@
+"""Shared pieces of the spt-knn tests: a float64 reference kNN and a tiny Lightning setup."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import lightning as L
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+
+def reference_distances(queries: torch.Tensor, bank: torch.Tensor, metric: str) -> torch.Tensor:
+    """Every query-to-row distance in float64, straight from the definitions."""
+    q, b = queries.double()[:, None, :], bank.double()[None, :, :]
+    if metric == "euclidean":
+        return (q - b).pow(2).sum(-1).sqrt()
+    if metric == "squared_euclidean":
+        return (q - b).pow(2).sum(-1)
+    if metric == "manhattan":
+        return (q - b).abs().sum(-1)
+    if metric == "cosine":
+        return 1 - (q * b).sum(-1) / (q.norm(dim=-1) * b.norm(dim=-1))
+    raise AssertionError(metric)
+
+
+def reference_scores(
+    queries, bank, labels, num_classes, k, temperature, metric, weighting
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scores computed row by row in float64 with Python loops, and a mask of the rows whose
+    k-th and (k+1)-th nearest distances are apart (elsewhere the neighbour set is a tie)."""
+    keep = labels >= 0
+    bank, labels = bank[keep], labels[keep]
+    distances = reference_distances(queries, bank, metric)
+    scores = torch.zeros(len(queries), num_classes, dtype=torch.float64)
+    decided = torch.ones(len(queries), dtype=torch.bool)
+    k = min(k, len(bank))
+    for i, row in enumerate(distances.tolist()):
+        ranked = sorted(range(len(row)), key=lambda j: row[j])
+        if k == 0:
+            scores[i] = 1.0 / num_classes
+            continue
+        if k < len(row):
+            gap = row[ranked[k]] - row[ranked[k - 1]]
+            decided[i] = gap > 1e-6 * (1 + abs(row[ranked[k]]))
+        nearest = row[ranked[0]]
+        for j in ranked[:k]:
+            d = row[j]
+            if weighting == "inverse":
+                weight = 1 / (d + temperature)
+            elif weighting == "exp":
+                weight = math.exp(-(d - nearest) / temperature)
+            else:
+                weight = 1.0
+            scores[i, int(labels[j])] += weight
+        scores[i] /= scores[i].sum()
+    return scores, decided
+
+
+@pytest.fixture(scope="session")
+def knn_reference() -> Callable:
+    """``knn_reference(queries, bank, labels, C, k, T, metric, weighting) -> (scores, decided)``."""
+    return reference_scores
+
+
+class _Rows(Dataset):
+    def __init__(self, features: torch.Tensor, labels: torch.Tensor) -> None:
+        self.features, self.labels = features, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"x": self.features[i], "label": self.labels[i]}
+
+
+class _Identity(L.LightningModule):
+    """Its "embedding" is the input itself (reshaped to ``shape``), so results are exact."""
+
+    def __init__(self, shape: tuple[int, ...] | None = None) -> None:
+        super().__init__()
+        self.shape = shape
+        self.weight = nn.Parameter(torch.zeros(1))
+
+    def _step(self, batch: dict) -> dict:
+        x = batch["x"]
+        embedding = x if self.shape is None else x.reshape(len(x), *self.shape)
+        loss = self.weight.pow(2).sum() + 0 * x.sum()
+        return {"loss": loss, "embedding": embedding, "label": batch["label"]}
+
+    def training_step(self, batch, batch_idx):
+        return self._step(batch)
+
+    def validation_step(self, batch, batch_idx, dataloader_idx=0):
+        return self._step(batch)
+
+    def test_step(self, batch, batch_idx, dataloader_idx=0):
+        return self._step(batch)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def _blobs(n: int, dim: int, classes: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    centers = torch.randn(classes, dim, generator=generator) * 3
+    labels = torch.arange(n) % classes
+    return centers[labels] + torch.randn(n, dim, generator=generator), labels
+
+
+@pytest.fixture
+def tiny():
+    """Factories for in-process runs: ``tiny.data(n, dim, classes, seed)``,
+    ``tiny.loader(features, labels, batch_size)``, ``tiny.model(shape)``,
+    ``tiny.trainer(callbacks, **kwargs)``."""
+
+    class Tiny:
+        data = staticmethod(_blobs)
+
+        @staticmethod
+        def loader(features, labels, batch_size=8):
+            return DataLoader(_Rows(features, labels), batch_size=batch_size)
+
+        @staticmethod
+        def model(shape=None):
+            return _Identity(shape)
+
+        @staticmethod
+        def trainer(callbacks, **kwargs):
+            settings = {
+                "accelerator": "cpu",
+                "devices": 1,
+                "max_epochs": 1,
+                "logger": False,
+                "enable_progress_bar": False,
+                "enable_model_summary": False,
+                "enable_checkpointing": False,
+                "num_sanity_val_steps": 0,
+                "callbacks": callbacks,
+            }
+            settings.update(kwargs)
+            return L.Trainer(**settings)
+
+    return Tiny

@@ -1,0 +1,311 @@
+"""OnlineKNN inside small in-process Trainers (the model's embedding is its input, so the
+bank is exactly the training rows and every logged value can be recomputed offline)."""
+
+import lightning as L
+import pytest
+import torch
+from loguru import logger
+from torchmetrics.classification import MulticlassAccuracy
+
+import spt_knn.functional
+from spt_core import callbacks_metrics
+from spt_knn import OnlineKNN, knn_predict
+from spt_queue import find_queue
+
+
+def make_knn(**kwargs):
+    settings = {
+        "name": "knn",
+        "input": "embedding",
+        "target": "label",
+        "queue_length": 32,
+        "metrics": {"accuracy": MulticlassAccuracy(3, average="micro")},
+        "num_classes": 3,
+        "k": 5,
+    }
+    settings.update(kwargs)
+    return OnlineKNN(**settings)
+
+
+@pytest.fixture
+def messages():
+    """Every loguru line logged while the test runs."""
+    lines = []
+    sink = logger.add(lambda m: lines.append(str(m)), level="INFO")
+    yield lines
+    logger.remove(sink)
+
+
+class Recorder(L.Callback):
+    """Keeps what OnlineKNN wrote into each validation batch."""
+
+    def __init__(self):
+        self.preds = []
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, idx=0):
+        self.preds.append(batch.get("knn_preds"))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"k": 0}, ValueError, "k must be a positive integer, got 0"),
+        ({"k": -3}, ValueError, "k must be a positive integer"),
+        ({"temperature": 0}, ValueError, "temperature must be a finite number > 0"),
+        ({"temperature": -0.1}, ValueError, "temperature"),
+        ({"chunk_size": 0}, ValueError, r"chunk_size must be -1 \(one block\)"),
+        ({"chunk_size": -2}, ValueError, "chunk_size"),
+        ({"chunk_size": 1.5}, TypeError, "chunk_size"),
+        ({"distance_metric": "cos"}, ValueError, r"distance_metric must be one of \("),
+        ({"weighting": "gaussian"}, ValueError, r"weighting must be one of \('inverse'"),
+        ({"distributed": "ring"}, ValueError, r"distributed must be one of \('gather', 'shard'\)"),
+        ({"queue_length": 0}, ValueError, "queue_length must be a positive integer, got 0"),
+        ({"input_dim": (4, 0)}, ValueError, r"input_dim must be .* got \(4, 0\)"),
+        ({"target_dim": 3}, ValueError, "target_dim must be None or 1"),
+        ({"num_classes": 0}, ValueError, "num_classes must be a positive integer, got 0"),
+        ({"input": ""}, TypeError, "input must be a non-empty string"),
+        ({"name": "a/b"}, ValueError, "name"),
+        ({"metrics": {"acc": len}}, TypeError, r"metrics\['acc'\] must be a torchmetrics Metric"),
+    ],
+)
+def test_bad_arguments_are_refused_at_construction(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        make_knn(**kwargs)
+
+
+def test_logged_accuracy_and_predictions_equal_an_offline_recomputation(tiny):
+    features, labels = tiny.data(96, 4, 3, seed=0)
+    val_x, val_y = tiny.data(24, 4, 3, seed=1)
+    knn, recorder = make_knn(k=7, weighting="exp", temperature=0.5), Recorder()
+    trainer = tiny.trainer([knn, recorder])
+    trainer.fit(tiny.model(), tiny.loader(features, labels), tiny.loader(val_x, val_y))
+    bank, bank_labels = features[-32:], labels[-32:]
+    expected = torch.cat(  # batch by batch, as validation ran: the same matrix products
+        [
+            knn_predict(x, bank, bank_labels, 3, k=7, temperature=0.5, weighting="exp")
+            for x in val_x.split(8)
+        ]
+    )
+    assert torch.equal(torch.cat(recorder.preds), expected)
+    accuracy = (expected.argmax(dim=1) == val_y).float().mean()
+    assert trainer.callback_metrics["eval/knn_accuracy"] == accuracy
+    exposed = callbacks_metrics(trainer.lightning_module)["knn"]
+    assert list(exposed) == ["val/0"]
+    assert isinstance(exposed["val/0"]["accuracy"], MulticlassAccuracy)
+    assert exposed["val/0"]["accuracy"] is not knn.metrics.prototypes["accuracy"]
+
+
+def test_a_metric_collection_is_unpacked():
+    from torchmetrics import MetricCollection
+    from torchmetrics.classification import MulticlassF1Score
+
+    collection = MetricCollection({"acc": MulticlassAccuracy(3), "f1": MulticlassF1Score(3)})
+    knn = make_knn(metrics=collection)
+    assert sorted(knn.metrics.prototypes) == ["acc", "f1"]
+
+
+def test_features_are_flattened_to_the_product_of_input_dim(tiny):
+    features, labels = tiny.data(48, 6, 3)
+    knn = make_knn(input_dim=(2, 3), k=3)
+    trainer = tiny.trainer([knn])
+    trainer.fit(
+        tiny.model(shape=(2, 3)),
+        tiny.loader(features, labels),
+        tiny.loader(*tiny.data(16, 6, 3, 1)),
+    )
+    queue = find_queue(trainer, "embedding")
+    assert queue.dim == 6
+    assert torch.equal(queue.buffer.last(), features[-32:])
+    assert "eval/knn_accuracy" in trainer.callback_metrics
+
+
+def test_empty_queue_skips_with_one_line_and_logs_nothing(tiny, messages):
+    knn = make_knn()
+    trainer = tiny.trainer([knn])
+    results = trainer.validate(tiny.model(), tiny.loader(*tiny.data(24, 4, 3)))
+    assert results == [{}]
+    skipped = [m for m in messages if "holds no labelled rows yet" in m]
+    assert len(skipped) == 1
+
+
+def test_two_validation_loaders_get_their_own_metrics(tiny):
+    features, labels = tiny.data(96, 4, 3)
+    clean, clean_y = tiny.data(24, 4, 3, seed=1)
+    noisy = clean + 4 * torch.randn(clean.shape, generator=torch.Generator().manual_seed(5))
+    knn = make_knn(k=5)
+    trainer = tiny.trainer([knn])
+    loaders = [tiny.loader(clean, clean_y), tiny.loader(noisy, clean_y)]
+    trainer.fit(tiny.model(), tiny.loader(features, labels), loaders)
+    for idx, x in enumerate((clean, noisy)):
+        scores = knn_predict(x, features[-32:], labels[-32:], 3, k=5)
+        accuracy = (scores.argmax(dim=1) == clean_y).float().mean()
+        assert trainer.callback_metrics[f"eval/knn_accuracy/dataloader_idx_{idx}"] == accuracy
+    values = [trainer.callback_metrics[f"eval/knn_accuracy/dataloader_idx_{i}"] for i in (0, 1)]
+    assert values[0] != values[1]
+    assert sorted(callbacks_metrics(trainer.lightning_module)["knn"]) == ["val/0", "val/1"]
+
+
+def test_test_stage_logs_under_eval(tiny):
+    features, labels = tiny.data(64, 4, 3)
+    test_x, test_y = tiny.data(20, 4, 3, seed=2)
+    knn = make_knn()
+    trainer = tiny.trainer([knn], limit_val_batches=0)
+    trainer.fit(tiny.model(), tiny.loader(features, labels))
+    (results,) = trainer.test(trainer.lightning_module, tiny.loader(test_x, test_y))
+    scores = knn_predict(test_x, features[-32:], labels[-32:], 3, k=5)
+    assert results["eval/knn_accuracy"] == pytest.approx(
+        (scores.argmax(dim=1) == test_y).float().mean().item()
+    )
+
+
+def test_inferred_num_classes_warns_once_per_epoch(tiny, messages):
+    features, labels = tiny.data(64, 4, 3)
+    knn, recorder = make_knn(num_classes=None, metrics={}), Recorder()
+    trainer = tiny.trainer([knn, recorder], max_epochs=2)
+    trainer.fit(tiny.model(), tiny.loader(features, labels), tiny.loader(*tiny.data(24, 4, 3, 1)))
+    warnings = [m for m in messages if "num_classes=None: inferred 3 classes" in m]
+    assert len(warnings) == 2
+    assert all(p.shape == (8, 3) for p in recorder.preds)
+
+
+def test_explicit_num_classes_is_checked_against_the_queue(tiny):
+    features, labels = tiny.data(64, 4, 3)
+    knn = make_knn(num_classes=2, metrics={})
+    trainer = tiny.trainer([knn])
+    with pytest.raises(ValueError, match=r"queue of 'label' holds label 2, outside num_classes=2"):
+        trainer.fit(tiny.model(), tiny.loader(features, labels), tiny.loader(features, labels))
+
+
+def test_k_beyond_the_bank_is_clipped_with_one_warning_per_epoch(tiny, messages):
+    features, labels = tiny.data(64, 4, 3)
+    val_x, val_y = tiny.data(24, 4, 3, seed=1)
+    knn = make_knn(k=500)
+    trainer = tiny.trainer([knn], max_epochs=2)
+    trainer.fit(tiny.model(), tiny.loader(features, labels), tiny.loader(val_x, val_y))
+    assert len([m for m in messages if "k=500 exceeds the 32 labelled rows" in m]) == 2
+    scores = knn_predict(val_x, features[-32:], labels[-32:], 3, k=32)
+    accuracy = (scores.argmax(dim=1) == val_y).float().mean()
+    assert trainer.callback_metrics["eval/knn_accuracy"] == accuracy
+
+
+def test_unlabelled_queue_rows_are_left_out(tiny):
+    features, labels = tiny.data(64, 4, 3)
+    labels = torch.where(torch.arange(64) % 4 == 0, -1, labels)
+    val_x, val_y = tiny.data(24, 4, 3, seed=1)
+    knn = make_knn(k=5)
+    trainer = tiny.trainer([knn])
+    trainer.fit(tiny.model(), tiny.loader(features, labels), tiny.loader(val_x, val_y))
+    kept = labels[-32:] >= 0
+    scores = knn_predict(val_x, features[-32:][kept], labels[-32:][kept], 3, k=5)
+    accuracy = (scores.argmax(dim=1) == val_y).float().mean()
+    assert trainer.callback_metrics["eval/knn_accuracy"] == accuracy
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_features_are_scored_in_float32(tiny, dtype):
+    features, labels = tiny.data(64, 4, 3)
+    val_x, val_y = tiny.data(24, 4, 3, seed=1)
+    knn, recorder = make_knn(), Recorder()
+    trainer = tiny.trainer([knn, recorder])
+    trainer.fit(
+        tiny.model(),
+        tiny.loader(features.to(dtype), labels),
+        tiny.loader(val_x.to(dtype), val_y),
+    )
+    preds = torch.cat(recorder.preds)
+    assert preds.dtype == torch.float32
+    bank = features[-32:].to(dtype).float()
+    expected = [knn_predict(x.to(dtype).float(), bank, labels[-32:], 3) for x in val_x.split(8)]
+    assert torch.equal(preds, torch.cat(expected))
+
+
+class _Counting:
+    """Counts host syncs (item, tolist, cpu, numpy, bool/int/float of a tensor) while on."""
+
+    NAMES = ("item", "tolist", "cpu", "numpy", "__bool__", "__int__", "__float__")
+
+    def __init__(self, monkeypatch):
+        self.on, self.calls = False, []
+        for name in self.NAMES:
+            original = getattr(torch.Tensor, name)
+            monkeypatch.setattr(torch.Tensor, name, self._wrap(name, original))
+
+    def _wrap(self, name, original):
+        def counted(tensor, *args, **kwargs):
+            if self.on:
+                self.calls.append(name)
+            return original(tensor, *args, **kwargs)
+
+        return counted
+
+
+@pytest.mark.parametrize("distributed", ["gather", "shard"])
+def test_validation_batches_after_the_first_do_not_sync(tiny, monkeypatch, distributed):
+    counter = _Counting(monkeypatch)
+    search = spt_knn.functional.knn_search
+
+    def search_uncounted(*args, **kwargs):
+        # spt-distance's own syncs (tie at the k-th place, near-zero refinement) are its
+        # business; this test is about what OnlineKNN adds around it.
+        was, counter.on = counter.on, False
+        try:
+            return search(*args, **kwargs)
+        finally:
+            counter.on = was
+
+    monkeypatch.setattr(spt_knn.functional, "knn_search", search_uncounted)
+
+    class Watched(OnlineKNN):
+        def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, idx=0):
+            counter.on = batch_idx > 0
+            try:
+                super().on_validation_batch_end(trainer, pl_module, outputs, batch, batch_idx, idx)
+            finally:
+                counter.on = False
+
+    features, labels = tiny.data(64, 4, 3)
+    knn = Watched("knn", "embedding", "label", 32, metrics={}, k=5, distributed=distributed)
+    trainer = tiny.trainer([knn], max_epochs=2)
+    trainer.fit(tiny.model(), tiny.loader(features, labels), tiny.loader(*tiny.data(40, 4, 3, 1)))
+    assert counter.calls == []
+    counter.on = True
+    torch.ones(1).item()
+    assert counter.calls == ["item"]  # the counter does see syncs when they happen
+
+
+def test_queues_gather_in_gather_mode_only_and_a_registered_queue_is_shared(tiny):
+    from spt_queue import OnlineQueue
+
+    registered = OnlineQueue("label", queue_length=64)
+    gather = make_knn(name="g", metrics={})
+    shard = make_knn(name="s", metrics={}, distributed="shard", input="x")
+    trainer = tiny.trainer([registered, shard])
+    shard.setup(trainer, tiny.model(), "fit")
+    assert find_queue(trainer, "label") is registered
+    assert not registered.gather_distributed
+    assert not find_queue(trainer, "x").gather_distributed
+    gather.setup(trainer, tiny.model(), "fit")
+    assert find_queue(trainer, "label") is registered
+    assert registered.gather_distributed  # shard mode then reads each rank's own rows
+    assert registered.queue_length == 64
+
+
+def test_shard_and_gather_modes_agree_in_one_process(tiny):
+    features, labels = tiny.data(64, 4, 3)
+    val_x, val_y = tiny.data(24, 4, 3, seed=1)
+
+    class Both(L.Callback):
+        def __init__(self):
+            self.preds = []
+
+        def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, idx=0):
+            self.preds.append((batch["g_preds"], batch["s_preds"]))
+
+    both = Both()
+    callbacks = [make_knn(name="g"), make_knn(name="s", distributed="shard"), both]
+    trainer = tiny.trainer(callbacks)
+    trainer.fit(tiny.model(), tiny.loader(features, labels), tiny.loader(val_x, val_y))
+    for gathered, sharded in both.preds:
+        assert torch.equal(gathered, sharded)
+    logged = trainer.callback_metrics
+    assert logged["eval/g_accuracy"] == logged["eval/s_accuracy"]

@@ -1,0 +1,199 @@
+"""Saving and drawing 2D maps: ``.npz`` files always, pictures when matplotlib is installed.
+
+Figures are built with ``matplotlib.figure.Figure`` and rendered with the Agg canvas, so
+nothing here touches pyplot or the user's global backend.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+__all__ = [
+    "PLOT_EXTRA_HINT",
+    "draw_map",
+    "figure_to_rgb",
+    "has_matplotlib",
+    "load_map",
+    "save_figure",
+    "save_map",
+]
+
+PLOT_EXTRA_HINT = "pip install 'spt-latentviz[plot]' (matplotlib) to get pictures"
+# At most this many classes get a legend entry each; more get a colour bar.
+_MAX_LEGEND_CLASSES = 20
+
+
+def has_matplotlib() -> bool:
+    """Whether matplotlib can be imported (the ``[plot]`` extra).
+
+    Example:
+        >>> isinstance(has_matplotlib(), bool)
+        True
+    """
+    return importlib.util.find_spec("matplotlib") is not None
+
+
+def save_map(
+    path: str | os.PathLike[str],
+    coordinates: np.ndarray,
+    labels: np.ndarray | None = None,
+    **scalars: float,
+) -> None:
+    """Write a map to a compressed ``.npz``: ``coordinates``, ``labels`` when given, scalars.
+
+    Args:
+        path: Destination file (its folder must exist).
+        coordinates: Shape ``(N, 2)``.
+        labels: Shape ``(N,)`` or ``None``.
+        **scalars: Extra numbers stored as 0-d arrays (epoch, scores...).
+
+    Raises:
+        ValueError: If the shapes do not fit.
+
+    Example:
+        >>> import tempfile
+        >>> path = os.path.join(tempfile.mkdtemp(), "map.npz")
+        >>> save_map(path, np.zeros((3, 2)), np.array([0, 1, 1]), epoch=4)
+        >>> sorted(load_map(path))
+        ['coordinates', 'epoch', 'labels']
+    """
+    coordinates = np.asarray(coordinates)
+    if coordinates.ndim != 2 or coordinates.shape[1] != 2:
+        raise ValueError(f"coordinates must have shape (N, 2), got {coordinates.shape}")
+    arrays: dict[str, Any] = {"coordinates": coordinates}
+    if labels is not None:
+        labels = np.asarray(labels)
+        if labels.shape != (len(coordinates),):
+            raise ValueError(f"labels must have shape ({len(coordinates)},), got {labels.shape}")
+        arrays["labels"] = labels
+    arrays.update({key: np.asarray(value) for key, value in scalars.items()})
+    np.savez_compressed(path, **arrays)
+
+
+def load_map(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
+    """Read a file written by :func:`save_map` into a dict of arrays (see its example)."""
+    with np.load(path) as data:
+        return {key: data[key] for key in data.files}
+
+
+def _class_colours(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, Any]:
+    """Unique classes, each point's class index, and the colour map to use (a discrete one,
+    indexed by class index, up to 20 classes; a continuous one beyond)."""
+    from matplotlib import colormaps
+
+    classes, index = np.unique(labels, return_inverse=True)
+    if len(classes) <= 10:
+        cmap = colormaps["tab10"]
+    elif len(classes) <= _MAX_LEGEND_CLASSES:
+        cmap = colormaps["tab20"]
+    else:
+        cmap = colormaps["turbo"]
+    return classes, index, cmap
+
+
+def draw_map(
+    coordinates: np.ndarray,
+    labels: np.ndarray | None = None,
+    title: str = "",
+    size: tuple[float, float] = (7.0, 6.0),
+    dpi: int = 100,
+) -> Figure:
+    """A scatter plot of a 2D map, coloured by class.
+
+    Up to 20 classes get distinct colours (``tab10`` / ``tab20``) and a legend; more classes
+    get a continuous colour map (``turbo``) with a colour bar. Without labels every point
+    has one colour. Points are drawn in a shuffled order so no class hides another.
+
+    Args:
+        coordinates: Shape ``(N, 2)``.
+        labels: Shape ``(N,)`` or ``None``.
+        title: Figure title.
+        size: Figure size in inches; the picture is ``size * dpi`` pixels.
+        dpi: Dots per inch.
+
+    Returns:
+        A ``matplotlib.figure.Figure`` (not registered with pyplot).
+
+    Raises:
+        ImportError: Without matplotlib (see :data:`PLOT_EXTRA_HINT`).
+
+    Example:
+        >>> fig = draw_map(np.random.rand(50, 2), np.arange(50) % 3, title="demo")
+        >>> fig.get_size_inches().tolist(), len(fig.axes[0].get_legend().get_texts())
+        ([7.0, 6.0], 3)
+    """
+    if not has_matplotlib():
+        raise ImportError(f"drawing a map needs matplotlib: {PLOT_EXTRA_HINT}")
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+
+    coordinates = np.asarray(coordinates, dtype=np.float64)
+    n = len(coordinates)
+    fig = Figure(figsize=size, dpi=dpi, layout="constrained")
+    ax = fig.add_subplot()
+    order = np.random.default_rng(0).permutation(n)
+    point_size = float(np.clip(8000.0 / max(n, 1), 1.0, 20.0))
+    style = {"s": point_size, "alpha": 0.8, "linewidths": 0}
+    if labels is None:
+        ax.scatter(coordinates[order, 0], coordinates[order, 1], color="tab:blue", **style)
+    else:
+        labels = np.asarray(labels)
+        classes, index, cmap = _class_colours(labels)
+        if len(classes) > _MAX_LEGEND_CLASSES:
+            values = labels if np.issubdtype(labels.dtype, np.number) else index
+            norm = Normalize(float(values.min()), float(values.max()))
+            ax.scatter(
+                coordinates[order, 0], coordinates[order, 1], c=cmap(norm(values[order])), **style
+            )
+            mappable = ScalarMappable(norm=norm, cmap=cmap)
+            fig.colorbar(mappable, ax=ax, label=f"class ({len(classes)} classes)")
+        else:
+            ax.scatter(coordinates[order, 0], coordinates[order, 1], c=cmap(index[order]), **style)
+            handles = [
+                Line2D([], [], marker="o", linestyle="", color=cmap(i), label=str(c))
+                for i, c in enumerate(classes)
+            ]
+            ax.legend(
+                handles=handles,
+                title="class",
+                loc="center left",
+                bbox_to_anchor=(1.0, 0.5),
+                fontsize="small",
+                frameon=False,
+            )
+    ax.set_aspect("equal", adjustable="datalim")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(title, fontsize="medium")
+    return fig
+
+
+def save_figure(fig: Figure, path: str | os.PathLike[str]) -> None:
+    """Write ``fig`` as a PNG of exactly ``size * dpi`` pixels (Agg, no pyplot)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig)
+    fig.savefig(path, format="png", dpi=fig.dpi)
+
+
+def figure_to_rgb(fig: Figure) -> np.ndarray:
+    """Render ``fig`` to an ``(H, W, 3)`` uint8 array (what image loggers take).
+
+    Example:
+        >>> figure_to_rgb(draw_map(np.random.rand(5, 2), size=(2.0, 1.0), dpi=50)).shape
+        (50, 100, 3)
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()

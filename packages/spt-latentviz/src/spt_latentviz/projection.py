@@ -1,0 +1,46 @@
+"""A default projection network for LatentViz."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+__all__ = ["projection_mlp"]
+
+
+def check_int(value: Any, argument: str, minimum: int) -> int:
+    """``value`` if it is an int >= ``minimum``, else a ``ValueError`` naming ``argument``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{argument} must be an int >= {minimum}, got {value!r}")
+    return value
+
+
+def projection_mlp(in_dim: int, hidden_dim: int = 128, depth: int = 2) -> nn.Sequential:
+    """A ReLU MLP from ``in_dim`` features to 2, a good default ``projection``.
+
+    Args:
+        in_dim: Feature size.
+        hidden_dim: Width of the hidden layers.
+        depth: Number of hidden layers.
+
+    Example:
+        >>> projection_mlp(64)
+        Sequential(
+          (0): Linear(in_features=64, out_features=128, bias=True)
+          (1): ReLU()
+          (2): Linear(in_features=128, out_features=128, bias=True)
+          (3): ReLU()
+          (4): Linear(in_features=128, out_features=2, bias=True)
+        )
+    """
+    check_int(in_dim, "in_dim", 1)
+    check_int(hidden_dim, "hidden_dim", 1)
+    check_int(depth, "depth", 0)
+    layers: list[nn.Module] = []
+    width = in_dim
+    for _ in range(depth):
+        layers += [nn.Linear(width, hidden_dim), nn.ReLU()]
+        width = hidden_dim
+    layers.append(nn.Linear(width, 2))
+    return nn.Sequential(*layers)

@@ -1,0 +1,245 @@
+"""Benchmark: how faithful and how fast is LatentViz's map of scikit-learn's digits?
+
+LatentViz runs in a real ``lightning.Trainer``: its queue is filled once with the 1797
+standardised 64-d digits, the backbone's steps add no rows, and the callback takes one update
+per training batch (``update_interval=1``) with its default optimizer, ``k_neighbors`` and
+``n_negatives``. The wall time is the whole ``Trainer.fit``: Trainer start, neighbour graph,
+the updates, and the scored and drawn map at the end of the epoch. UMAP, openTSNE (when
+installed) and PCA map the same array in the same process; UMAP and openTSNE first run once
+on a few rows so that numba's compilation is not counted. Every map is scored with
+``sklearn.manifold.trustworthiness`` at k=10.
+
+    python tools/bench_latentviz.py --updates 300 --threads 1 --out bench_latentviz.json
+
+Needs scikit-learn; umap-learn and openTSNE are optional (``pip install umap-learn openTSNE``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def parse() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--updates", type=int, default=300, help="LatentViz updates")
+    parser.add_argument("--hidden", type=int, default=128, help="projection MLP width")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads for every method")
+    parser.add_argument("--repeats", type=int, default=1, help="runs per method (median)")
+    parser.add_argument("--k", type=int, default=10, help="trustworthiness neighbourhood")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--only", nargs="*", help="methods to run (default: all available)")
+    parser.add_argument("--out", type=Path, help="write the results as JSON here")
+    parser.add_argument("--plots", type=Path, help="keep LatentViz's .npz/.png here")
+    return parser.parse_args()
+
+
+def digits() -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_digits
+    from sklearn.preprocessing import StandardScaler
+
+    data = load_digits()
+    return StandardScaler().fit_transform(data.data).astype(np.float32), data.target
+
+
+def version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+# ----------------------------------------------------------------------------- methods
+
+
+def run_latentviz(x: np.ndarray, y: np.ndarray, args: argparse.Namespace, seed: int):
+    import lightning as L
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from spt_latentviz import LatentViz, projection_mlp
+    from spt_queue import OnlineQueue
+
+    class NoRows(L.LightningModule):
+        """A backbone whose steps add nothing to the queues (they already hold the data)."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.automatic_optimization = False
+
+        def training_step(self, batch: Any, batch_idx: int) -> dict:
+            return {"embedding": torch.empty(0, x.shape[1]), "label": torch.empty(0).long()}
+
+        def configure_optimizers(self) -> None:
+            return None
+
+    features, labels = torch.from_numpy(x), torch.from_numpy(y).long()
+    queues = [OnlineQueue("embedding", len(x)), OnlineQueue("label", len(x))]
+    queues[0].buffer.append(features)
+    queues[1].buffer.append(labels)
+    L.seed_everything(seed, verbose=False)
+    with tempfile.TemporaryDirectory() as scratch:
+        save_dir = args.plots or Path(scratch)
+        viz = LatentViz(
+            "digits",
+            "embedding",
+            "label",
+            projection=projection_mlp(x.shape[1], args.hidden),
+            queue_length=len(x),
+            update_interval=1,
+            save_dir=save_dir,
+        )
+        trainer = L.Trainer(
+            accelerator="cpu",
+            devices=1,
+            max_epochs=1,
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            enable_checkpointing=False,
+            default_root_dir=scratch,
+            callbacks=[viz, *queues],
+        )
+        batches = DataLoader(TensorDataset(torch.zeros(args.updates)), batch_size=1)
+        start = time.perf_counter()
+        trainer.fit(NoRows(), batches)
+        seconds = time.perf_counter() - start
+        coordinates = viz.project(features).numpy()
+    extra = {
+        "updates": viz.optimizer_steps,
+        "logged_trustworthiness_at_15": float(
+            trainer.callback_metrics["eval/digits_trustworthiness"]
+        ),
+        "logged_knn_recall_at_15": float(trainer.callback_metrics["eval/digits_knn_recall"]),
+    }
+    return coordinates, seconds, extra
+
+
+def run_umap(x: np.ndarray, y: np.ndarray, args: argparse.Namespace, seed: int):
+    import umap
+
+    def make() -> Any:
+        return umap.UMAP(n_neighbors=15, n_components=2, n_jobs=args.threads)
+
+    make().fit_transform(x[:200])  # numba compiles here, untimed
+    start = time.perf_counter()
+    coordinates = make().fit_transform(x)
+    return coordinates, time.perf_counter() - start, {}
+
+
+def run_opentsne(x: np.ndarray, y: np.ndarray, args: argparse.Namespace, seed: int):
+    from openTSNE import TSNE
+
+    TSNE(n_jobs=args.threads, random_state=seed, n_iter=10).fit(x[:200])
+    start = time.perf_counter()
+    coordinates = np.asarray(TSNE(n_jobs=args.threads, random_state=seed).fit(x))
+    return coordinates, time.perf_counter() - start, {}
+
+
+def run_pca(x: np.ndarray, y: np.ndarray, args: argparse.Namespace, seed: int):
+    from sklearn.decomposition import PCA
+
+    start = time.perf_counter()
+    coordinates = PCA(n_components=2, random_state=seed).fit_transform(x)
+    return coordinates, time.perf_counter() - start, {}
+
+
+METHODS: dict[str, tuple[Callable[..., Any], str | None]] = {
+    "LatentViz": (run_latentviz, "spt-latentviz"),
+    "UMAP": (run_umap, "umap-learn"),
+    "openTSNE": (run_opentsne, "openTSNE"),
+    "PCA": (run_pca, "scikit-learn"),
+}
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def main() -> None:
+    args = parse()
+    os.environ.setdefault("NUMBA_NUM_THREADS", str(args.threads))
+    import torch
+    from sklearn.manifold import trustworthiness
+
+    torch.set_num_threads(args.threads)
+    x, y = digits()
+    results: list[dict[str, Any]] = []
+    for name, (run, package) in METHODS.items():
+        if args.only and name not in args.only:
+            continue
+        if package is not None and version(package) is None:
+            print(f"{name}: {package} is not installed, skipped")
+            continue
+        runs = []
+        for repeat in range(args.repeats):
+            coordinates, seconds, extra = run(x, y, args, args.seed + repeat)
+            score = float(trustworthiness(x, coordinates, n_neighbors=args.k))
+            runs.append({"trustworthiness": score, "seconds": seconds, **extra})
+        results.append(
+            {
+                "method": name,
+                "version": version(package) if package else None,
+                "trustworthiness": statistics.median(r["trustworthiness"] for r in runs),
+                "seconds": statistics.median(r["seconds"] for r in runs),
+                "runs": runs,
+            }
+        )
+    report(results, args)
+
+
+def report(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
+    k = args.k
+    print(f"\ndigits (1797 x 64, standardised), {args.threads} thread(s), median of {args.repeats}")
+    print(f"| method | trustworthiness@{k} | wall time (s) |")
+    print("|---|---|---|")
+    for r in results:
+        print(
+            f"| {r['method']} {r['version'] or ''} | {r['trustworthiness']:.4f} | {r['seconds']:.2f} |"
+        )
+    by_name = {r["method"]: r for r in results}
+    verdict = None
+    if "LatentViz" in by_name and "UMAP" in by_name:
+        ours, umap = by_name["LatentViz"], by_name["UMAP"]
+        gap = umap["trustworthiness"] - ours["trustworthiness"]
+        verdict = {
+            "trustworthiness_gap_to_umap": gap,
+            "within_0.02_of_umap": gap <= 0.02,
+            "faster_than_umap": ours["seconds"] < umap["seconds"],
+        }
+        print(
+            f"\nLatentViz vs UMAP: trustworthiness gap {gap:+.4f} "
+            f"({'within' if gap <= 0.02 else 'NOT within'} 0.02), "
+            f"{ours['seconds']:.2f} s vs {umap['seconds']:.2f} s "
+            f"({'faster' if ours['seconds'] < umap['seconds'] else 'NOT faster'})"
+        )
+    if args.out:
+        payload = {
+            "dataset": "sklearn digits, StandardScaler, float32, 1797 x 64",
+            "k": k,
+            "threads": args.threads,
+            "updates": args.updates,
+            "hidden": args.hidden,
+            "repeats": args.repeats,
+            "python": platform.python_version(),
+            "machine": platform.machine(),
+            "torch": version("torch"),
+            "results": results,
+            "verdict": verdict,
+        }
+        args.out.write_text(json.dumps(payload, indent=2))
+        print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
