@@ -286,7 +286,7 @@ def test_a_projection_that_does_not_map_to_2d_is_refused(run_fit, blobs):
         ({"distance_metric": "hamming"}, ValueError, "distance_metric"),
         ({"save_dir": 3}, TypeError, "save_dir"),
         ({"input_dim": (4, 0)}, ValueError, "input_dim"),
-        ({"projection": 3}, TypeError, "module"),
+        ({"projection": 3}, TypeError, "projection must be"),
         ({"optimizer": {"type": "AdamW", "lrr": 1.0}}, TypeError, "lrr"),
         ({"accumulate_grad_batches": 0}, ValueError, "accumulate_grad_batches"),
     ],
@@ -333,8 +333,9 @@ def test_a_rank_without_enough_finite_rows_still_steps_with_a_zero_gradient(
 ):
     features, labels = blobs(120, 16, 3)
     features[:] = float("inf")
-    callback = viz(queue_length=120, optimizer={"type": "SGD", "lr": 0.1})
-    before = [p.detach().clone() for p in callback.projection.parameters()]
+    projection = projection_mlp(16, 64)
+    before = [p.detach().clone() for p in projection.parameters()]
+    callback = viz(projection=projection, queue_length=120, optimizer={"type": "SGD", "lr": 0.1})
     queues = queues_holding(features, labels)
     run_fit(
         [callback, *queues],

@@ -202,3 +202,21 @@ def test_scores_are_perfect_for_an_isometry_and_low_for_noise():
 def test_bad_arguments_raise_value_errors(call, match):
     with pytest.raises(ValueError, match=match):
         call(random_points(10, 3, 0))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_gives_the_cpu_results():
+    high = random_points(300, 16, 0)
+    low = high[:, :2] + 0.3 * random_points(300, 2, 1)
+    cuda = torch.device("cuda")
+    graph = neighbor_graph(high, 10)
+    assert torch.equal(neighbor_graph(high.to(cuda), 10).cpu(), graph)
+    negatives = sample_negatives(300, graph.to(cuda), 5, torch.Generator().manual_seed(0))
+    assert negatives.device.type == "cuda"
+    on_gpu = neighbor_embedding_loss(low.to(cuda), graph.to(cuda), negatives)
+    on_cpu = neighbor_embedding_loss(low, graph, negatives.cpu())
+    assert on_gpu.item() == pytest.approx(on_cpu.item(), rel=1e-5)
+    for score in (trustworthiness, knn_recall):
+        assert score(high.to(cuda), low.to(cuda), 10).item() == pytest.approx(
+            score(high, low, 10).item(), abs=1e-6
+        )

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from spt_core import TrainableCallback, distributed
 from spt_distance import METRICS
 from spt_latentviz import plotting
+from spt_latentviz._checks import check_input_dim, check_int
 from spt_latentviz.functional import (
     knn_recall,
     neighbor_embedding_loss,
@@ -21,7 +22,6 @@ from spt_latentviz.functional import (
     sample_negatives,
     trustworthiness,
 )
-from spt_latentviz.projection import check_int as _check_int
 from spt_queue import OnlineQueue, find_or_create_queue, read_aligned
 
 __all__ = ["DEFAULT_LR", "LatentViz"]
@@ -30,19 +30,6 @@ DEFAULT_LR = 1e-2
 """Default AdamW learning rate, measured on scikit-learn's digits (standardised, 64-d) with
 ``projection_mlp(64)``, 300 full-queue updates, trustworthiness@10, mean of 3 seeds: lr 1e-3
 gives 0.883, 3e-3 0.933, 1e-2 0.963, 3e-2 0.964. 1e-2 is the smallest rate on the plateau."""
-
-
-def _check_input_dim(input_dim: Any) -> int | Sequence[int] | None:
-    dims = [input_dim] if isinstance(input_dim, int) else input_dim
-    if input_dim is not None and (
-        not isinstance(dims, (list, tuple))
-        or not dims
-        or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in dims)
-    ):
-        raise ValueError(
-            f"input_dim must be None, a positive int or a tuple of them, got {input_dim!r}"
-        )
-    return input_dim
 
 
 class LatentViz(TrainableCallback):
@@ -106,6 +93,8 @@ class LatentViz(TrainableCallback):
         ('LatentViz[name=map]', 15, 0.01)
     """
 
+    module_argument = "projection"
+
     graph_refresh: float = 0.1
     """Rebuild the neighbour graph once this fraction of the queue's rows is new."""
 
@@ -141,17 +130,17 @@ class LatentViz(TrainableCallback):
             raise TypeError(f"input must be a non-empty str (a key), got {input!r}")
         if target is not None and (not isinstance(target, str) or not target):
             raise TypeError(f"target must be a non-empty str (a key) or None, got {target!r}")
-        self.k_neighbors = _check_int(k_neighbors, "k_neighbors", 1)
-        self.queue_length = _check_int(queue_length, "queue_length", 1)
+        self.k_neighbors = check_int(k_neighbors, "k_neighbors", 1)
+        self.queue_length = check_int(queue_length, "queue_length", 1)
         if queue_length <= 2 * k_neighbors:
             raise ValueError(
                 f"queue_length must exceed 2 * k_neighbors = {2 * k_neighbors} (trustworthiness "
                 f"at k needs more than 2k rows), got queue_length={queue_length}"
             )
-        self.n_negatives = _check_int(n_negatives, "n_negatives", 1)
-        self.update_interval = _check_int(update_interval, "update_interval", 1)
-        self.warmup_epochs = _check_int(warmup_epochs, "warmup_epochs", 0)
-        self.plot_interval = _check_int(plot_interval, "plot_interval", 1)
+        self.n_negatives = check_int(n_negatives, "n_negatives", 1)
+        self.update_interval = check_int(update_interval, "update_interval", 1)
+        self.warmup_epochs = check_int(warmup_epochs, "warmup_epochs", 0)
+        self.plot_interval = check_int(plot_interval, "plot_interval", 1)
         if distance_metric not in METRICS:
             raise ValueError(f"distance_metric must be one of {METRICS}, got {distance_metric!r}")
         if save_dir is not None and not isinstance(save_dir, (str, os.PathLike)):
@@ -160,13 +149,13 @@ class LatentViz(TrainableCallback):
         self.target = target
         self.distance_metric = distance_metric
         self.save_dir = save_dir
-        self.input_dim = _check_input_dim(input_dim)
+        self.input_dim = check_input_dim(input_dim)
         self.train_batches = 0
         self.last_plot_epoch: int | None = None
         self._input_queue: OnlineQueue | None = None
         self._target_queue: OnlineQueue | None = None
         self._generator: torch.Generator | None = None
-        self._graph: tuple[int, Tensor, Tensor] | None = None
+        self._graph: tuple[int, Tensor, Tensor | None] | None = None
         self._hinted_plot_extra = False
         self._non_finite_epoch: int | None = None
 

@@ -2,18 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from torch import nn
 
+from spt_latentviz._checks import check_int
+
 __all__ = ["projection_mlp"]
-
-
-def check_int(value: Any, argument: str, minimum: int) -> int:
-    """``value`` if it is an int >= ``minimum``, else a ``ValueError`` naming ``argument``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{argument} must be an int >= {minimum}, got {value!r}")
-    return value
 
 
 def projection_mlp(in_dim: int, hidden_dim: int = 128, depth: int = 2) -> nn.Sequential:
