@@ -62,6 +62,25 @@ def test_knn_exact_ties_go_to_the_smaller_index(
     assert torch.equal(distances, expected_distances)
 
 
+@pytest.mark.parametrize("metric", ["euclidean", "squared_euclidean", "manhattan"])
+@pytest.mark.parametrize("k", [1, 7, 60])
+def test_knn_exact_ties_in_large_chunks(ref, tile, metric, k):
+    """Enough keys for the group-minimum prefilter, few distinct values: ties everywhere."""
+    tile(64)
+    generator = torch.Generator().manual_seed(k)
+    keys = torch.randint(-2, 3, (3000, 3), generator=generator).float()
+    queries = torch.randint(-2, 3, (9, 3), generator=generator).float()
+    exact = "squared_euclidean" if metric == "euclidean" else metric
+    expected_distances, expected_index = ref.reference_knn(queries, keys, k, exact)
+    expected_distances = expected_distances.float()
+    if metric == "euclidean":
+        expected_distances = expected_distances.sqrt()
+    for chunk_size in (None, 64, 1000, -1):
+        distances, index = knn_search(queries, keys, k, metric, chunk_size=chunk_size)
+        assert torch.equal(index, expected_index)
+        assert torch.equal(distances, expected_distances)
+
+
 @pytest.mark.parametrize("metric", METRICS)
 @pytest.mark.parametrize("chunk_size", [None, 3, -1])
 def test_knn_all_keys_tied_returns_the_first_indices(tile, metric, chunk_size):
@@ -117,7 +136,7 @@ def test_knn_identical_rows_are_at_exactly_zero(
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("metric", METRICS)
-@pytest.mark.parametrize("tile_size", [16, 1024])
+@pytest.mark.parametrize("tile_size", [5, 16, 1024])
 def test_knn_low_precision_equals_float32_search_on_upcast_values(tile, dtype, metric, tile_size):
     tile(tile_size)
     generator = torch.Generator().manual_seed(1)
@@ -211,3 +230,19 @@ def test_knn_on_cuda(ref, metric):
     ref.assert_identical(knn_search(queries.cuda(), keys.cuda(), 10, metric, chunk_size=-1), result)
     half = knn_search(queries.cuda().half(), keys.cuda().half(), 10, metric)
     assert half[0].dtype == torch.float32
+
+
+@pytest.mark.parametrize("metric", METRICS)
+def test_knn_views_at_any_offset_give_the_contiguous_result(ref, tile, metric):
+    tile(16)
+    generator = torch.Generator().manual_seed(5)
+    storage = torch.randn(1001, 37, generator=generator)
+    queries = torch.randn(12, 37, generator=generator)
+    view = storage[1:]
+    ref.assert_identical(
+        knn_search(queries, view, 9, metric), knn_search(queries, view.clone(), 9, metric)
+    )
+    strided = storage.T.contiguous().T[1:]
+    ref.assert_identical(
+        knn_search(queries, strided, 9, metric), knn_search(queries, view.clone(), 9, metric)
+    )

@@ -2,13 +2,12 @@
 
 from spt_distance.__about__ import __version__
 from spt_distance._checks import DEFAULT_MEMORY_BUDGET, METRICS
-from spt_distance.knn import TILE, ChunkPlan, knn_search, plan_chunks
+from spt_distance.knn import ChunkPlan, knn_search, plan_chunks
 from spt_distance.pairwise import pairwise_distances
 
 __all__ = [
     "DEFAULT_MEMORY_BUDGET",
     "METRICS",
-    "TILE",
     "ChunkPlan",
     "__version__",
     "knn_search",

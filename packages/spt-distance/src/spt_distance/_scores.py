@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 _EUCLIDEAN = ("euclidean", "squared_euclidean")
+_ALIGNMENT = 64
 
 
 @dataclass(frozen=True)
@@ -57,12 +58,19 @@ def score_tile(
     """Write the (T, B) scores of ``keys`` (T, D) against ``queries`` into ``out``.
 
     ``scratch``, optional, is a (2, >= T, D) buffer in the compute dtype that saves an
-    allocation per tile. Returns the keys' squared norms for the euclidean metrics.
+    allocation per tile; keys that are not in the compute dtype, not contiguous or not
+    64-byte aligned are copied into it. Returns the keys' squared norms for the euclidean metrics.
     """
     rows = keys.shape[0]
     dtype = queries.rows.dtype
-    if keys.dtype != dtype:
-        keys = keys.to(dtype) if scratch is None else scratch[0, :rows].copy_(keys)
+    if scratch is not None and (
+        keys.dtype != dtype or not keys.is_contiguous() or keys.data_ptr() % _ALIGNMENT
+    ):
+        # Same alignment and layout for every tile, whatever the input's dtype or offset:
+        # some BLAS kernels round differently on unaligned operands.
+        keys = scratch[0, :rows].copy_(keys)
+    elif keys.dtype != dtype:
+        keys = keys.to(dtype)
     if queries.metric == "manhattan":
         if keys.device.type == "cpu":
             _manhattan_by_pdist(keys, queries.rows, out)

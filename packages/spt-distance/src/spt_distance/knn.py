@@ -23,6 +23,10 @@ TILE = 1024
 multiples of ``TILE``, so a pair's score never depends on ``chunk_size``."""
 
 _MAX_GROUP = 64
+# glibc hands allocations above 32 MiB back to the system when they are freed, so a
+# larger score buffer is paged in again at every call (measured: about 10% of a search).
+_MAX_SCORE_BYTES = 30 * 2**20
+_CANDIDATE_COST = 24.0  # ns per candidate value: a cache miss to gather it, then topk
 
 
 @dataclass(frozen=True)
@@ -60,7 +64,7 @@ def plan_chunks(
         metric: One of :data:`spt_distance.METRICS`.
         chunk_size: As in `knn_search`.
         memory_budget: As in `knn_search`.
-        dtype: dtype of the keys (float16/bfloat16 keys need an upcast buffer).
+        dtype: dtype of the keys (float64 when either input is float64).
 
     Returns:
         The :class:`ChunkPlan`.
@@ -68,7 +72,7 @@ def plan_chunks(
     Example:
         >>> plan = plan_chunks(256, 65536, 128, 20)
         >>> plan.chunk, plan.query_block, plan.scratch_bytes <= 64 * 2**20
-        (57344, 256, True)
+        (30720, 256, True)
         >>> plan_chunks(256, 65536, 128, 20, chunk_size=-1).chunk
         65536
         >>> plan_chunks(256, 65536, 128, 20, chunk_size=1500).chunk
@@ -87,7 +91,8 @@ def plan_chunks(
         tile = min(tile, max(64, query_block))
     n_tiles = -(-n_keys // tile)
     if chunk_size is None:
-        tiles = n_tiles
+        elt = 8 if dtype == torch.float64 else 4
+        tiles = max(1, min(n_tiles, _MAX_SCORE_BYTES // (tile * query_block * elt)))
         while tiles > 1 and (
             _scratch(query_block, tiles * tile, tile, dim, kk, metric, dtype) > budget
         ):
@@ -138,9 +143,11 @@ def knn_search(
     (``|x|^2 - 2 <q, x>`` for the euclidean metrics, ``-cos`` for cosine); keys with equal
     scores are ranked by index, smaller first. Every score comes from a matrix product of
     the same shape whatever the chunking, so the result is the same for every
-    ``chunk_size``, bit for bit. The returned rows are sorted by (distance, index).
+    ``chunk_size``, bit for bit (the query blocks, and so the last bits of a score, depend
+    only on ``B`` and ``memory_budget``). The returned rows are sorted by (distance, index).
     Distances that the matrix-product expansion cannot resolve from 0 are recomputed from
-    the differences (identical rows give exactly 0).
+    the differences, so identical rows give exactly 0; among keys closer to a query than
+    that rounding error, the choice follows the rounded score.
 
     float16/bfloat16 inputs are upcast one tile at a time and give exactly the result of
     the float32 search on the upcast values; float64 inputs are searched in float64. On
@@ -154,8 +161,10 @@ def knn_search(
         k: Number of neighbours, ``1 <= k <= N``.
         metric: One of :data:`spt_distance.METRICS`.
         chunk_size: Keys scored per step: ``None`` picks the largest chunk whose scratch
-            memory fits ``memory_budget``; ``-1`` scores every key in one block; a positive
-            int is rounded up to a multiple of :data:`TILE` (at most ``N``).
+            memory fits ``memory_budget`` (with at most 30 MiB of scores); ``-1`` scores
+            every key in one block; a positive int is rounded up to a multiple of the tile
+            (:data:`spt_distance.knn.TILE` = 1024 keys; for manhattan between 64 and 1024
+            keys, about ``B``), at most ``N``.
         memory_budget: Scratch bytes that ``chunk_size=None`` plans for, also the bound
             under which queries are split into blocks (default
             :data:`spt_distance.DEFAULT_MEMORY_BUDGET`, 64 MiB).
@@ -194,7 +203,14 @@ def knn_search(
             torch.empty(0, k, dtype=torch.int64, device=queries.device),
         )
     plan = plan_chunks(
-        n_queries, keys.shape[0], dim, k, metric, chunk_size, memory_budget=budget, dtype=keys.dtype
+        n_queries,
+        keys.shape[0],
+        dim,
+        k,
+        metric,
+        chunk_size,
+        memory_budget=budget,
+        dtype=torch.float64 if dtype == torch.float64 else keys.dtype,
     )
     kk = min(k + 1, keys.shape[0])
     blocks = []
@@ -202,7 +218,7 @@ def knn_search(
     for q0 in range(0, n_queries, plan.query_block):
         block = _scores.prepare_queries(queries[q0 : q0 + plan.query_block], metric, dtype)
         scores, index, key_sq_max = _scan(keys, block, plan, kk)
-        blocks.append(_Block(block, scores.T, index.T))
+        blocks.append(_Block(block, scores, index))
     scores = torch.cat([b.scores for b in blocks])
     index = torch.cat([b.index for b in blocks])
     dropped = None
@@ -223,7 +239,7 @@ class _Block:
 def _scan(
     keys: Tensor, queries: _scores.Queries, plan: ChunkPlan, kk: int
 ) -> tuple[Tensor, Tensor, Tensor | None]:
-    """The ``kk`` lowest scores of every query as ``(kk, B)`` scores and key indices, and
+    """The ``kk`` lowest scores of every query as ``(B, kk)`` scores and key indices, and
     the largest squared key norm (euclidean metrics). The multiset of scores is exact."""
     buffer = _score_buffer(plan, queries)
     best: tuple[Tensor, Tensor] | None = None
@@ -237,9 +253,9 @@ def _scan(
         values, rows = _lowest(scores, mins, group, kk)
         rows += start
         if best is not None:
-            values, rows = torch.cat((best[0], values)), torch.cat((best[1], rows))
-            top = values.topk(min(kk, values.shape[0]), dim=0, largest=False, sorted=False)
-            values, rows = top.values, rows.gather(0, top.indices)
+            values, rows = torch.cat((best[0], values), 1), torch.cat((best[1], rows), 1)
+            top = values.topk(min(kk, values.shape[1]), dim=1, largest=False, sorted=False)
+            values, rows = top.values, rows.gather(1, top.indices)
         best = values, rows
     assert best is not None
     return best[0], best[1], sq_max
@@ -263,9 +279,9 @@ def _score_chunk(
 ) -> tuple[Tensor, Tensor | None, Tensor | None]:
     """Scores of keys ``[start, start + chunk)`` as a view of ``buffer``, tile by tile.
 
-    Also returns, when ``group > 1``, the minimum of every run of ``group`` rows (taken
-    while each tile is still in cache; trailing rows that fill no group are left out), and
-    the largest squared key norm for the euclidean metrics.
+    Also returns, when ``group > 1``, the (rows // group, B) minima of every run of
+    ``group`` rows (taken while each tile is still in cache; trailing rows that fill no
+    group are left out), and the largest squared key norm for the euclidean metrics.
     """
     stop = min(start + plan.chunk, keys.shape[0])
     scores, scratch = buffer
@@ -290,22 +306,30 @@ def _score_chunk(
 
 
 def _group_size(rows: int, m: int, tile: int) -> int:
-    """Rows per group of the min-prefilter, about sqrt(rows / m); 1 disables it.
-
-    A power of two that divides ``tile``, so that groups never straddle tiles."""
-    group = 1
-    while (
-        group * 2 <= _MAX_GROUP
-        and tile % (group * 2) == 0
-        and rows // (group * 2) >= 4 * m
-        and (group * 2) ** 2 * m <= rows
-    ):
+    """Rows per group of the min-prefilter (1 disables it): the power of two dividing
+    ``tile`` (at most 64) with the cheapest expected selection for ``m`` of ``rows``."""
+    best, best_cost = 1, _topk_cost(rows, m)
+    group = 2
+    while group <= _MAX_GROUP and tile % group == 0 and rows // group >= 2 * m:
+        cost = _topk_cost(rows // group, m) + _CANDIDATE_COST * m * group
+        if cost < best_cost:
+            best, best_cost = group, cost
         group *= 2
-    return group
+    return best
+
+
+def _topk_cost(n: int, m: int) -> float:
+    """Expected nanoseconds per query of ``topk(m)`` over ``n`` values on one CPU core
+    (measured): the kernel keeps a heap when ``64 m <= n`` (about 3 ns per value plus
+    the insertions), else it runs a selection (about 12 ns per value)."""
+    if 64 * m <= n:
+        return 3.0 * n + 53.0 * m * math.log(n / m)
+    return 12.0 * n
 
 
 def _lowest(scores: Tensor, mins: Tensor | None, group: int, kk: int) -> tuple[Tensor, Tensor]:
-    """The ``min(kk, rows)`` lowest values of every column of ``scores`` and their rows.
+    """The ``min(kk, rows)`` lowest of every column of the (rows, B) ``scores``, as (B, m)
+    values and row indices.
 
     The multiset of values is exact: with groups, only the ``kk`` groups with the lowest
     minima are searched, and every value below the ``kk``-th lowest group minimum lies in
@@ -314,21 +338,21 @@ def _lowest(scores: Tensor, mins: Tensor | None, group: int, kk: int) -> tuple[T
     rows, n_queries = scores.shape
     m = min(kk, rows)
     if mins is None:
-        top = scores.topk(m, dim=0, largest=False, sorted=False)
+        top = scores.T.topk(m, dim=1, largest=False, sorted=False)
         return top.values, top.indices
-    chosen = mins.topk(m, dim=0, largest=False, sorted=False).indices
+    chosen = mins.topk(m, dim=0, largest=False, sorted=False).indices.T
     offsets = torch.arange(group, device=scores.device)
-    where = (chosen.unsqueeze(1) * group + offsets.view(1, group, 1)).view(m * group, n_queries)
-    columns = torch.arange(n_queries, device=scores.device)
+    where = (chosen.unsqueeze(2) * group + offsets).reshape(n_queries, m * group)
+    columns = torch.arange(n_queries, device=scores.device).unsqueeze(1)
     values = scores.view(-1).index_select(0, (where * n_queries + columns).view(-1))
-    values = values.view(m * group, n_queries)
+    values = values.view(n_queries, m * group)
     covered = mins.shape[0] * group
     if covered < rows:
         tail = torch.arange(covered, rows, device=scores.device)
-        values = torch.cat((values, scores[covered:]))
-        where = torch.cat((where, tail.unsqueeze(1).expand(-1, n_queries)))
-    top = values.topk(m, dim=0, largest=False, sorted=False)
-    return top.values, where.gather(0, top.indices)
+        values = torch.cat((values, scores[covered:].T), 1)
+        where = torch.cat((where, tail.expand(n_queries, -1)), 1)
+    top = values.topk(m, dim=1, largest=False, sorted=False)
+    return top.values, where.gather(1, top.indices)
 
 
 def _drop_kth_plus_one(
