@@ -6,6 +6,9 @@ euclidean/squared/manhattan, a normalised matrix product for cosine, then `topk`
 flat indexes (`IndexFlatL2` for euclidean and squared, `IndexFlatIP` on normalised vectors
 for cosine, keys added and normalised before timing); scikit-learn
 `NearestNeighbors(algorithm="brute")` (fitted before timing). Every figure is a median.
+Each timed call starts after a pause (``--pause``, 0.2 s): the libraries bring their own
+thread pools (OpenBLAS, faiss's OpenMP, torch's), whose threads keep spinning on the cores
+for a while after a call and would otherwise slow whichever call comes next.
 
 Achieved GFLOP/s count 2*B*N*D flops per search and sit next to the machine's `torch.matmul`
 rate on a 4096 x 4096 float32 product measured in the same run. Extra memory of
@@ -91,7 +94,7 @@ def main() -> None:
                 indexes = build_indexes(faiss, neighbors, metric, keys, grid["k"])
                 for k in grid["k"]:
                     cell = Cell(metric, grid["B"], n_keys, dim, k)
-                    measure_cell(cell, queries, keys, indexes, args.repeats, args.time_per_method)
+                    measure_cell(cell, queries, keys, indexes, args)
                     cells.append(cell)
                     print_row(cell, matmul)
     low_precision = measure_low_precision(grid, device, args)
@@ -129,6 +132,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=0, help="torch/faiss/BLAS threads")
     parser.add_argument("--metrics", default="", help="comma-separated subset of the metrics")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--pause", type=float, default=0.2, help="idle seconds before every timed call"
+    )
     return parser.parse_args()
 
 
@@ -204,8 +210,9 @@ def searches(metric: str, queries: torch.Tensor, keys: torch.Tensor, k: int, ind
     return out
 
 
-def measure_cell(cell, queries, keys, indexes, max_repeats: int, time_per_method: float):
+def measure_cell(cell, queries, keys, indexes, args):
     device = queries.device
+    max_repeats, time_per_method = args.repeats, args.time_per_method
     calls = searches(cell.metric, queries, keys, cell.k, indexes)
     first = {name: timed(fn, device) for name, fn in calls.items()}  # warm-up, also a probe
     repeats = {
@@ -223,6 +230,7 @@ def measure_cell(cell, queries, keys, indexes, max_repeats: int, time_per_method
         names = names[turn % len(names) :] + names[: turn % len(names)]
         for name in names:
             if len(samples[name]) < repeats[name]:
+                time.sleep(args.pause)
                 samples[name].append(timed(calls[name], device))
     flops = 2 * cell.B * cell.N * cell.D
     for name, values in samples.items():
@@ -319,6 +327,7 @@ def measure_low_precision(grid: dict, device: torch.device, args) -> list[dict]:
             same = torch.equal(low[0], high[0]) and torch.equal(low[1], high[1])
             times = {"low": [], "fp32": []}
             for _ in range(max(3, args.repeats)):
+                time.sleep(args.pause)
                 times["low"].append(timed(lambda: knn_search(low_q, low_k, k, metric), device))
                 times["fp32"].append(timed(lambda: knn_search(up_q, up_k, k, metric), device))
             low_ms = statistics.median(times["low"]) * 1e3

@@ -46,22 +46,36 @@ class Digits(Dataset):
         return {"image": self.images[i], "label": self.labels[i]}
 
 
-def digits(seed: int = 0) -> tuple[Digits, Digits]:
+def digits(seed: int = 0, canvas: int = 12) -> tuple[Digits, Digits]:
+    """Digits placed at a random position of a ``canvas`` x ``canvas`` image, split 1500/297.
+
+    On the centred 8x8 images a kNN on raw pixels is already 94% right; moved around, it is
+    69% right (k=20), so the representation has to learn shift invariance to do better.
+    """
     data = load_digits()
-    images = torch.tensor(data.images, dtype=torch.float32).unsqueeze(1)
+    generator = torch.Generator().manual_seed(seed)
+    small = torch.tensor(data.images, dtype=torch.float32)
+    images = torch.zeros(len(small), 1, canvas, canvas)
+    offsets = torch.randint(0, canvas - 7, (len(small), 2), generator=generator).tolist()
+    for image, digit, (row, col) in zip(images, small, offsets, strict=True):
+        image[0, row : row + 8, col : col + 8] = digit
     images = (images - images.mean()) / images.std()
     labels = torch.tensor(data.target)
-    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
+    order = torch.randperm(len(labels), generator=generator)
     train, val = order[:1500], order[1500:]
     return Digits(images[train], labels[train]), Digits(images[val], labels[val])
 
 
-def augment(images: torch.Tensor) -> torch.Tensor:
-    """A random shift of up to one pixel, Gaussian noise, and 20% of pixels masked."""
-    shifted = F.pad(images, (1, 1, 1, 1), mode="replicate")
-    dx, dy = torch.randint(0, 3, (2,)).tolist()
-    view = shifted[..., dy : dy + 8, dx : dx + 8]
-    view = view + 0.3 * torch.randn_like(view)
+def augment(images: torch.Tensor, max_shift: int = 2) -> torch.Tensor:
+    """A random shift of each image by up to ``max_shift`` pixels, Gaussian noise, and 20%
+    of the pixels masked."""
+    n, _, height, width = images.shape
+    padded = F.pad(images, (max_shift,) * 4)
+    dy, dx = torch.randint(0, 2 * max_shift + 1, (2, n, 1), device=images.device)
+    rows = (dy + torch.arange(height, device=images.device)).unsqueeze(2)
+    cols = (dx + torch.arange(width, device=images.device)).unsqueeze(1)
+    view = padded[torch.arange(n, device=images.device).view(n, 1, 1), 0, rows, cols]
+    view = view.unsqueeze(1) + 0.3 * torch.randn_like(images)
     return view * (torch.rand_like(view) > 0.2)
 
 
@@ -94,7 +108,14 @@ class SimCLR(L.LightningModule):
     def __init__(self, lr: float = 2e-3) -> None:
         super().__init__()
         self.backbone = nn.Sequential(
-            nn.Flatten(), nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, EMBEDDING)
+            nn.Conv2d(1, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(32, 64, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(64, EMBEDDING, 3, padding=1),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
         )
         self.projector = nn.Sequential(nn.ReLU(), nn.Linear(EMBEDDING, 64))
         self.lr = lr
@@ -116,7 +137,12 @@ class SimCLR(L.LightningModule):
         return torch.optim.AdamW(self.parameters(), lr=self.lr)
 
 
-def callbacks(out: Path) -> list[Callback]:
+def callbacks(out: Path, latent_update_interval: int | None = 2) -> list[Callback]:
+    """Every spt callback, reading the entries `SimCLR` returns; LatentViz takes a step every
+    `latent_update_interval` batches (`None`: its default)."""
+    latent_schedule = (
+        {} if latent_update_interval is None else {"update_interval": latent_update_interval}
+    )
     accuracy = {"accuracy": MulticlassAccuracy(num_classes=10)}
     return [
         spt.OnlineKNN(
@@ -134,15 +160,18 @@ def callbacks(out: Path) -> list[Callback]:
             name="linear",
             input="embedding",
             target="label",
-            probe=nn.Linear(EMBEDDING, 10),
+            probe=nn.Sequential(nn.BatchNorm1d(EMBEDDING, affine=False), nn.Linear(EMBEDDING, 10)),
+            optimizer={"type": "AdamW", "lr": 1e-2},
             metrics=accuracy,
         ),
         spt.OnlineProbe(
             name="mlp",
             input="embedding",
             target="label",
-            probe=nn.Sequential(nn.Linear(EMBEDDING, 256), nn.ReLU(), nn.Linear(256, 10)),
-            optimizer={"type": "AdamW", "lr": 1e-3},
+            probe=nn.Sequential(
+                nn.BatchNorm1d(EMBEDDING), nn.Linear(EMBEDDING, 256), nn.ReLU(), nn.Linear(256, 10)
+            ),
+            optimizer={"type": "AdamW", "lr": 3e-3},
             metrics=accuracy,
         ),
         spt.LatentViz(
@@ -151,13 +180,14 @@ def callbacks(out: Path) -> list[Callback]:
             target="label",
             projection=nn.Sequential(nn.Linear(EMBEDDING, 128), nn.ReLU(), nn.Linear(128, 2)),
             queue_length=1500,
-            update_interval=2,
             plot_interval=5,
+            **latent_schedule,
             save_dir=str(out / "latent_map"),
         ),
         spt.MetricsCallback(
             metrics={"alignment": alignment, "uniformity": uniformity},
             needs={"alignment": {"z1": "z1", "z2": "z2"}, "uniformity": {"z": "z1"}},
+            compute_per_training_step=False,  # once per epoch, on all its rows
             every_n_train_steps=None,
             every_n_train_epochs=1,
             every_n_val_epochs=None,

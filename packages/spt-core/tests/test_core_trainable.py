@@ -163,7 +163,8 @@ def test_defaults_are_adamw_and_a_constant_rate():
     fit([head], max_steps=3)
     assert type(head.optimizer) is torch.optim.AdamW and head.optimizer.defaults["lr"] == 1e-3
     assert head.scheduler.get_last_lr() == [1e-3]
-    assert head.scheduler_config.interval == "step"
+    assert type(head.scheduler) is torch.optim.lr_scheduler.ConstantLR
+    assert head.scheduler_config.interval == "epoch"  # nothing to do per batch
 
 
 def test_validate_alone_builds_the_module_but_no_optimizer():

@@ -8,6 +8,7 @@ import pickle
 import lightning as L
 import pytest
 import torch
+from lightning.pytorch.loggers import Logger
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
@@ -140,10 +141,10 @@ def test_logged_names_predictions_and_offline_agreement(backbone, trainer, loade
     probe = linear_probe(metrics=[accuracy(), accuracy(top_k=2)], optimizer="SGD")
     recorder = Recorder()
     model = backbone()
-    fit = trainer(callbacks=[probe, recorder], max_epochs=2)
+    fit = trainer(callbacks=[probe, recorder], max_epochs=2, log_every_n_steps=1)
     fit.fit(model, loader(data), loader(data))
     assert set(fit.callback_metrics) == {
-        "train/linear_loss", "train/linear_loss_step", "train/linear_loss_epoch",
+        "train/linear_loss", "train/linear_loss_step",
         "train/linear_accuracy", "train/linear_accuracy_top2",
         "eval/linear_accuracy", "eval/linear_accuracy_top2",
     }  # fmt: skip
@@ -157,6 +158,49 @@ def test_logged_names_predictions_and_offline_agreement(backbone, trainer, loade
     with torch.no_grad():
         expected = trained(model.encoder(last["x"]))
     torch.testing.assert_close(last["linear_preds"], expected)
+
+
+class StepValues(Logger):
+    """What reaches a logger, as ``(step, name, value)`` rows."""
+
+    name = "steps"
+    version = 0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: list[tuple[int | None, str, float]] = []
+
+    def log_hyperparams(self, *args, **kwargs) -> None:
+        pass
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        self.rows.extend((step, key, value) for key, value in metrics.items())
+
+
+def test_loss_reaches_the_logger_every_n_steps_and_as_the_epoch_mean(
+    backbone, trainer, loader, make_data
+):
+    losses = []
+
+    def recorded(logits, target):
+        loss = nn.functional.cross_entropy(logits, target)
+        losses.append((loss.item(), len(target)))
+        return loss
+
+    logger = StepValues()
+    fit = trainer(
+        callbacks=[linear_probe(loss_fn=recorded)], max_epochs=2, logger=logger, log_every_n_steps=3
+    )
+    fit.fit(backbone(), loader(make_data(n=36)))  # 5 batches per epoch, the last of 4 rows
+    steps = [(step, value) for step, key, value in logger.rows if key == "train/linear_loss_step"]
+    assert [step for step, _ in steps] == [2, 5, 8]
+    assert [value for _, value in steps] == pytest.approx([losses[i][0] for i in (2, 5, 8)])
+    epochs = [value for _, key, value in logger.rows if key == "train/linear_loss"]
+    assert len(epochs) == 2
+    for epoch, value in enumerate(epochs):
+        part = losses[5 * epoch : 5 * epoch + 5]
+        mean = sum(loss * rows for loss, rows in part) / sum(rows for _, rows in part)
+        assert value == pytest.approx(mean)
 
 
 def test_stages_own_separate_metric_copies(backbone, trainer, loader, data):

@@ -2,7 +2,12 @@
 
 from spt_core import distributed
 from spt_core.__about__ import __version__
-from spt_core.callback import SPTCallback, callbacks_metrics, callbacks_modules
+from spt_core.callback import (
+    SPTCallback,
+    callbacks_metrics,
+    callbacks_modules,
+    logger_writes_this_step,
+)
 from spt_core.keys import lookup
 from spt_core.lars import LARS
 from spt_core.metrics import StageMetrics, metric_name, named_metrics, unique_names
@@ -25,6 +30,7 @@ __all__ = [
     "create_scheduler",
     "distributed",
     "get_verbosity",
+    "logger_writes_this_step",
     "lookup",
     "metric_name",
     "named_metrics",

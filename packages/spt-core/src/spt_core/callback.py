@@ -96,6 +96,22 @@ class SPTCallback(Callback):
         """Restore what :meth:`state_dict` returned."""
 
 
+def logger_writes_this_step(trainer: Trainer) -> bool:
+    """Whether the Trainer's loggers receive the values logged during this training step.
+
+    Lightning writes step values every ``log_every_n_steps`` optimizer steps (and when
+    training stops); a ``log`` call costs about a millisecond, so callbacks that log per
+    batch skip the calls whose values no logger would see.
+
+    Example:
+        >>> from lightning.pytorch import Trainer
+        >>> logger_writes_this_step(Trainer(logger=False, log_every_n_steps=1))
+        True
+    """
+    connector = getattr(trainer, "_logger_connector", None)  # private, stable since 1.6
+    return bool(getattr(connector, "should_update_logs", True))
+
+
 def callbacks_modules(pl_module: LightningModule) -> dict[str, Any]:
     """The ``callbacks_modules`` dict of ``pl_module``, created on first use.
 

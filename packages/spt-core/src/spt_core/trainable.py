@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -168,8 +169,10 @@ class TrainableCallback(SPTCallback):
         return {"type": "AdamW", "lr": 1e-3}
 
     def default_scheduler(self) -> SchedulerSpec:
-        """The scheduler form used when ``scheduler=None``: a constant learning rate."""
-        return {"type": "ConstantLR", "factor": 1.0, "total_iters": 0}
+        """The scheduler form used when ``scheduler=None``: a constant learning rate (stepped
+        once per epoch, which costs nothing per batch)."""
+        constant = functools.partial(torch.optim.lr_scheduler.ConstantLR, factor=1.0, total_iters=0)
+        return {"scheduler": constant, "interval": "epoch"}
 
     # ------------------------------------------------------------------ what subclasses use
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from typing import Any
 
+import torch
 from lightning.pytorch import LightningModule, Trainer
 from torch import Tensor
 from torchmetrics import Metric
@@ -13,6 +14,8 @@ from spt_core import (
     StageMetrics,
     TrainableCallback,
     callbacks_metrics,
+    distributed,
+    logger_writes_this_step,
     lookup,
     named_metrics,
 )
@@ -128,6 +131,7 @@ class OnlineProbe(TrainableCallback):
         self.input = input
         self.target = target
         self.loss_fn = loss_fn if loss_fn is not None else masked_cross_entropy
+        self._loss_total: Tensor | None = None  # (sum of loss * rows, rows) this epoch
         self._lightning_module = module
         self._metrics = StageMetrics(named)
 
@@ -178,17 +182,25 @@ class OnlineProbe(TrainableCallback):
         self.backward_and_step(loss, trainer, batch_idx)
         preds = logits.detach()
         self._publish(batch, preds)
-        pl_module.log(
-            f"train/{self.name}_loss",
-            loss.detach(),
-            on_step=True,
-            on_epoch=True,
-            batch_size=features.shape[0],
-        )
+        self._add_loss(loss.detach(), features.shape[0])
+        if logger_writes_this_step(trainer):
+            pl_module.log(
+                f"train/{self.name}_loss_step",
+                loss.detach(),
+                on_step=True,
+                on_epoch=False,
+                batch_size=features.shape[0],
+            )
         if self._metrics:
             self._metrics.update("train", 0, preds, target)
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._loss_total is not None:
+            total, self._loss_total = self._loss_total, None
+            distributed.all_reduce_mean([total])  # sums over ranks, up to a common factor
+            self.log_values(
+                pl_module, {f"train/{self.name}_loss": total[0] / total[1]}, sync_dist=True
+            )
         if self._metrics:
             values = self._metrics.compute_and_reset("train", 1, pl_module.device)
             # torchmetrics already synced the states: every rank holds the global value, and
@@ -232,7 +244,21 @@ class OnlineProbe(TrainableCallback):
     def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._log_eval("test", trainer, pl_module, len(trainer.num_test_batches))
 
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "loss_total": self._loss_total}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state = dict(state_dict)
+        self._loss_total = state.pop("loss_total", None)
+        super().load_state_dict(state)
+
     # ------------------------------------------------------------------ internals
+
+    def _add_loss(self, loss: Tensor, rows: int) -> None:
+        """Add one batch to the epoch's mean loss, on the device (no host sync)."""
+        batch = torch.stack((loss.float() * rows, loss.new_tensor(rows, dtype=torch.float32)))
+        total = self._loss_total
+        self._loss_total = batch if total is None else total.to(batch.device) + batch
 
     def _target(self, outputs: Any, batch: Any, features: Tensor) -> Tensor:
         return (
