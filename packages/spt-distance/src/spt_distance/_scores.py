@@ -21,6 +21,8 @@ from torch import Tensor
 
 _EUCLIDEAN = ("euclidean", "squared_euclidean")
 _ALIGNMENT = 64
+MANHATTAN_BLOCK = 2**20
+"""Elements of the (keys, queries, features) difference block manhattan scores at a time."""
 
 
 @dataclass(frozen=True)
@@ -73,7 +75,7 @@ def score_tile(
         keys = keys.to(dtype)
     if queries.metric == "manhattan":
         if keys.device.type == "cpu":
-            _manhattan_by_pdist(keys, queries.rows, out)
+            _manhattan_by_blocks(keys, queries.rows, out)
         else:
             out.copy_(torch.cdist(keys, queries.rows, p=1))
         return None
@@ -88,20 +90,22 @@ def score_tile(
     return sq_norms
 
 
-def _manhattan_by_pdist(keys: Tensor, queries: Tensor, out: Tensor) -> None:
+def _manhattan_by_blocks(keys: Tensor, queries: Tensor, out: Tensor) -> None:
     """L1 distances of every key to every query, written into ``out`` (T, B).
 
-    On CPU ``torch.cdist(p=1)`` runs a scalar loop while ``pdist`` is vectorised; scoring
-    the key/query block of ``pdist([keys; queries])`` is faster even though it also
-    computes the key-key and query-query pairs (about twice the work for T close to B).
+    On CPU ``torch.cdist(p=1)`` runs a scalar loop; here a few keys at a time are compared
+    with every query by broadcast subtraction, ``abs`` and a sum over the features, all
+    vectorised, on blocks of about ``MANHATTAN_BLOCK`` elements. Every pair's sum runs over
+    the features in the same order whatever ``T`` is.
     """
     n_keys, n_queries = keys.shape[0], queries.shape[0]
-    condensed = torch.nn.functional.pdist(torch.cat((keys, queries)), p=1)
-    n = n_keys + n_queries
-    i = torch.arange(n_keys, device=keys.device)
-    first = i * n - i * (i + 1) // 2 + n_keys - i - 1  # pair (key i, query 0)
-    where = first.unsqueeze(1) + torch.arange(n_queries, device=keys.device)
-    torch.index_select(condensed, 0, where.view(-1), out=out.view(-1))
+    step = max(1, MANHATTAN_BLOCK // max(1, n_queries * queries.shape[1]))
+    block = queries.new_empty((min(step, n_keys), n_queries, queries.shape[1]))
+    for start in range(0, n_keys, step):
+        rows = keys[start : start + step]
+        difference = block[: rows.shape[0]]
+        torch.sub(rows.unsqueeze(1), queries, out=difference)
+        torch.sum(difference.abs_(), dim=2, out=out[start : start + rows.shape[0]])
 
 
 def distances_from_scores(scores: Tensor, metric: str, query_sq_norms: Tensor | None) -> Tensor:

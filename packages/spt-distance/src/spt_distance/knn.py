@@ -89,9 +89,6 @@ def plan_chunks(
     query_block = max(1, n_queries)
     while query_block > 1 and _scratch(query_block, tile, tile, dim, kk, metric, dtype) > budget:
         query_block = -(-query_block // 2)
-    if metric == "manhattan":
-        # pdist over [keys; queries] costs (T + B)^2 / 2 pairs for the T * B wanted.
-        tile = min(tile, max(64, query_block))
     n_tiles = -(-n_keys // tile)
     if chunk_size is None:
         planned = int(budget * _PLANNED_SHARE)
@@ -124,8 +121,7 @@ def _scratch(
     running = 3 * 2 * kk * n_queries * (elt + 8)
     per_tile = tile * (2 * elt + 8) + 2 * tile * dim * elt
     if metric == "manhattan":
-        pairs = (tile + n_queries) ** 2 // 2
-        per_tile += pairs * elt + (tile + n_queries) * dim * elt + tile * n_queries * 8
+        per_tile += max(_scores.MANHATTAN_BLOCK, n_queries * dim) * elt
     return scores + group_mins + candidates + running + per_tile
 
 
@@ -167,8 +163,7 @@ def knn_search(
         chunk_size: Keys scored per step: ``None`` picks the largest chunk whose scratch
             memory fits ``memory_budget`` (with at most 30 MiB of scores); ``-1`` scores
             every key in one block; a positive int is rounded up to a multiple of the tile
-            (:data:`spt_distance.knn.TILE` = 1024 keys; for manhattan between 64 and 1024
-            keys, about ``B``), at most ``N``.
+            (:data:`spt_distance.knn.TILE` = 1024 keys), at most ``N``.
         memory_budget: Scratch bytes that ``chunk_size=None`` plans for, also the bound
             under which queries are split into blocks (default
             :data:`spt_distance.DEFAULT_MEMORY_BUDGET`, 64 MiB).
