@@ -9,7 +9,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from spt_core import distributed
+from spt_core import DataChecks, distributed
 
 
 def check(rank: int, port: int) -> None:
@@ -36,6 +36,12 @@ def check(rank: int, port: int) -> None:
     weights = [torch.full((2,), float(rank + 1)), torch.tensor([rank], dtype=torch.int64)]
     distributed.broadcast_(weights, src=1)
     assert weights[0].tolist() == [2.0, 2.0] and weights[1].tolist() == [1]
+    # Rank 0 saw nothing of loader 1: the totals are still every rank's.
+    checks = DataChecks()
+    checks.update("val", 0, torch.ones(rank + 1, 2), torch.full((rank + 1,), 2 - rank))
+    if rank == 1:
+        checks.update("val", 1, torch.tensor([[float("nan")], [1.0]]), torch.tensor([4, 0]))
+    assert checks.read("val", 2) == [(0, 2), (1, 4)]
     dist.destroy_process_group()
 
 

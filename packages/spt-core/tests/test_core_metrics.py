@@ -71,3 +71,17 @@ def test_stages_and_dataloaders_never_mix():
     assert stages.compute_and_reset("val", num_dataloaders=2) == {}
     assert stages.compute_and_reset("train", num_dataloaders=1) == {"acc": torch.tensor(1.0)}
     assert set(stages.all_live()) == {"train/0", "val/0", "val/1"}
+
+
+def test_skipped_loaders_are_reset_without_being_computed():
+    stages = StageMetrics({"acc": MulticlassAccuracy()})
+    stages.update("val", 0, 10.0)
+    stages.update("val", 1, 100.0)
+    assert stages.compute_and_reset("val", num_dataloaders=2, skip={1}) == {
+        "acc/dataloader_idx_0": torch.tensor(10.0)
+    }
+    assert stages.get("val", 1)["acc"].total == 0.0
+    stages.update("val", 1, 5.0)  # the next epoch starts from zero
+    assert stages.compute_and_reset("val", num_dataloaders=2) == {
+        "acc/dataloader_idx_1": torch.tensor(5.0)
+    }

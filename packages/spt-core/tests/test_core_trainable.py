@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from spt_core import TrainableCallback, callbacks_modules
+from spt_core import SPTCallback, TrainableCallback, callbacks_modules
 
 
 @pytest.fixture(autouse=True)
@@ -182,6 +182,26 @@ def test_validate_alone_builds_the_module_but_no_optimizer():
 def test_module_before_setup_is_a_clear_error():
     with pytest.raises(RuntimeError, match="built at setup"):
         _ = Regressor().module
+
+
+@pytest.mark.parametrize(
+    ("module", "checked"),
+    [
+        (nn.Linear(3, 1), True),
+        (nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 1)), True),
+        (nn.Sequential(nn.Flatten(), nn.Linear(3, 1)), False),  # the width is not declared
+    ],
+)
+def test_features_that_do_not_fit_the_first_layer_name_both_sizes(module, checked):
+    wide = Regressor(module=module)
+    wide.setup(_stub_trainer(), Model(), "validate")
+    wide.check_input_width(torch.zeros(2, 3), "x")
+    if not checked:
+        wide.check_input_width(torch.zeros(2, 5), "x")
+        return
+    with pytest.raises(ValueError, match=r"Regressor\[name=head\]: 'x' has 5 features per row, "
+                       r"but the module's first layer takes 3"):  # fmt: skip
+        wide.check_input_width(torch.zeros(2, 5), "x")
 
 
 # ----------------------------------------------------------------------------- contexts
@@ -389,3 +409,34 @@ def test_resume_through_a_lightning_checkpoint(tmp_path):
         resumed.module.state_dict(), straight.module.state_dict(), rtol=0, atol=0
     )
     assert resumed.optimizer_steps == straight.optimizer_steps == 6
+
+
+# ----------------------------------------------------------------------------- no validation
+
+
+class Announcer(SPTCallback):
+    def on_train_start(self, trainer, pl_module):
+        self.info_if_no_validation(trainer, "eval/announcer_*")
+
+
+@pytest.mark.parametrize(
+    ("val_rows", "limit", "said"),
+    [(8, 1.0, False), (0, 1.0, True), (8, 0, True)],
+    ids=["validation", "empty-loader", "limit-0"],
+)
+def test_a_fit_without_validation_batches_is_said_once(val_rows, limit, said):
+    from loguru import logger
+
+    lines = []
+    sink = logger.add(lambda message: lines.append(str(message)), level="INFO")
+    try:
+        trainer = L.Trainer(
+            accelerator="cpu", logger=False, enable_progress_bar=False,
+            enable_model_summary=False, enable_checkpointing=False, num_sanity_val_steps=0,
+            max_epochs=2, limit_val_batches=limit, callbacks=[Announcer("announcer")],
+        )  # fmt: skip
+        trainer.fit(Model(), DataLoader(Rows(16), batch_size=8), DataLoader(Rows(val_rows)))
+    finally:
+        logger.remove(sink)
+    expected = "no validation batch (limit_val_batches=0 or an empty validation loader): "
+    assert [expected in line and "eval/announcer_*" in line for line in lines] == [True] * said

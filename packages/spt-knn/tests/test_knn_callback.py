@@ -309,3 +309,59 @@ def test_shard_and_gather_modes_agree_in_one_process(tiny):
         assert torch.equal(gathered, sharded)
     logged = trainer.callback_metrics
     assert logged["eval/g_accuracy"] == logged["eval/s_accuracy"]
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"average": "micro", "validate_args": False},  # would count the row as a miss
+        {"average": "macro", "validate_args": False},  # fails inside torchmetrics
+        {},  # torchmetrics' own argument check
+    ],
+    ids=["silent", "torchmetrics-crash", "torchmetrics-check"],
+)
+def test_a_label_beyond_num_classes_after_the_first_batch_fails_before_logging(tiny, settings):
+    features, labels = tiny.data(64, 4, 3)
+    val_x, val_y = tiny.data(24, 4, 3, seed=1)
+    val_y = val_y.clone()
+    val_y[20] = 7  # third batch: not read when the epoch's plan is made
+    knn = make_knn(metrics={"accuracy": MulticlassAccuracy(3, **settings)})
+    trainer = tiny.trainer([knn])
+    match = r"OnlineKNN\[name=knn\]: a validation batch of 'label' holds label 7, outside num_"
+    with pytest.raises(ValueError, match=match):
+        trainer.fit(tiny.model(), tiny.loader(features, labels), tiny.loader(val_x, val_y))
+    assert "eval/knn_accuracy" not in trainer.callback_metrics
+
+
+def test_non_finite_queue_rows_are_left_out_with_a_warning(tiny, messages):
+    features, labels = tiny.data(64, 4, 3)
+    features[[40, 41, 63], 1] = torch.tensor([float("nan"), float("inf"), float("nan")])
+    val_x, val_y = tiny.data(24, 4, 3, seed=1)
+    trainer = tiny.trainer([make_knn()])
+    trainer.fit(tiny.model(), tiny.loader(features, labels), tiny.loader(val_x, val_y))
+    kept = torch.isfinite(features[-32:]).all(dim=1)
+    scores = knn_predict(val_x, features[-32:][kept], labels[-32:][kept], 3, k=5)
+    accuracy = (scores.argmax(dim=1) == val_y).float().mean()
+    assert trainer.callback_metrics["eval/knn_accuracy"] == accuracy
+    assert len([m for m in messages if "left out 3 queue rows of 'embedding'" in m]) == 1
+
+
+def test_a_loader_with_non_finite_features_logs_nothing_that_epoch(tiny, messages):
+    features, labels = tiny.data(64, 4, 3)
+    clean, clean_y = tiny.data(24, 4, 3, seed=1)
+    broken = clean.clone()
+    broken[13, 2] = float("nan")
+    trainer = tiny.trainer([make_knn()])
+    loaders = [tiny.loader(clean, clean_y), tiny.loader(broken, clean_y)]
+    trainer.fit(tiny.model(), tiny.loader(features, labels), loaders)
+    assert list(trainer.callback_metrics) == ["eval/knn_accuracy/dataloader_idx_0"]
+    (line,) = [m for m in messages if "non-finite" in m]
+    assert "1 validation rows of 'embedding' (loader 1) had non-finite values" in line
+
+
+def test_a_fit_without_validation_batches_says_knn_logs_nothing(tiny, messages):
+    features, labels = tiny.data(32, 4, 3)
+    trainer = tiny.trainer([make_knn()], limit_val_batches=0)
+    trainer.fit(tiny.model(), tiny.loader(features, labels), tiny.loader(features, labels))
+    assert not trainer.callback_metrics
+    assert len([m for m in messages if "no validation batch" in m and "eval/knn_*" in m]) == 1

@@ -271,6 +271,22 @@ def test_a_projection_that_does_not_map_to_2d_is_refused(run_fit, blobs):
         run_fit([viz(projection=torch.nn.Linear(16, 3), queue_length=100)], features, labels)
 
 
+def test_features_that_do_not_fit_the_projection_name_both_sizes(run_fit, blobs):
+    features, labels = blobs(120, 16, 3)
+    match = r"RecordingViz\[name=viz\]: 'embedding' has 16 features per row, but the projection's "
+    with pytest.raises(ValueError, match=match + "first layer takes 8"):
+        run_fit([viz(projection=projection_mlp(8), queue_length=100)], features, labels)
+
+
+def test_a_missing_key_names_the_callback_that_reads_the_queue(run_fit, blobs):
+    features, labels = blobs(120, 16, 3)
+    match = (
+        r"OnlineQueue\[name=feats\] \(filled for RecordingViz\[name=viz\]\) needs the key 'feats'"
+    )
+    with pytest.raises(KeyError, match=match):
+        run_fit([viz(input="feats", queue_length=100)], features, labels)
+
+
 @pytest.mark.parametrize(
     ("overrides", "error", "match"),
     [

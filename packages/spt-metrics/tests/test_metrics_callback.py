@@ -456,6 +456,21 @@ def test_skips_and_schedule_mismatches_are_said_once(harness, messages):
     assert sum("no test batch: nothing logged" in line for line in said) == 1
 
 
+@pytest.mark.parametrize("every_n_val_epochs", [1, 0])
+def test_a_fit_without_validation_batches_says_the_val_values_are_not_logged(
+    harness, messages, every_n_val_epochs
+):
+    data = harness.classification(12, 3, correct=0.5, seed=20)
+    callback = MetricsCallback(hit_rate, every_n_val_epochs=every_n_val_epochs)
+    loader = harness.loader(harness.DictDataset(**data), 4)
+    trainer = harness.make_trainer([callback], limit_val_batches=0)
+    trainer.fit(harness.OutputsModule(outputs_for_preds), loader, loader)
+    said = [line for line in messages if "runs no validation batch" in line]
+    assert len(said) == every_n_val_epochs  # nothing to say when validation is off anyway
+    assert all("the '/val' values will not be logged" in line for line in said)
+    assert not [key for key in trainer.callback_metrics if "/val" in key]
+
+
 def test_live_torchmetrics_copies_are_exposed_per_stage(harness):
     from spt_core import callbacks_metrics
 

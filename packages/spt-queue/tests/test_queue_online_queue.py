@@ -45,6 +45,18 @@ def test_missing_key_lists_what_exists():
         feed(queue, {"x": torch.ones(1), "y": torch.ones(1)})
 
 
+def test_errors_of_a_discovered_queue_name_the_callbacks_that_read_it():
+    trainer = fake_trainer()
+    queue = find_or_create_queue(trainer, "z", 4, dim=3, consumer="OnlineKNN[name=knn]")
+    assert find_or_create_queue(trainer, "z", 4, consumer="LatentViz[name=map]") is queue
+    find_or_create_queue(trainer, "z", 4, consumer="OnlineKNN[name=knn]")  # named once
+    owners = r"OnlineQueue\[name=z\] \(filled for OnlineKNN\[name=knn\], LatentViz\[name=map\]\)"
+    with pytest.raises(KeyError, match=owners + r" needs the key 'z'.*\['x'\]"):
+        feed(queue, {"x": torch.ones(1)})
+    with pytest.raises(ValueError, match=owners + ": 'z' has 5 features per row, expected dim=3"):
+        feed(queue, {"z": torch.ones(2, 5)})
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [

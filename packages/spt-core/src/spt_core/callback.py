@@ -88,6 +88,23 @@ class SPTCallback(Callback):
         if trainer.is_global_zero:
             logger.warning(f"{self.state_key}: {message}")
 
+    def info_if_no_validation(self, trainer: Trainer, what: str) -> None:
+        """Say once per fit that ``what`` will not be logged when the fit runs no validation
+        batch (``limit_val_batches=0`` or empty validation loaders); call it at train start.
+
+        A fit without any validation loader is left to Lightning, which says so itself.
+        """
+        loaders = trainer.val_dataloaders
+        if trainer.limit_val_batches == 0 or (
+            loaders is not None and sum(trainer.num_val_batches) == 0
+        ):
+            self.info_once(
+                trainer,
+                "no-validation",
+                "this fit runs no validation batch (limit_val_batches=0 or an empty "
+                f"validation loader): {what} will not be logged",
+            )
+
     def state_dict(self) -> dict[str, Any]:
         """What must survive a resume; empty for a stateless callback."""
         return {}

@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 import functools
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
 import torch
@@ -174,8 +174,16 @@ class StageMetrics:
         stage: str,
         num_dataloaders: int,
         device: torch.device | None = None,
+        skip: Collection[int] = (),
     ) -> dict[str, Tensor]:
         """Compute and reset every copy of ``stage`` that was updated on any rank.
+
+        Args:
+            stage: The stage whose copies are computed.
+            num_dataloaders: How many dataloaders the stage has.
+            device: Where the ranks agree on which loaders were updated.
+            skip: Dataloader indices whose copies are reset without being computed (the
+                same on every rank), e.g. because their inputs were found unusable.
 
         Returns:
             ``{name: value}`` for a single dataloader; with several, names carry Lightning's
@@ -191,6 +199,11 @@ class StageMetrics:
         results: dict[str, Tensor] = {}
         for idx, flag in enumerate(updated.tolist()):
             if not flag:
+                continue
+            if idx in skip:
+                for metric in self.get(stage, idx).values():
+                    metric.reset()
+                self._updated.discard((stage, idx))
                 continue
             suffix = f"/dataloader_idx_{idx}" if num_dataloaders > 1 else ""
             for name, metric in self.get(stage, idx, device).items():

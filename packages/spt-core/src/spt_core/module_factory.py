@@ -8,7 +8,7 @@ from typing import Any
 
 from torch import nn
 
-__all__ = ["ModuleSpec", "build_module", "check_module", "is_hydra_config"]
+__all__ = ["ModuleSpec", "build_module", "check_module", "input_width", "is_hydra_config"]
 
 ModuleSpec = nn.Module | Callable[..., nn.Module] | Mapping[str, Any]
 
@@ -44,6 +44,25 @@ def check_module(spec: Any, argument: str = "module") -> None:
         return
     if isinstance(spec, Mapping) or not callable(spec):
         raise TypeError(f"{argument} must be {_FORMS}; got {type(spec).__name__} {spec!r}")
+
+
+def input_width(module: nn.Module) -> int | None:
+    """The number of features per row ``module`` takes, when its first layer says so.
+
+    An ``nn.Linear`` takes ``in_features``; an ``nn.Sequential`` takes what its first layer
+    takes. Anything else (a lazy layer, a convolution, a custom module) gives ``None``.
+
+    Example:
+        >>> input_width(nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2)))
+        8
+        >>> input_width(nn.LazyLinear(2)) is None
+        True
+    """
+    while isinstance(module, nn.Sequential) and len(module):
+        module = module[0]
+    if isinstance(module, nn.Linear) and not isinstance(module, nn.modules.lazy.LazyModuleMixin):
+        return module.in_features
+    return None
 
 
 def _wants_argument(factory: Callable[..., Any]) -> bool:

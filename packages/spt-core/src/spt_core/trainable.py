@@ -15,7 +15,7 @@ from torch.optim import Optimizer
 
 from spt_core import distributed
 from spt_core.callback import SPTCallback, callbacks_modules
-from spt_core.module_factory import ModuleSpec, build_module, check_module
+from spt_core.module_factory import ModuleSpec, build_module, check_module, input_width
 from spt_core.optim import (
     OptimizerSpec,
     SchedulerConfig,
@@ -142,6 +142,7 @@ class TrainableCallback(SPTCallback):
         self._scheduler_config: SchedulerConfig | None = None
         self._device: torch.device | None = None
         self._dtype = torch.float32
+        self._input_width: int | None = None
         self._pending: dict[str, Any] = {}
         self._logged: dict[str, Tensor] = {}
         self._rng_state: dict[str, Any] | None = None
@@ -209,6 +210,20 @@ class TrainableCallback(SPTCallback):
         x = x.detach()
         dtype = self._dtype if x.is_floating_point() else x.dtype
         return x.to(device=self._device or x.device, dtype=dtype)
+
+    def check_input_width(self, features: Tensor, key: str) -> None:
+        """Raise a ``ValueError`` naming this callback, ``key`` and both sizes when the rows of
+        ``features`` (their last dimension) do not fit the module's first layer.
+
+        Only a first ``nn.Linear`` (alone or first in an ``nn.Sequential``) declares a width;
+        other modules are not checked. Shapes only: no host sync.
+        """
+        width = self._input_width
+        if width is not None and features.shape[-1] != width:
+            raise ValueError(
+                f"{self.state_key}: '{key}' has {features.shape[-1]} features per row, but the "
+                f"{self.module_argument}'s first layer takes {width}"
+            )
 
     @contextmanager
     def training_context(self) -> Iterator[nn.Module]:
@@ -290,6 +305,7 @@ class TrainableCallback(SPTCallback):
             if not isinstance(module, nn.Module):
                 raise TypeError(f"{self.state_key}: build_module returned {module!r}")
             self._module = module
+            self._input_width = input_width(module)
             floats = [p for p in module.parameters() if p.is_floating_point()]
             self._dtype = floats[0].dtype if floats else torch.float32
         self._place(trainer.strategy.root_device)

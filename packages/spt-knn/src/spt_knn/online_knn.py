@@ -13,6 +13,7 @@ from torch import Tensor
 from torchmetrics import Metric, MetricCollection
 
 from spt_core import (
+    DataChecks,
     SPTCallback,
     StageMetrics,
     callbacks_metrics,
@@ -59,9 +60,13 @@ class OnlineKNN(SPTCallback):
     are exposed at ``callbacks_metrics(pl_module)[name]`` (keys ``"val/0"``, ``"test/0"``...).
 
     Once per epoch (per dataloader) the bank's labels are read: rows with a negative label
-    are left out, ``k`` is clipped to the labelled rows (with a warning), ``num_classes`` is
-    checked (or inferred) and an empty queue skips the epoch with one log line. Nothing in
-    the per-batch path waits on the device.
+    or a non-finite feature are left out (the latter with a warning), ``k`` is clipped to the
+    labelled rows (with a warning), ``num_classes`` is checked (or inferred) and an empty
+    queue skips the epoch with one log line. Nothing in the per-batch path waits on the
+    device: the validation labels after the first batch and the validation features are
+    checked at the end of the epoch, before anything is logged. A label ``>= num_classes``
+    raises a ``ValueError``; a loader in which some validation row had a non-finite feature
+    logs nothing that epoch (its scores would mean nothing) and says so once.
 
     Under DDP, ``distributed="gather"`` (default) searches a bank holding every rank's rows
     once. ``distributed="shard"`` keeps each rank's rows where they are: the validation
@@ -172,6 +177,7 @@ class OnlineKNN(SPTCallback):
         self.metrics = StageMetrics(self._metric_dict(metrics))
         self._queues: tuple[OnlineQueue, OnlineQueue] | None = None
         self._exposed: dict[str, dict[str, Any]] = {}
+        self._checks = DataChecks()
         self._new_epoch()
 
     def _metric_dict(self, metrics: Any) -> dict[str, Metric]:
@@ -188,6 +194,7 @@ class OnlineKNN(SPTCallback):
 
     def _new_epoch(self) -> None:
         self._bank: tuple[Tensor, Tensor] | None = None
+        self._bank_non_finite = torch.zeros((), dtype=torch.long)
         self._bank_compacted = False
         self._plans: dict[tuple[str, int], _Plan] = {}
 
@@ -197,14 +204,17 @@ class OnlineKNN(SPTCallback):
         self._queues = (
             find_or_create_queue(
                 trainer, self.input, self.queue_length, self.input_dim,
-                gather_distributed=gather, previous=previous[0],
+                gather_distributed=gather, previous=previous[0], consumer=self.state_key,
             ),
             find_or_create_queue(
                 trainer, self.target, self.queue_length, self.target_dim,
-                gather_distributed=gather, previous=previous[1],
+                gather_distributed=gather, previous=previous[1], consumer=self.state_key,
             ),
         )  # fmt: skip
         callbacks_metrics(pl_module)[self.name] = self._exposed
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.info_if_no_validation(trainer, f"eval/{self.name}_*")
 
     def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._new_epoch()
@@ -289,7 +299,14 @@ class OnlineKNN(SPTCallback):
         if isinstance(batch, MutableMapping):
             batch[f"{self.name}_preds"] = scores
         if self.metrics:
-            self.metrics.update(stage, dataloader_idx, scores, targets)
+            self._checks.update(stage, dataloader_idx, queries, targets)
+            try:
+                self.metrics.update(stage, dataloader_idx, scores, targets)
+            except (RuntimeError, ValueError, IndexError):
+                # A metric refused the batch: say so if a label is why (a sync on the way out).
+                top = int(targets.max()) if targets.numel() else -1
+                check_labels(top, plan.num_classes, self._batch_of_labels(stage))
+                raise
 
     def _read_bank(self, device: torch.device) -> tuple[Tensor, Tensor]:
         """This epoch's features and labels: every rank's (gather) or this rank's (shard)."""
@@ -336,18 +353,34 @@ class OnlineKNN(SPTCallback):
     ) -> _Plan:
         """Settle k, the class count and the query rows for the epoch: one host sync."""
         if self._bank is None:
-            self._bank = self._read_bank(pl_module.device)
+            features, labels = self._read_bank(pl_module.device)
+            # A row with a non-finite feature is left out like an unlabelled one.
+            finite = torch.isfinite(features).all(dim=1)
+            self._bank = features, torch.where(finite, labels, labels.new_tensor(-1))
+            self._bank_non_finite = (~finite).sum()
         features, labels = self._bank
         batch_top = targets.max().long() if targets.numel() else targets.new_tensor(-1).long()
         rows = torch.tensor(queries.shape[0], device=labels.device)
         local = torch.cat(
-            (labelled_summary(labels), batch_top.view(1).to(labels.device), rows[None])
+            (
+                labelled_summary(labels),
+                batch_top.view(1).to(labels.device),
+                rows[None],
+                self._bank_non_finite.view(1).to(labels.device),
+            )
         )
         per_rank = distributed.gather_uneven(local[None]).tolist()
         mine = per_rank[distributed.rank()]
         total = sum(r[0] for r in per_rank) if self.distributed == "shard" else mine[0]
         bank_top = max(r[1] for r in per_rank)
         batch_top = max(r[2] for r in per_rank)
+        non_finite = sum(r[4] for r in per_rank)
+        if non_finite:
+            self.warn_once(
+                trainer,
+                "non-finite-bank",
+                f"left out {non_finite} queue rows of '{self.input}' with non-finite values",
+            )
         if total == 0:
             self.info_once(
                 trainer,
@@ -387,9 +420,7 @@ class OnlineKNN(SPTCallback):
             check_labels(
                 bank_top, self.num_classes, f"{self.state_key}: the queue of '{self.target}'"
             )
-            check_labels(
-                batch_top, self.num_classes, f"{self.state_key}: a {where} batch of '{self.target}'"
-            )
+            check_labels(batch_top, self.num_classes, self._batch_of_labels(stage))
             return self.num_classes
         inferred = max(bank_top, batch_top) + 1
         self.warn_once(
@@ -402,12 +433,36 @@ class OnlineKNN(SPTCallback):
         )
         return inferred
 
+    def _batch_of_labels(self, stage: str) -> str:
+        where = "validation" if stage == "val" else "test"
+        return f"{self.state_key}: a {where} batch of '{self.target}'"
+
     def _log_metrics(
         self, stage: str, num_dataloaders: int, trainer: Trainer, pl_module: LightningModule
     ) -> None:
         if not self.metrics:
             return
-        results = self.metrics.compute_and_reset(stage, num_dataloaders, pl_module.device)
+        where = "validation" if stage == "val" else "test"
+        skip: set[int] = set()
+        for idx, (non_finite, top) in enumerate(
+            self._checks.read(stage, num_dataloaders, pl_module.device)
+        ):
+            plan = self._plans.get((stage, idx))
+            if plan is None or plan.skip:
+                continue
+            check_labels(top, plan.num_classes, self._batch_of_labels(stage))
+            if non_finite:
+                skip.add(idx)
+                self.warn_once(
+                    trainer,
+                    f"non-finite-{stage}-{idx}",
+                    f"{non_finite} {where} rows of '{self.input}' (loader {idx}) had non-finite "
+                    f"values: their scores mean nothing, so eval/{self.name}_* is not logged "
+                    "for this loader this epoch",
+                )
+        results = self.metrics.compute_and_reset(
+            stage, num_dataloaders, pl_module.device, skip=skip
+        )
         for key, value in results.items():
             if value.numel() != 1:
                 self.warn_once(

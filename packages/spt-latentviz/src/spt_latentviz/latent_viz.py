@@ -170,9 +170,10 @@ class LatentViz(TrainableCallback):
 
     def project(self, features: Tensor) -> Tensor:
         """Map ``features`` (``(N, ...)``, flattened to ``(N, D)``) to ``(N, 2)`` fp32 points."""
-        x = self.prepare_input(features)
+        x = self.prepare_input(features).reshape(len(features), -1)
+        self.check_input_width(x, self.input)
         with self.evaluation_context() as projection:
-            z = projection(x.reshape(len(x), -1))
+            z = projection(x)
         self._check_map(z, len(x))
         return z.float()
 
@@ -189,6 +190,7 @@ class LatentViz(TrainableCallback):
             self.input_dim,
             gather_distributed=True,
             previous=self._input_queue,
+            consumer=self.state_key,
         )
         if self.target is not None:
             self._target_queue = find_or_create_queue(
@@ -197,6 +199,7 @@ class LatentViz(TrainableCallback):
                 self.queue_length,
                 gather_distributed=True,
                 previous=self._target_queue,
+                consumer=self.state_key,
             )
         if self._generator is None:
             seed = (torch.initial_seed() + distributed.rank()) % (1 << 63)
@@ -389,6 +392,7 @@ class LatentViz(TrainableCallback):
                 return rows, neighbors
         rows = self.prepare_input(buffer.last(self.queue_length))
         rows = rows.reshape(len(rows), -1)
+        self.check_input_width(rows, self.input)
         finite = torch.isfinite(rows).all(dim=1)
         if not bool(finite.all()):  # one sync per rebuild (knn_search has its own too)
             rows = rows[finite]

@@ -233,6 +233,8 @@ class MetricsCallback(SPTCallback):
                 f"only every {math.lcm(k, every)}th batch's value reaches the logger; make one "
                 "a multiple of the other",
             )
+        if self.every_n_val_epochs:
+            self.info_if_no_validation(trainer, "the '/val' values")
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         m = self.every_n_train_epochs

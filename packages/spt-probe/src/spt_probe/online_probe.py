@@ -11,6 +11,7 @@ from torch import Tensor
 from torchmetrics import Metric
 
 from spt_core import (
+    DataChecks,
     StageMetrics,
     TrainableCallback,
     callbacks_metrics,
@@ -24,6 +25,8 @@ from spt_core.optim import OptimizerSpec, SchedulerSpec
 from spt_probe.functional import masked_cross_entropy
 
 __all__ = ["OnlineProbe"]
+
+_STAGES = {"train": "training", "val": "validation", "test": "test"}  # for messages
 
 
 class OnlineProbe(TrainableCallback):
@@ -41,6 +44,15 @@ class OnlineProbe(TrainableCallback):
     validation (per loader) and test own separate metric copies, exposed at
     ``pl_module.callbacks_metrics[name]``; the probe is at
     ``pl_module.callbacks_modules[name]``.
+
+    Bad data is reported, never averaged into a logged value: a feature size that does not
+    fit the probe's first ``nn.Linear`` raises a ``ValueError`` at once; labels and
+    non-finite features are counted on the device and checked at the end of each epoch,
+    before anything is logged (no host sync per batch). A label without an output of the
+    probe (``>= C`` for ``C`` logits) raises a ``ValueError`` (the default loss ignores such
+    rows until then); rows with a non-finite feature are zeroed before training (and
+    unlabelled for the default loss), and a stage or loader that had any logs no metric that
+    epoch, with one warning.
 
     Args:
         module: The LightningModule being trained, or ``None``; when given, the probe
@@ -134,6 +146,8 @@ class OnlineProbe(TrainableCallback):
         self._loss_total: Tensor | None = None  # (sum of loss * rows, rows) this epoch
         self._lightning_module = module
         self._metrics = StageMetrics(named)
+        self._checks = DataChecks()
+        self._classes: int | None = None  # the probe's output width, seen at its first call
 
     def default_optimizer(self) -> OptimizerSpec:
         """LARS(lr=0.1, clip_lr=True, eta=0.02, exclude_bias_n_norm=True, weight_decay=0)."""
@@ -163,6 +177,10 @@ class OnlineProbe(TrainableCallback):
 
     # ------------------------------------------------------------------ training
 
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._metrics:
+            self.info_if_no_validation(trainer, f"eval/{self.name}_*")
+
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._expose_metrics(pl_module, "train", 1)
 
@@ -174,11 +192,19 @@ class OnlineProbe(TrainableCallback):
         batch: Any,
         batch_idx: int,
     ) -> None:
-        features = self.prepare_input(lookup(self.input, outputs, batch, owner=self.state_key))
+        features = self._features(outputs, batch)
         target = self._target(outputs, batch, features)
+        finite = self._checks.update("train", 0, features, target)
+        # A row with a non-finite feature is zeroed (and, for the default loss, unlabelled):
+        # one NaN row would otherwise turn every weight of the probe into NaN for good.
+        features = torch.where(finite.view(-1, *[1] * (features.dim() - 1)), features, 0)
+        labels = target
+        if self.loss_fn is masked_cross_entropy:
+            labels = torch.where(finite, target, -1)
         with self.training_context() as probe:
             logits = probe(features)
-            loss = self.loss_fn(logits, target)
+            self._classes = logits.shape[-1]
+            loss = self.loss_fn(logits, labels)
         self.backward_and_step(loss, trainer, batch_idx)
         preds = logits.detach()
         self._publish(batch, preds)
@@ -192,17 +218,28 @@ class OnlineProbe(TrainableCallback):
                 batch_size=features.shape[0],
             )
         if self._metrics:
-            self._metrics.update("train", 0, preds, target)
+            self._update_metrics("train", 0, preds, target)
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        ((non_finite, top),) = self._checks.read("train", 1, pl_module.device)
+        self._check_labels(top, _STAGES["train"])
         if self._loss_total is not None:
             total, self._loss_total = self._loss_total, None
             distributed.all_reduce_mean([total])  # sums over ranks, up to a common factor
             self.log_values(
                 pl_module, {f"train/{self.name}_loss": total[0] / total[1]}, sync_dist=True
             )
+        if non_finite:
+            self.warn_once(
+                trainer,
+                "non-finite-train",
+                f"{non_finite} training rows of '{self.input}' had non-finite values: they were "
+                f"zeroed for the probe's training, and train/{self.name}_* metrics of this "
+                "epoch are not logged",
+            )
         if self._metrics:
-            values = self._metrics.compute_and_reset("train", 1, pl_module.device)
+            skip = {0} if non_finite else set()
+            values = self._metrics.compute_and_reset("train", 1, pl_module.device, skip=skip)
             # torchmetrics already synced the states: every rank holds the global value, and
             # sync_dist only averages identical numbers (it silences Lightning's DDP warning).
             self.log_values(pl_module, self._prefixed("train", values), sync_dist=True)
@@ -269,20 +306,61 @@ class OnlineProbe(TrainableCallback):
         if isinstance(batch, MutableMapping):
             batch[f"{self.name}_preds"] = preds
 
-    def _evaluate(self, stage: str, trainer: Trainer, outputs: Any, batch: Any, idx: int) -> None:
+    def _features(self, outputs: Any, batch: Any) -> Tensor:
         features = self.prepare_input(lookup(self.input, outputs, batch, owner=self.state_key))
+        self.check_input_width(features, self.input)
+        return features
+
+    def _check_labels(self, top: int, where: str) -> None:
+        """Raise if the largest label of the epoch (``top``) has no output of the probe."""
+        if self._classes is not None and top >= self._classes:
+            raise ValueError(
+                f"{self.state_key}: a {where} batch of '{self.target}' holds the label {top}, "
+                f"but the probe outputs {self._classes} classes (labels must be < "
+                f"{self._classes}; negative labels are ignored)"
+            )
+
+    def _update_metrics(self, stage: str, idx: int, preds: Tensor, target: Tensor) -> None:
+        try:
+            self._metrics.update(stage, idx, preds, target)
+        except (RuntimeError, ValueError, IndexError):
+            # A metric refused the batch: say so if a label is why (a sync on the way out).
+            top = int(target.max()) if target.numel() else -1
+            self._check_labels(top, _STAGES[stage])
+            raise
+
+    def _evaluate(self, stage: str, trainer: Trainer, outputs: Any, batch: Any, idx: int) -> None:
+        features = self._features(outputs, batch)
         with self.evaluation_context() as probe:
             preds = probe(features)
+        self._classes = preds.shape[-1]
         self._publish(batch, preds)
         if self._metrics and not trainer.sanity_checking:
-            self._metrics.update(stage, idx, preds, self._target(outputs, batch, features))
+            target = self._target(outputs, batch, features)
+            self._checks.update(stage, idx, features, target)
+            self._update_metrics(stage, idx, preds, target)
 
     def _log_eval(
         self, stage: str, trainer: Trainer, pl_module: LightningModule, loaders: int
     ) -> None:
         if not self._metrics or trainer.sanity_checking:
             return
-        values = self._metrics.compute_and_reset(stage, loaders, pl_module.device)
+        where = _STAGES[stage]
+        skip = set()
+        for idx, (non_finite, top) in enumerate(
+            self._checks.read(stage, loaders, pl_module.device)
+        ):
+            self._check_labels(top, where)
+            if non_finite:
+                skip.add(idx)
+                self.warn_once(
+                    trainer,
+                    f"non-finite-{stage}-{idx}",
+                    f"{non_finite} {where} rows of '{self.input}' (loader {idx}) had non-finite "
+                    f"values: the probe cannot score them, so eval/{self.name}_* is not logged "
+                    "for this loader this epoch",
+                )
+        values = self._metrics.compute_and_reset(stage, loaders, pl_module.device, skip=skip)
         self.log_values(
             pl_module, self._prefixed("eval", values), sync_dist=True, add_dataloader_idx=False
         )

@@ -28,6 +28,7 @@ def find_or_create_queue(
     gather_distributed: bool = False,
     *,
     previous: OnlineQueue | None = None,
+    consumer: str | None = None,
 ) -> OnlineQueue:
     """Return the queue of ``key`` on ``trainer``, registering a new one if there is none.
 
@@ -44,6 +45,8 @@ def find_or_create_queue(
         gather_distributed: Whether this consumer needs every rank's rows.
         previous: A queue this consumer used with an earlier Trainer; when ``trainer`` has
             no queue for ``key`` it is registered again instead of a new, empty one.
+        consumer: The asking callback's name (its ``state_key``), added to the queue's
+            ``consumers`` so that the queue's errors (a missing key, a wrong size) name it.
 
     Returns:
         The shared queue.
@@ -58,15 +61,17 @@ def find_or_create_queue(
     if queue is None:
         queue = OnlineQueue(key, queue_length, dim, dtype, gather_distributed)
         trainer.callbacks.append(queue)
-        return queue
-    wanted = _flat_dim(dim)
-    if wanted is not None and queue.dim is not None and wanted != queue.dim:
-        raise ValueError(
-            f"the queue of '{key}' holds rows of dim={queue.dim}, a consumer asks for "
-            f"dim={wanted}; use one feature size per key"
-        )
-    queue.request(queue_length)
-    queue.gather_distributed = queue.gather_distributed or gather_distributed
+    else:
+        wanted = _flat_dim(dim)
+        if wanted is not None and queue.dim is not None and wanted != queue.dim:
+            raise ValueError(
+                f"the queue of '{key}' holds rows of dim={queue.dim}, a consumer asks for "
+                f"dim={wanted}; use one feature size per key"
+            )
+        queue.request(queue_length)
+        queue.gather_distributed = queue.gather_distributed or gather_distributed
+    if consumer is not None and consumer not in queue.consumers:
+        queue.consumers.append(consumer)
     return queue
 
 

@@ -79,6 +79,7 @@ class OnlineQueue(SPTCallback):
         shape = None if self.dim is None else (self.dim,)
         self.buffer = RingBuffer(queue_length, shape=shape, dtype=dtype)
         self._requests: set[int] = {queue_length}
+        self.consumers: list[str] = []  # callbacks that read this queue, named in its errors
         self._snapshots: dict[int, Tensor] = {}
         self._snapshot_appended = 0
 
@@ -101,7 +102,7 @@ class OnlineQueue(SPTCallback):
         batch: Any,
         batch_idx: int,
     ) -> None:
-        value = lookup(self.key, outputs, batch, owner=self.state_key)
+        value = lookup(self.key, outputs, batch, owner=self._owner())
         if not isinstance(value, Tensor):
             value = torch.as_tensor(value)
         rows = value.detach()
@@ -109,7 +110,7 @@ class OnlineQueue(SPTCallback):
             rows = rows.reshape(rows.shape[0], -1)
             if rows.shape[1] != self.dim:
                 raise ValueError(
-                    f"{self.state_key}: '{self.key}' has {rows.shape[1]} features per row, "
+                    f"{self._owner()}: '{self.key}' has {rows.shape[1]} features per row, "
                     f"expected dim={self.dim}"
                 )
         if self.buffer.device != pl_module.device:
@@ -117,7 +118,13 @@ class OnlineQueue(SPTCallback):
         try:
             self.buffer.append(rows)
         except ValueError as error:
-            raise ValueError(f"{self.state_key}: '{self.key}': {error}") from error
+            raise ValueError(f"{self._owner()}: '{self.key}': {error}") from error
+
+    def _owner(self) -> str:
+        """Who to name in an error: this queue and the callbacks that read it."""
+        if not self.consumers:
+            return self.state_key
+        return f"{self.state_key} (filled for {', '.join(self.consumers)})"
 
     def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.take_snapshots()
