@@ -1,11 +1,12 @@
 """spt demo: a small self-supervised model on scikit-learn's digits, every callback attached.
 
-A SimCLR-style MLP learns from two augmented views (noise, shifts, masking) of 8x8 digits.
-While it trains, spt measures its representation: a kNN classifier over a queue of recent
-training embeddings, a linear and an MLP probe trained on detached embeddings, a live 2D
-map of the latent space, and the alignment/uniformity of the two views.
+A small SimCLR convnet learns from two augmented views (shifts, noise, masking) of 8x8
+digits placed at random positions of a 12x12 canvas. While it trains, spt measures its
+representation: a kNN classifier over a queue of recent training embeddings, a linear and
+an MLP probe trained on detached embeddings, a live 2D map of the latent space, and the
+alignment/uniformity of the two views.
 
-    hatch run demo                      # ~2 minutes on 2 CPU cores
+    hatch run demo                      # about 30 s of training on 2 CPU cores
     hatch run demo --epochs 5 --out runs/quick
     hatch run demo --devices 2          # the same with DDP on CPU (gloo)
 """
