@@ -32,7 +32,7 @@ QUERIES = torch.zeros(4, 3)
             ["keys", "2D", "(2, 5, 3)"],
         ),
         (lambda: knn_search(QUERIES, KEYS.long(), 2), TypeError, ["keys", "floating", "int64"]),
-        (lambda: knn_search(QUERIES.numpy(), KEYS, 2), TypeError, ["queries", "Tensor", "ndarray"]),
+        (lambda: knn_search(QUERIES.tolist(), KEYS, 2), TypeError, ["queries", "Tensor", "list"]),
         (lambda: knn_search(QUERIES, KEYS, 2, chunk_size=0), ValueError, ["chunk_size", "0", "-1"]),
         (
             lambda: knn_search(QUERIES, KEYS, 2, chunk_size=-5),
