@@ -38,7 +38,8 @@ class Package:
     guarded: set[str] = field(default_factory=set)
 
 
-def _version(folder: Path, module: str) -> Version:
+def read_version(folder: Path, module: str) -> Version:
+    """The version in ``src/<module>/__about__.py`` of a package folder."""
     text = (folder / "src" / module / "__about__.py").read_text()
     return Version(re.search(r"__version__\s*=\s*[\"']([^\"']+)", text).group(1))
 
@@ -51,7 +52,7 @@ def load(folder: Path) -> Package:
         extra: {Requirement(r).name for r in reqs}
         for extra, reqs in meta.get("optional-dependencies", {}).items()
     }
-    package = Package(folder, meta["name"], _version(folder, module), requires, extras)
+    package = Package(folder, meta["name"], read_version(folder, module), requires, extras)
     for source in (folder / "src").rglob("*.py"):
         _scan(ast.parse(source.read_text()), package, module)
     return package

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import email.parser
-import re
 import subprocess
 import sys
 import tarfile
@@ -22,6 +21,7 @@ import tomllib
 import zipfile
 from pathlib import Path
 
+from check_deps import read_version
 from packaging.requirements import Requirement
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,9 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def expected(folder: Path) -> tuple[str, set[str]]:
     """The version and the set of requirement strings a package declares."""
     project = tomllib.loads((folder / "pyproject.toml").read_text())["project"]
-    module = folder.name.replace("-", "_")
-    about = (folder / "src" / module / "__about__.py").read_text()
-    version = re.search(r'__version__\s*=\s*"([^"]+)"', about).group(1)
+    version = str(read_version(folder, folder.name.replace("-", "_")))
     requires = {normalise(r) for r in project.get("dependencies", [])}
     for extra, deps in project.get("optional-dependencies", {}).items():
         requires |= {normalise(f'{d}; extra == "{extra}"') for d in deps}

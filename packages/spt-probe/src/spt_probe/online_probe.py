@@ -206,13 +206,13 @@ class OnlineProbe(TrainableCallback):
             self._classes = logits.shape[-1]
             loss = self.loss_fn(logits, labels)
         self.backward_and_step(loss, trainer, batch_idx)
-        preds = logits.detach()
+        loss, preds = loss.detach(), logits.detach()
         self._publish(batch, preds)
-        self._add_loss(loss.detach(), features.shape[0])
+        self._add_loss(loss, features.shape[0])
         if logger_writes_this_step(trainer):
             pl_module.log(
                 f"train/{self.name}_loss_step",
-                loss.detach(),
+                loss,
                 on_step=True,
                 on_epoch=False,
                 batch_size=features.shape[0],
