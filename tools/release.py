@@ -89,6 +89,7 @@ def main() -> int:
     print(f"{args.package} -> {version}")
     for dependent in dependents:
         print(f"widened the range in {dependent}: release it too")
+    print("existing hatch environments hold the old editable metadata: run `hatch env prune`")
     return 0
 
 
