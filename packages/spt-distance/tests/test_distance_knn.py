@@ -3,13 +3,22 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from spt_distance import DEFAULT_MEMORY_BUDGET, METRICS, knn_search, plan_chunks
+from spt_distance import DEFAULT_MEMORY_BUDGET, METRICS, knn, knn_search, plan_chunks
+from spt_distance.testing import HostSyncError, forbid_host_sync
 
 SETTINGS = settings(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 CHUNKS = st.sampled_from([None, -1, 1, 2, 3, 5, 8, 1000])
 TILES = st.sampled_from([1, 2, 3, 4, 7, 1024])
+
+
+@pytest.fixture(autouse=True, params=["host", "device"])
+def selection(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test runs with the CPU's selection and with the sync-free one used off the CPU."""
+    if request.param == "device":
+        monkeypatch.setattr(knn, "_sync_free", lambda device: True)
+    return request.param
 
 
 @SETTINGS
@@ -246,3 +255,42 @@ def test_knn_views_at_any_offset_give_the_contiguous_result(ref, tile, metric):
     ref.assert_identical(
         knn_search(queries, strided, 9, metric), knn_search(queries, view.clone(), 9, metric)
     )
+
+
+@SETTINGS
+@given(
+    data=st.data(),
+    metric=st.sampled_from(METRICS),
+    chunk_size=CHUNKS,
+    tile_size=TILES,
+    budget=st.sampled_from([None, 1, 4096]),
+    dtype=st.sampled_from([torch.float32, torch.bfloat16]),
+)
+def test_knn_sync_free_selection_equals_the_host_selection(
+    ref, tile, selection, monkeypatch, data, metric, chunk_size, tile_size, budget, dtype
+):
+    tile(tile_size)
+    values = data.draw(st.sampled_from([ref.decimals, ref.small_ints]))
+    queries, keys, k = data.draw(ref.problems(values, max_keys=60))
+    queries, keys = queries.to(dtype), keys.to(dtype)
+    run = lambda: knn_search(queries, keys, k, metric, chunk_size, memory_budget=budget)  # noqa: E731
+    first = run()
+    monkeypatch.setattr(knn, "_sync_free", lambda device: selection == "host")
+    ref.assert_identical(run(), first)
+
+
+@pytest.mark.parametrize("metric", METRICS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_knn_off_the_cpu_never_waits_for_the_device(ref, tile, selection, metric, dtype):
+    tile(8)
+    generator = torch.Generator().manual_seed(6)
+    keys = torch.randint(-2, 3, (50, 6), generator=generator).to(dtype)
+    queries = torch.cat((keys[:3], torch.randn(4, 6, generator=generator).to(dtype)))
+    if selection == "host":
+        with pytest.raises(HostSyncError), forbid_host_sync():
+            knn_search(queries, keys, 7, metric, chunk_size=16)
+        return
+    with forbid_host_sync():
+        result = knn_search(queries, keys, 7, metric, chunk_size=16)
+    ref.assert_valid_knn(queries, keys, 7, metric, result)
+    assert bool((result[0][:3, 0] == 0).all())

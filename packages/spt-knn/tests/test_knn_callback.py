@@ -1,14 +1,18 @@
 """OnlineKNN inside small in-process Trainers (the model's embedding is its input, so the
 bank is exactly the training rows and every logged value can be recomputed offline)."""
 
+import contextlib
+
 import lightning as L
 import pytest
 import torch
+import torchmetrics
 from loguru import logger
 from torchmetrics.classification import MulticlassAccuracy
 
-import spt_knn.functional
+import spt_distance.knn
 from spt_core import callbacks_metrics
+from spt_distance.testing import forbid_host_sync
 from spt_knn import OnlineKNN, knn_predict
 from spt_queue import find_queue
 
@@ -239,35 +243,49 @@ class _Counting:
         return counted
 
 
+class _Hits(torchmetrics.Metric):
+    """Top-1 accuracy without a host sync in ``update``."""
+
+    def __init__(self):
+        super().__init__()
+        self.add_state("hits", torch.zeros(()), dist_reduce_fx="sum")
+        self.add_state("total", torch.zeros(()), dist_reduce_fx="sum")
+
+    def update(self, preds, target):
+        self.hits += (preds.argmax(dim=1) == target).sum()
+        self.total += target.numel()
+
+    def compute(self):
+        return self.hits / self.total
+
+
 @pytest.mark.parametrize("distributed", ["gather", "shard"])
 def test_validation_batches_after_the_first_do_not_sync(tiny, monkeypatch, distributed):
     counter = _Counting(monkeypatch)
-    search = spt_knn.functional.knn_search
-
-    def search_uncounted(*args, **kwargs):
-        # spt-distance's own syncs (tie at the k-th place, near-zero refinement) are its
-        # business; this test is about what OnlineKNN adds around it.
-        was, counter.on = counter.on, False
-        try:
-            return search(*args, **kwargs)
-        finally:
-            counter.on = was
-
-    monkeypatch.setattr(spt_knn.functional, "knn_search", search_uncounted)
+    # The search as it runs off the CPU, where it never waits for the device.
+    monkeypatch.setattr(spt_distance.knn, "_sync_free", lambda device: True)
 
     class Watched(OnlineKNN):
         def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, idx=0):
-            counter.on = batch_idx > 0
+            watched = batch_idx > 0
+            counter.on = watched
             try:
-                super().on_validation_batch_end(trainer, pl_module, outputs, batch, batch_idx, idx)
+                with forbid_host_sync() if watched else contextlib.nullcontext():
+                    super().on_validation_batch_end(
+                        trainer, pl_module, outputs, batch, batch_idx, idx
+                    )
             finally:
                 counter.on = False
 
     features, labels = tiny.data(64, 4, 3)
-    knn = Watched("knn", "embedding", "label", 32, metrics={}, k=5, distributed=distributed)
+    # torchmetrics' classification metrics sync in their update (bincount); this one does not.
+    knn = Watched(
+        "knn", "embedding", "label", 32, metrics={"acc": _Hits()}, k=5, distributed=distributed
+    )
     trainer = tiny.trainer([knn], max_epochs=2)
     trainer.fit(tiny.model(), tiny.loader(features, labels), tiny.loader(*tiny.data(40, 4, 3, 1)))
     assert counter.calls == []
+    assert "eval/knn_acc" in trainer.callback_metrics
     counter.on = True
     torch.ones(1).item()
     assert counter.calls == ["item"]  # the counter does see syncs when they happen

@@ -165,19 +165,29 @@ def refine_near_zero(
     right_rows: Tensor,
     metric: str,
     max_pairs: int,
+    *,
+    sync_free: bool = False,
 ) -> None:
     """Overwrite ``values[near_zero]`` with exact distances, ``max_pairs`` pairs at a time.
 
     ``left_rows``/``right_rows`` have the shape of ``values`` and name the rows of ``left``
-    and ``right`` that each entry compares. One host sync (``nonzero``).
+    and ``right`` that each entry compares. Finding the near-zero pairs costs one host sync
+    (``nonzero``); with ``sync_free`` every pair is recomputed instead and the near-zero
+    ones are kept, for few pairs on a device that the sync would stall.
     """
-    where = near_zero.nonzero(as_tuple=True)
-    li, ri = left_rows[where], right_rows[where]
+    if sync_free:
+        li, ri = left_rows.reshape(-1), right_rows.reshape(-1)
+    else:
+        where = near_zero.nonzero(as_tuple=True)
+        li, ri = left_rows[where], right_rows[where]
     exact = torch.empty(li.shape[0], dtype=values.dtype, device=values.device)
     for s in range(0, li.shape[0], max_pairs):
         part = slice(s, s + max_pairs)
         exact[part] = exact_distances(left[li[part]], right[ri[part]], metric)
-    values[where] = exact
+    if sync_free:
+        values.copy_(torch.where(near_zero, exact.view_as(values), values))
+    else:
+        values[where] = exact
 
 
 def finish(values: Tensor, metric: str) -> Tensor:

@@ -44,6 +44,9 @@ class ChunkPlan:
     """Queries searched together."""
     scratch_bytes: int
     """Upper estimate of the extra memory of one step (scores, top-k candidates, buffers)."""
+    keyed: bool = False
+    """Whether candidates are ranked by one int64 key per (score, index) pair, which settles
+    ties at the k-th place without a host sync (off the CPU, for float32 scores)."""
 
 
 def plan_chunks(
@@ -56,6 +59,7 @@ def plan_chunks(
     *,
     memory_budget: int | None = None,
     dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
 ) -> ChunkPlan:
     """The chunking `knn_search` uses for these sizes (no data needed).
 
@@ -68,6 +72,7 @@ def plan_chunks(
         chunk_size: As in `knn_search`.
         memory_budget: As in `knn_search`.
         dtype: dtype of the keys (float64 when either input is float64).
+        device: Where the search runs: off the CPU the plan avoids host syncs.
 
     Returns:
         The :class:`ChunkPlan`.
@@ -85,37 +90,52 @@ def plan_chunks(
     chunk_size = check_chunk_size(chunk_size)
     budget = check_memory_budget(memory_budget)
     tile = min(TILE, n_keys)
-    kk = min(k + 1, n_keys)
+    keyed = _sync_free(torch.device(device)) and dtype != torch.float64
+    kk = min(k if keyed else k + 1, n_keys)
+
+    def scratch(query_block: int, chunk: int) -> int:
+        return _scratch(query_block, chunk, tile, dim, kk, metric, dtype, keyed)
+
     query_block = max(1, n_queries)
-    while query_block > 1 and _scratch(query_block, tile, tile, dim, kk, metric, dtype) > budget:
+    while query_block > 1 and scratch(query_block, tile) > budget:
         query_block = -(-query_block // 2)
     n_tiles = -(-n_keys // tile)
     if chunk_size is None:
         planned = int(budget * _PLANNED_SHARE)
         elt = 8 if dtype == torch.float64 else 4
         tiles = max(1, min(n_tiles, _MAX_SCORE_BYTES // (tile * query_block * elt)))
-        while tiles > 1 and (
-            _scratch(query_block, tiles * tile, tile, dim, kk, metric, dtype) > planned
-        ):
+        while tiles > 1 and scratch(query_block, tiles * tile) > planned:
             tiles = max(1, min(tiles - 1, tiles * 7 // 8))
     elif chunk_size == -1:
         tiles = n_tiles
     else:
         tiles = min(n_tiles, -(-chunk_size // tile))
     chunk = min(tiles * tile, n_keys)
-    return ChunkPlan(
-        tile, chunk, query_block, _scratch(query_block, chunk, tile, dim, kk, metric, dtype)
-    )
+    return ChunkPlan(tile, chunk, query_block, scratch(query_block, chunk), keyed)
+
+
+def _sync_free(device: torch.device) -> bool:
+    """Whether a search on ``device`` must not wait for it: off the CPU, where a host sync
+    stalls the queue of kernels."""
+    return device.type != "cpu"
 
 
 def _scratch(
-    n_queries: int, chunk: int, tile: int, dim: int, kk: int, metric: str, dtype: torch.dtype
+    n_queries: int,
+    chunk: int,
+    tile: int,
+    dim: int,
+    kk: int,
+    metric: str,
+    dtype: torch.dtype,
+    keyed: bool = False,
 ) -> int:
     """Bytes of one step: the chunk's scores, the top-k candidates, the per-tile buffers."""
     elt = 8 if dtype == torch.float64 else 4
     m = min(kk, chunk)
-    group = _group_size(chunk, m, tile)
-    scores = chunk * n_queries * elt
+    group = 1 if keyed else _group_size(chunk, m, tile)
+    # Keyed: the chunk's int64 keys and one int64 temporary beside the float scores.
+    scores = chunk * n_queries * (elt + 16 if keyed else elt)
     group_mins = (chunk // group) * n_queries * elt if group > 1 else 0
     candidates = (group * m + group) * n_queries * (elt + 8) * 2
     running = 3 * 2 * kk * n_queries * (elt + 8)
@@ -151,9 +171,12 @@ def knn_search(
 
     float16/bfloat16 inputs are upcast one tile at a time and give exactly the result of
     the float32 search on the upcast values; float64 inputs are searched in float64. On
-    CUDA the chunk loop never waits for the device; after the loop there is at most one
-    sync for the near-zero refinement and one to detect ties at the k-th place (resolved
-    by a second pass only when one exists). Non-finite inputs give unspecified neighbours.
+    the CPU a tie at the k-th place is found from the ``k + 1`` lowest scores and settled
+    by a second pass over the keys, run only when there is one. Off the CPU the search
+    never waits for the device: candidates are ranked by a single (score, index) key, and
+    every returned pair is recomputed where the CPU recomputes only those near 0 (float64
+    inputs keep one host sync, to detect a tie). Non-finite inputs give unspecified
+    neighbours.
 
     Args:
         queries: ``(B, d)`` floating-point tensor.
@@ -210,8 +233,9 @@ def knn_search(
         chunk_size,
         memory_budget=budget,
         dtype=torch.float64 if dtype == torch.float64 else keys.dtype,
+        device=queries.device,
     )
-    kk = min(k + 1, keys.shape[0])
+    kk = min(k if plan.keyed else k + 1, keys.shape[0])
     blocks = []
     key_sq_max = None
     for q0 in range(0, n_queries, plan.query_block):
@@ -242,13 +266,21 @@ def _scan(
     the largest squared key norm (euclidean metrics). The multiset of scores is exact."""
     buffer = _score_buffer(plan, queries)
     best: tuple[Tensor, Tensor] | None = None
+    best_keys: Tensor | None = None
     sq_max = None
     for start in range(0, keys.shape[0], plan.chunk):
         n_rows = min(plan.chunk, keys.shape[0] - start)
-        group = _group_size(n_rows, min(kk, n_rows), plan.tile)
+        group = 1 if plan.keyed else _group_size(n_rows, min(kk, n_rows), plan.tile)
         scores, mins, chunk_sq_max = _score_chunk(keys, start, plan, queries, buffer, group)
         if chunk_sq_max is not None:
             sq_max = chunk_sq_max if sq_max is None else torch.maximum(sq_max, chunk_sq_max)
+        if plan.keyed:
+            found = _lowest_keys(scores, start, kk)
+            if best_keys is not None:
+                found = torch.cat((best_keys, found), 1)
+                found = found.topk(min(kk, found.shape[1]), dim=1, largest=False).values
+            best_keys = found
+            continue
         values, rows = _lowest(scores, mins, group, kk)
         rows += start
         if best is not None:
@@ -256,6 +288,8 @@ def _scan(
             top = values.topk(min(kk, values.shape[1]), dim=1, largest=False, sorted=False)
             values, rows = top.values, rows.gather(1, top.indices)
         best = values, rows
+    if best_keys is not None:
+        return (*_decode_keys(best_keys), sq_max)
     assert best is not None
     return best[0], best[1], sq_max
 
@@ -354,6 +388,30 @@ def _lowest(scores: Tensor, mins: Tensor | None, group: int, kk: int) -> tuple[T
     return top.values, where.gather(1, top.indices)
 
 
+def _lowest_keys(scores: Tensor, start: int, kk: int) -> Tensor:
+    """The ``min(kk, rows)`` lowest (score, row) pairs of every column of the (rows, B)
+    float32 ``scores`` (overwritten), as (B, m) int64 keys.
+
+    A key holds the score's bits, remapped so that integers order as the floats do, above
+    the row index ``start + i``: ordering keys orders by score, then by index, with no
+    ties. Needs fewer than 2**32 keys.
+    """
+    rows = scores.shape[0]
+    bits = scores.add_(0.0).view(torch.int32).T.long()  # adding 0 turns -0 into +0
+    bits ^= (bits >> 31) & 0x7FFFFFFF
+    bits <<= 32
+    bits |= torch.arange(start, start + rows, device=scores.device)
+    return bits.topk(min(kk, rows), dim=1, largest=False).values
+
+
+def _decode_keys(keys: Tensor) -> tuple[Tensor, Tensor]:
+    """(scores, indices) of `_lowest_keys` keys."""
+    index = keys & 0xFFFFFFFF
+    bits = keys >> 32
+    bits ^= (bits >> 31) & 0x7FFFFFFF
+    return bits.int().view(torch.float32), index
+
+
 def _drop_kth_plus_one(
     keys: Tensor, blocks: list[_Block], plan: ChunkPlan, scores: Tensor, index: Tensor, k: int
 ) -> tuple[Tensor, Tensor]:
@@ -436,7 +494,15 @@ def _distances(
         rows = torch.arange(queries.shape[0], device=queries.device).unsqueeze(1)
         max_pairs = max(1, budget // (24 * max(1, queries.shape[1])))
         _scores.refine_near_zero(
-            values, near_zero, queries, rows.expand_as(index), keys, index, metric, max_pairs
+            values,
+            near_zero,
+            queries,
+            rows.expand_as(index),
+            keys,
+            index,
+            metric,
+            max_pairs,
+            sync_free=_sync_free(queries.device),
         )
     return _scores.finish(values, metric)
 

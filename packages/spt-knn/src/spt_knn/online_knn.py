@@ -82,7 +82,10 @@ class OnlineKNN(SPTCallback):
         queue_length: Training rows kept per rank.
         metrics: ``{name: metric}`` of torchmetrics ``Metric`` objects (a ``MetricCollection``,
             list or single metric is named automatically; ``None`` or ``{}`` for predictions
-            only). They receive ``(scores (B, num_classes), target)``.
+            only). They receive ``(scores (B, num_classes), target)``. The callback and its
+            search add no host sync per batch off the CPU, but torchmetrics' classification
+            metrics do on CUDA (argument validation unless ``validate_args=False``;
+            ``torch.bincount`` in ``update`` unless deterministic algorithms are on).
         input_dim: Feature size; a tuple/list is flattened to its product, and features of
             shape ``(B, *input_dim)`` are flattened to ``(B, prod)``. ``None`` accepts any.
         target_dim: Target size per row; only ``1`` (or ``None``) fits class labels.

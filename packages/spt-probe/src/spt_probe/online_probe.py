@@ -73,8 +73,10 @@ class OnlineProbe(TrainableCallback):
         gradient_clip_algorithm: ``"norm"`` or ``"value"``.
         metrics: A metric, list/tuple of metrics (named after their class, e.g. ``accuracy``
             and ``accuracy_top5``), or ``{name: metric}``; each is updated with
-            ``(logits, target)``. ``None`` logs the loss only. Prefer torchmetrics objects
-            with ``validate_args=False``: argument validation synchronises with the host.
+            ``(logits, target)``. ``None`` logs the loss only. The probe adds no host sync
+            per batch, but torchmetrics' classification metrics do on CUDA (argument
+            validation unless ``validate_args=False``; ``torch.bincount`` in ``update``
+            unless deterministic algorithms are on).
         verbose: See :class:`~spt_core.SPTCallback`.
 
     Raises:
