@@ -89,20 +89,24 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.2) -> tor
     return F.cross_entropy(logits, targets)
 
 
-def _unit(z: np.ndarray) -> np.ndarray:
-    return z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
+def _unit(z: np.ndarray) -> torch.Tensor:
+    # MetricsCallback hands metrics numpy arrays; torch does the arithmetic (vectorised exp,
+    # and no second BLAS thread pool left spinning beside torch's).
+    return F.normalize(torch.from_numpy(z), dim=1)
 
 
 def alignment(z1: np.ndarray, z2: np.ndarray) -> float:
     """Mean squared distance between the normalised embeddings of two views (lower is better)."""
-    return float(((_unit(z1) - _unit(z2)) ** 2).sum(1).mean())
+    return float((_unit(z1) - _unit(z2)).square().sum(1).mean())
 
 
 def uniformity(z: np.ndarray) -> float:
-    """log E exp(-2 |zi - zj|^2) over pairs of normalised embeddings (lower is better)."""
+    """log E exp(-2 |zi - zj|^2) over pairs i != j of normalised embeddings (lower is better)."""
     u = _unit(z)
-    squared = np.maximum(2 - 2 * u @ u.T, 0)[np.triu_indices(len(u), k=1)]
-    return float(np.log(np.exp(-2 * squared).mean()))
+    n = len(u)
+    # |zi - zj|^2 = 2 - 2 <zi, zj> for unit rows; the full matrix, less its diagonal.
+    gaussian = (u @ u.T).mul_(4).sub_(4).clamp_(max=0).exp_()
+    return float(torch.log((gaussian.sum() - gaussian.diagonal().sum()) / (n * (n - 1))))
 
 
 class SimCLR(L.LightningModule):

@@ -394,7 +394,7 @@ class LatentViz(TrainableCallback):
         rows = rows.reshape(len(rows), -1)
         self.check_input_width(rows, self.input)
         finite = torch.isfinite(rows).all(dim=1)
-        if not bool(finite.all()):  # one sync per rebuild (knn_search has its own too)
+        if not bool(finite.all()):  # one sync per rebuild
             rows = rows[finite]
             if self._non_finite_epoch != trainer.current_epoch:
                 self._non_finite_epoch = trainer.current_epoch
