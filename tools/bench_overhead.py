@@ -160,10 +160,17 @@ def run_once(config: str, out: Path, train, val) -> dict[str, Any]:
 
 
 class Reset(Callback):
-    """Forgets the hook timings of the warm-up epoch."""
+    """Times the queues that callbacks register in their ``setup``, and forgets the hook
+    timings of the warm-up epoch."""
 
     def __init__(self, totals, counts) -> None:
         self.totals, self.counts = totals, counts
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        for queue in trainer.callbacks:
+            if isinstance(queue, spt.OnlineQueue) and "queue" not in self.totals:
+                self.totals["queue"], self.counts["queue"] = defaultdict(float), defaultdict(int)
+                time_hooks(queue, self.totals["queue"], self.counts["queue"])
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         if trainer.current_epoch == 1:
