@@ -21,7 +21,7 @@ from torch import Tensor
 
 _EUCLIDEAN = ("euclidean", "squared_euclidean")
 _ALIGNMENT = 64
-MANHATTAN_BLOCK = 2**20
+MANHATTAN_BLOCK = 2**21
 """Elements of the (keys, queries, features) difference block manhattan scores at a time."""
 
 
@@ -54,28 +54,37 @@ def _inverse_norms(rows: Tensor) -> Tensor:
     return torch.where(norms > 0, norms.reciprocal(), torch.zeros_like(norms))
 
 
+def scratch_elements(metric: str, rows: int, n_queries: int, dim: int) -> int:
+    """Elements of the ``scratch`` buffer that `score_tile` uses for a tile of ``rows`` keys."""
+    if metric == "manhattan":
+        return rows * dim + _manhattan_step(rows, n_queries, dim) * n_queries * dim
+    return 2 * rows * dim
+
+
 def score_tile(
     keys: Tensor, queries: Queries, out: Tensor, scratch: Tensor | None = None
 ) -> Tensor | None:
     """Write the (T, B) scores of ``keys`` (T, D) against ``queries`` into ``out``.
 
-    ``scratch``, optional, is a (2, >= T, D) buffer in the compute dtype that saves an
-    allocation per tile; keys that are not in the compute dtype, not contiguous or not
-    64-byte aligned are copied into it. Returns the keys' squared norms for the euclidean metrics.
+    ``scratch``, optional, is a flat buffer in the compute dtype of at least
+    `scratch_elements` elements that saves the allocations of every tile; keys that are not
+    in the compute dtype, not contiguous or not 64-byte aligned are copied into it. Returns
+    the keys' squared norms for the euclidean metrics.
     """
-    rows = keys.shape[0]
+    rows, dim = keys.shape
     dtype = queries.rows.dtype
+    spare = None if scratch is None else scratch[rows * dim :]
     if scratch is not None and (
         keys.dtype != dtype or not keys.is_contiguous() or keys.data_ptr() % _ALIGNMENT
     ):
         # Same alignment and layout for every tile, whatever the input's dtype or offset:
         # some BLAS kernels round differently on unaligned operands.
-        keys = scratch[0, :rows].copy_(keys)
+        keys = scratch[: rows * dim].view(rows, dim).copy_(keys)
     elif keys.dtype != dtype:
         keys = keys.to(dtype)
     if queries.metric == "manhattan":
         if keys.device.type == "cpu":
-            _manhattan_by_blocks(keys, queries.rows, out)
+            _manhattan_by_blocks(keys, queries.rows, out, spare)
         else:
             out.copy_(torch.cdist(keys, queries.rows, p=1))
         return None
@@ -83,24 +92,35 @@ def score_tile(
         torch.mm(keys, queries.rows.T, out=out)
         out.mul_(_inverse_norms(keys).neg_().unsqueeze(1))
         return None
-    squares = keys.square() if scratch is None else torch.mul(keys, keys, out=scratch[1, :rows])
+    if spare is None:
+        squares = keys.square()
+    else:
+        squares = torch.mul(keys, keys, out=spare[: rows * dim].view(rows, dim))
     sq_norms = squares.sum(dim=1)
     torch.mm(keys, queries.rows.T, out=out)
     out.add_(sq_norms.unsqueeze(1))
     return sq_norms
 
 
-def _manhattan_by_blocks(keys: Tensor, queries: Tensor, out: Tensor) -> None:
+def _manhattan_step(rows: int, n_queries: int, dim: int) -> int:
+    return min(rows, max(1, MANHATTAN_BLOCK // max(1, n_queries * dim)))
+
+
+def _manhattan_by_blocks(
+    keys: Tensor, queries: Tensor, out: Tensor, scratch: Tensor | None = None
+) -> None:
     """L1 distances of every key to every query, written into ``out`` (T, B).
 
     On CPU ``torch.cdist(p=1)`` runs a scalar loop; here a few keys at a time are compared
     with every query by broadcast subtraction, ``abs`` and a sum over the features, all
-    vectorised, on blocks of about ``MANHATTAN_BLOCK`` elements. Every pair's sum runs over
-    the features in the same order whatever ``T`` is.
+    vectorised, on blocks of about ``MANHATTAN_BLOCK`` elements (in ``scratch`` when given).
+    Every pair's sum runs over the features in the same order whatever ``T`` is.
     """
-    n_keys, n_queries = keys.shape[0], queries.shape[0]
-    step = max(1, MANHATTAN_BLOCK // max(1, n_queries * queries.shape[1]))
-    block = queries.new_empty((min(step, n_keys), n_queries, queries.shape[1]))
+    n_keys, (n_queries, dim) = keys.shape[0], queries.shape
+    step = _manhattan_step(n_keys, n_queries, dim)
+    size = step * n_queries * dim
+    block = queries.new_empty(size) if scratch is None else scratch[:size]
+    block = block.view(step, n_queries, dim)
     for start in range(0, n_keys, step):
         rows = keys[start : start + step]
         difference = block[: rows.shape[0]]

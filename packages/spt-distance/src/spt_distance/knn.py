@@ -139,9 +139,7 @@ def _scratch(
     group_mins = (chunk // group) * n_queries * elt if group > 1 else 0
     candidates = (group * m + group) * n_queries * (elt + 8) * 2
     running = 3 * 2 * kk * n_queries * (elt + 8)
-    per_tile = tile * (2 * elt + 8) + 2 * tile * dim * elt
-    if metric == "manhattan":
-        per_tile += max(_scores.MANHATTAN_BLOCK, n_queries * dim) * elt
+    per_tile = tile * (2 * elt + 8) + _scores.scratch_elements(metric, tile, n_queries, dim) * elt
     return scores + group_mins + candidates + running + per_tile
 
 
@@ -295,11 +293,11 @@ def _scan(
 
 
 def _score_buffer(plan: ChunkPlan, queries: _scores.Queries) -> tuple[Tensor, Tensor]:
-    """The chunk's (chunk, B) scores and the (2, tile, D) per-tile scratch."""
+    """The chunk's (chunk, B) scores and the flat per-tile scratch of `score_tile`."""
     rows = queries.rows
     scores = torch.empty(plan.chunk, rows.shape[0], dtype=rows.dtype, device=rows.device)
-    scratch = torch.empty(2, plan.tile, rows.shape[1], dtype=rows.dtype, device=rows.device)
-    return scores, scratch
+    size = _scores.scratch_elements(queries.metric, plan.tile, *rows.shape)
+    return scores, torch.empty(size, dtype=rows.dtype, device=rows.device)
 
 
 def _score_chunk(
