@@ -241,6 +241,26 @@ def test_knn_on_cuda(ref, metric):
     assert half[0].dtype == torch.float32
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("metric", METRICS)
+def test_knn_on_cuda_never_syncs_and_matches_the_cpu(ref, metric):
+    generator = torch.Generator().manual_seed(7)
+    keys = torch.randint(-2, 3, (3000, 16), generator=generator).float()
+    queries = torch.cat((keys[:5], torch.randn(11, 16, generator=generator)))
+    on_device = queries.cuda(), keys.cuda()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        result = knn_search(*on_device, 30, metric, chunk_size=1024)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    ref.assert_valid_knn(queries, keys, 30, metric, (result[0].cpu(), result[1].cpu()))
+    if metric != "cosine":  # integer data: every score is exact, so the CPU agrees bit for bit
+        ref.assert_identical(
+            (result[0].cpu(), result[1].cpu()), knn_search(queries, keys, 30, metric)
+        )
+
+
 @pytest.mark.parametrize("metric", METRICS)
 def test_knn_views_at_any_offset_give_the_contiguous_result(ref, tile, metric):
     tile(16)
