@@ -241,7 +241,7 @@ def measure_cell(cell, queries, keys, indexes, args):
     if "faiss" in cell.ms:
         cell.ratio_vs_faiss = round(cell.ms["spt"] / cell.ms["faiss"], 3)
     cell.ratio_vs_torch = round(cell.ms["spt"] / cell.ms["torch"], 3)
-    plan = plan_chunks(cell.B, cell.N, cell.D, cell.k, cell.metric)
+    plan = plan_chunks(cell.B, cell.N, cell.D, cell.k, cell.metric, device=keys.device)
     cell.plan_chunk = plan.chunk
     cell.plan_scratch_mib = round(plan.scratch_bytes / 2**20, 2)
     cell.measured_extra_mib = round(peak_extra_bytes(calls["spt"], device) / 2**20, 2)

@@ -1,7 +1,11 @@
+import weakref
+
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 from spt_distance import DEFAULT_MEMORY_BUDGET, METRICS, knn, knn_search, plan_chunks
 from spt_distance.testing import HostSyncError, forbid_host_sync
@@ -211,8 +215,10 @@ def test_plan_fits_the_default_budget(n_queries, n_keys, dim, k, metric, dtype):
     plan = plan_chunks(n_queries, n_keys, dim, k, metric, dtype=dtype)
     assert plan.chunk == n_keys or plan.chunk % plan.tile == 0
     assert 1 <= plan.query_block <= n_queries
-    single = plan_chunks(1, n_keys, dim, k, metric, chunk_size=1, dtype=dtype)
-    if single.scratch_bytes <= DEFAULT_MEMORY_BUDGET:
+    # The least these queries can take: one query and one tile per step.
+    least = plan_chunks(n_queries, n_keys, dim, k, metric, 1, memory_budget=1, dtype=dtype)
+    assert least.query_block == 1
+    if least.scratch_bytes <= DEFAULT_MEMORY_BUDGET:
         assert plan.scratch_bytes <= DEFAULT_MEMORY_BUDGET
 
 
@@ -287,16 +293,71 @@ def test_knn_views_at_any_offset_give_the_contiguous_result(ref, tile, metric):
     dtype=st.sampled_from([torch.float32, torch.bfloat16]),
 )
 def test_knn_sync_free_selection_equals_the_host_selection(
-    ref, tile, selection, monkeypatch, data, metric, chunk_size, tile_size, budget, dtype
+    ref, tile, selection, data, metric, chunk_size, tile_size, budget, dtype
 ):
+    if selection == "device":
+        pytest.skip("compares both selections itself")
     tile(tile_size)
     values = data.draw(st.sampled_from([ref.decimals, ref.small_ints]))
     queries, keys, k = data.draw(ref.problems(values, max_keys=60))
     queries, keys = queries.to(dtype), keys.to(dtype)
-    run = lambda: knn_search(queries, keys, k, metric, chunk_size, memory_budget=budget)  # noqa: E731
-    first = run()
-    monkeypatch.setattr(knn, "_sync_free", lambda device: selection == "host")
-    ref.assert_identical(run(), first)
+
+    def search(sync_free: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        with pytest.MonkeyPatch.context() as patch:  # undone before the next example
+            patch.setattr(knn, "_sync_free", lambda device: sync_free)
+            return knn_search(queries, keys, k, metric, chunk_size, memory_budget=budget)
+
+    ref.assert_identical(search(True), search(False))
+
+
+def test_keys_order_by_score_then_index_with_signed_zeros_equal():
+    scores = torch.tensor([[0.0], [-0.0], [-1.5], [2.0], [-0.0], [0.0]])
+    keys = knn._lowest_keys(scores.clone(), 10, 6)
+    values, index = knn._decode_keys(keys.sort(dim=1).values)
+    assert index.tolist() == [[12, 10, 11, 14, 15, 13]]
+    assert values.tolist() == [[-1.5, 0.0, 0.0, 0.0, 0.0, 2.0]]
+    assert not bool(values.signbit()[0, 1:5].any())
+
+
+class _StoragePeak(TorchDispatchMode):
+    """Peak bytes of the tensor storages that operations inside the block create."""
+
+    def __init__(self, *existing: torch.Tensor) -> None:
+        super().__init__()
+        self.live = {t.untyped_storage().data_ptr(): 0 for t in existing}
+        self.now = self.peak = 0
+
+    def _free(self, pointer: int) -> None:
+        self.now -= self.live.pop(pointer, 0)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for tensor in tree_leaves(out):
+            if isinstance(tensor, torch.Tensor):
+                storage = tensor.untyped_storage()
+                pointer = storage.data_ptr()
+                if pointer and pointer not in self.live:
+                    self.live[pointer] = storage.nbytes()
+                    self.now += storage.nbytes()
+                    weakref.finalize(storage, self._free, pointer)
+        self.peak = max(self.peak, self.now)
+        return out
+
+
+@pytest.mark.parametrize("metric", METRICS)
+@pytest.mark.parametrize(
+    ("n_queries", "dim", "budget"), [(301, 24, 2 * 2**20), (2053, 512, 16 * 2**20)]
+)
+def test_knn_allocates_at_most_its_budget(selection, metric, n_queries, dim, budget):
+    generator = torch.Generator().manual_seed(8)
+    queries = torch.randn(n_queries, dim, generator=generator)
+    keys = torch.randn(5000, dim, generator=generator)
+    plan = plan_chunks(n_queries, 5000, dim, 20, metric, memory_budget=budget)
+    assert plan.query_block < n_queries  # the last block is smaller: its buffers differ
+    with _StoragePeak(queries, keys) as tracked:
+        knn_search(queries, keys, 20, metric, memory_budget=budget)
+    # Beyond one step's scratch, the call holds the prepared queries and its results.
+    assert 0 < tracked.peak <= budget
 
 
 @pytest.mark.parametrize("metric", METRICS)

@@ -16,6 +16,10 @@ SYNCING = {
     "bincount": lambda: torch.tensor([0, 2]).bincount(),
     "repeat_interleave by tensor": lambda: X.repeat_interleave(torch.tensor([1, 2, 1])),
     "equal": lambda: torch.equal(X, X),
+    "allclose": lambda: torch.allclose(X, X),
+    "linalg error check": lambda: torch.linalg.inv(torch.eye(2)),
+    "histc": lambda: X.histc(),
+    "uint8 mask indexing": lambda: X[torch.tensor([1, 0, 1], dtype=torch.uint8)],
 }
 QUIET = {
     "topk and sort": lambda: (X.topk(2), X.sort()),

@@ -54,10 +54,15 @@ def _inverse_norms(rows: Tensor) -> Tensor:
     return torch.where(norms > 0, norms.reciprocal(), torch.zeros_like(norms))
 
 
-def scratch_elements(metric: str, rows: int, n_queries: int, dim: int) -> int:
-    """Elements of the ``scratch`` buffer that `score_tile` uses for a tile of ``rows`` keys."""
-    if metric == "manhattan":
-        return rows * dim + _manhattan_step(rows, n_queries, dim) * n_queries * dim
+def scratch_elements(
+    metric: str, rows: int, n_queries: int, dim: int, *, on_cpu: bool = True
+) -> int:
+    """Elements of a ``scratch`` buffer that serves `score_tile` for any tile of at most
+    ``rows`` keys and any block of at most ``n_queries`` queries."""
+    if metric == "manhattan" and on_cpu:
+        # The difference block of `_manhattan_by_blocks`, at its largest over smaller blocks.
+        block = max(n_queries * dim, min(MANHATTAN_BLOCK, rows * n_queries * dim))
+        return rows * dim + block
     return 2 * rows * dim
 
 
@@ -157,23 +162,28 @@ def cancellation_bound(
     return gamma * (sq_norms_a.sqrt() + sq_norms_b.sqrt()).square()
 
 
-def exact_distances(left: Tensor, right: Tensor, metric: str) -> Tensor:
-    """Row-by-row distance of two (P, D) tensors from their differences, in float64.
+def exact_distances(
+    left: Tensor, left_index: Tensor, right: Tensor, right_index: Tensor, metric: str
+) -> Tensor:
+    """Distance of rows ``left[left_index]`` and ``right[right_index]``, pair by pair, from
+    their differences in float64: at most 20 bytes per (pair, feature) at once.
 
     Squared distance for the euclidean metrics, ``|u/|u| - v/|v||^2 / 2`` for cosine
     (1 when either row is zero).
     """
-    a, b = left.double(), right.double()
-    if metric in _EUCLIDEAN:
-        return (a - b).square_().sum(dim=1)
+    a = left.index_select(0, left_index).double()
+    b = right.index_select(0, right_index).double()
     if metric == "cosine":
         norm_a, norm_b = torch.linalg.vector_norm(a, dim=1), torch.linalg.vector_norm(b, dim=1)
         nonzero = (norm_a > 0) & (norm_b > 0)
-        unit_a = a / torch.where(nonzero, norm_a, 1).unsqueeze(1)
-        unit_b = b / torch.where(nonzero, norm_b, 1).unsqueeze(1)
-        half_sq = (unit_a - unit_b).square_().sum(dim=1) / 2
+        a.div_(torch.where(nonzero, norm_a, 1).unsqueeze(1))
+        b.div_(torch.where(nonzero, norm_b, 1).unsqueeze(1))
+        half_sq = a.sub_(b).square_().sum(dim=1) / 2
         return torch.where(nonzero, half_sq, torch.ones_like(half_sq))
-    return (a - b).abs_().sum(dim=1)
+    difference = a.sub_(b)
+    if metric in _EUCLIDEAN:
+        return difference.square_().sum(dim=1)
+    return difference.abs_().sum(dim=1)
 
 
 def refine_near_zero(
@@ -203,7 +213,7 @@ def refine_near_zero(
     exact = torch.empty(li.shape[0], dtype=values.dtype, device=values.device)
     for s in range(0, li.shape[0], max_pairs):
         part = slice(s, s + max_pairs)
-        exact[part] = exact_distances(left[li[part]], right[ri[part]], metric)
+        exact[part] = exact_distances(left, li[part], right, ri[part], metric)
     if sync_free:
         values.copy_(torch.where(near_zero, exact.view_as(values), values))
     else:

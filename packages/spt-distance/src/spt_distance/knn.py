@@ -43,7 +43,8 @@ class ChunkPlan:
     query_block: int
     """Queries searched together."""
     scratch_bytes: int
-    """Upper estimate of the extra memory of one step (scores, top-k candidates, buffers)."""
+    """Upper estimate of the extra memory of a step (scores, top-k candidates, buffers) and
+    of the prepared queries."""
     keyed: bool = False
     """Whether candidates are ranked by one int64 key per (score, index) pair, which settles
     ties at the k-th place without a host sync (off the CPU, for float32 scores)."""
@@ -90,14 +91,24 @@ def plan_chunks(
     chunk_size = check_chunk_size(chunk_size)
     budget = check_memory_budget(memory_budget)
     tile = min(TILE, n_keys)
-    keyed = _sync_free(torch.device(device)) and dtype != torch.float64
-    kk = min(k if keyed else k + 1, n_keys)
+    # A key holds a float32 score's 32 bits above a key index below 2**32.
+    device = torch.device(device)
+    keyed = _sync_free(device) and dtype != torch.float64 and n_keys < 2**32
+    on_cpu = device.type == "cpu"
+    # Every query block stays prepared (upcast, scaled, with its norms) until the end.
+    prepared = n_queries * (dim + 1) * (8 if dtype == torch.float64 else 4)
 
-    def scratch(query_block: int, chunk: int) -> int:
-        return _scratch(query_block, chunk, tile, dim, kk, metric, dtype, keyed)
+    def scratch(query_block: int, chunk: int, ranked: bool = keyed) -> int:
+        kk = min(k if ranked else k + 1, n_keys)
+        step = _scratch(query_block, chunk, tile, dim, kk, metric, dtype, ranked, on_cpu)
+        return prepared + step
+
+    def fits(query_block: int) -> bool:
+        # Query blocks set the last bits of the scores: both rankings plan the same blocks.
+        return max(scratch(query_block, tile, False), scratch(query_block, tile, True)) <= budget
 
     query_block = max(1, n_queries)
-    while query_block > 1 and scratch(query_block, tile) > budget:
+    while query_block > 1 and not fits(query_block):
         query_block = -(-query_block // 2)
     n_tiles = -(-n_keys // tile)
     if chunk_size is None:
@@ -129,6 +140,7 @@ def _scratch(
     metric: str,
     dtype: torch.dtype,
     keyed: bool = False,
+    on_cpu: bool = True,
 ) -> int:
     """Bytes of one step: the chunk's scores, the top-k candidates, the per-tile buffers."""
     elt = 8 if dtype == torch.float64 else 4
@@ -139,7 +151,8 @@ def _scratch(
     group_mins = (chunk // group) * n_queries * elt if group > 1 else 0
     candidates = (group * m + group) * n_queries * (elt + 8) * 2
     running = 3 * 2 * kk * n_queries * (elt + 8)
-    per_tile = tile * (2 * elt + 8) + _scores.scratch_elements(metric, tile, n_queries, dim) * elt
+    per_tile = tile * (2 * elt + 8)
+    per_tile += _scores.scratch_elements(metric, tile, n_queries, dim, on_cpu=on_cpu) * elt
     return scores + group_mins + candidates + running + per_tile
 
 
@@ -296,7 +309,8 @@ def _score_buffer(plan: ChunkPlan, queries: _scores.Queries) -> tuple[Tensor, Te
     """The chunk's (chunk, B) scores and the flat per-tile scratch of `score_tile`."""
     rows = queries.rows
     scores = torch.empty(plan.chunk, rows.shape[0], dtype=rows.dtype, device=rows.device)
-    size = _scores.scratch_elements(queries.metric, plan.tile, *rows.shape)
+    on_cpu = rows.device.type == "cpu"
+    size = _scores.scratch_elements(queries.metric, plan.tile, *rows.shape, on_cpu=on_cpu)
     return scores, torch.empty(size, dtype=rows.dtype, device=rows.device)
 
 
@@ -396,7 +410,7 @@ def _lowest_keys(scores: Tensor, start: int, kk: int) -> Tensor:
     """
     rows = scores.shape[0]
     bits = scores.add_(0.0).view(torch.int32).T.long()  # adding 0 turns -0 into +0
-    bits ^= (bits >> 31) & 0x7FFFFFFF
+    bits ^= (bits >> 31).bitwise_and_(0x7FFFFFFF)  # one int64 temporary, as planned
     bits <<= 32
     bits |= torch.arange(start, start + rows, device=scores.device)
     return bits.topk(min(kk, rows), dim=1, largest=False).values
@@ -406,7 +420,7 @@ def _decode_keys(keys: Tensor) -> tuple[Tensor, Tensor]:
     """(scores, indices) of `_lowest_keys` keys."""
     index = keys & 0xFFFFFFFF
     bits = keys >> 32
-    bits ^= (bits >> 31) & 0x7FFFFFFF
+    bits ^= (bits >> 31).bitwise_and_(0x7FFFFFFF)
     return bits.int().view(torch.float32), index
 
 
@@ -490,7 +504,8 @@ def _distances(
         if dropped is not None:
             near_zero &= ~dropped
         rows = torch.arange(queries.shape[0], device=queries.device).unsqueeze(1)
-        max_pairs = max(1, budget // (24 * max(1, queries.shape[1])))
+        # Refinement takes at most half the budget (20 bytes per pair and feature).
+        max_pairs = max(1, budget // (48 * max(1, queries.shape[1])))
         _scores.refine_near_zero(
             values,
             near_zero,

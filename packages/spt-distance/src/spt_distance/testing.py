@@ -4,7 +4,8 @@ On a GPU an operation whose result the host must read (``.item()``, ``bool(tenso
 ``nonzero``, boolean-mask indexing, ``unique``...) stalls the host until every queued kernel
 has run. `forbid_host_sync` catches those operations by name at the dispatcher, so a CPU
 test can show that a hot path is free of them. Reads that bypass the dispatcher on CPU
-(``.tolist()``, ``.numpy()``) are not seen.
+(``.tolist()``, ``.numpy()``) and copies to the host (``.cpu()``, which is a no-op for
+a CPU tensor) are not seen.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ SYNCING_OPS = frozenset(
         "aten._local_scalar_dense",
         "aten.is_nonzero",
         "aten.equal",
+        "aten.allclose",
+        "aten._linalg_check_errors",
+        "aten.histc",
         "aten.nonzero",
         "aten.masked_select",
         "aten.bincount",
@@ -52,7 +56,8 @@ class _SyncDetector(TorchDispatchMode):
         if not syncs and name in _MASK_INDEXING:
             indices = args[1] if len(args) > 1 else ()
             syncs = any(
-                isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in indices or ()
+                isinstance(i, torch.Tensor) and i.dtype in (torch.bool, torch.uint8)
+                for i in indices or ()
             )
         if syncs:
             raise HostSyncError(f"{func} waits for the device")
