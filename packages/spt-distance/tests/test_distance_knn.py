@@ -346,7 +346,7 @@ class _StoragePeak(TorchDispatchMode):
 
 @pytest.mark.parametrize("metric", METRICS)
 @pytest.mark.parametrize(
-    ("n_queries", "dim", "budget"), [(301, 24, 2 * 2**20), (2053, 512, 16 * 2**20)]
+    ("n_queries", "dim", "budget"), [(301, 24, 2 * 2**20), (1029, 256, 24 * 2**20)]
 )
 def test_knn_allocates_at_most_its_budget(selection, metric, n_queries, dim, budget):
     generator = torch.Generator().manual_seed(8)

@@ -21,7 +21,7 @@ from torch import Tensor
 
 _EUCLIDEAN = ("euclidean", "squared_euclidean")
 _ALIGNMENT = 64
-MANHATTAN_BLOCK = 2**21
+MANHATTAN_BLOCK = 2**20
 """Elements of the (keys, queries, features) difference block manhattan scores at a time."""
 
 
