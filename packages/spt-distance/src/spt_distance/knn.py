@@ -293,8 +293,7 @@ def _scan(
         if plan.keyed:
             found = _lowest_keys(scores, start, kk)
             if best_keys is not None:
-                found = torch.cat((best_keys, found), 1)
-                found = found.topk(min(kk, found.shape[1]), dim=1, largest=False).values
+                found = _lowest_keys_of(torch.cat((best_keys, found), 1), kk)
             best_keys = found
             continue
         values, rows = _lowest(scores, mins, group, kk)
@@ -414,19 +413,27 @@ def _lowest_keys(scores: Tensor, start: int, kk: int) -> Tensor:
     ties. Needs fewer than 2**32 keys.
     """
     rows = scores.shape[0]
-    bits = scores.add_(0.0).view(torch.int32).T.long()  # adding 0 turns -0 into +0
-    bits ^= (bits >> 31).bitwise_and_(0x7FFFFFFF)  # one int64 temporary, as planned
+    bits = _float_order(scores.add_(0.0).view(torch.int32).T.long())  # adding 0: -0 becomes +0
     bits <<= 32
     bits |= torch.arange(start, start + rows, device=scores.device)
-    return bits.topk(min(kk, rows), dim=1, largest=False).values
+    return _lowest_keys_of(bits, kk)
+
+
+def _lowest_keys_of(keys: Tensor, kk: int) -> Tensor:
+    return keys.topk(min(kk, keys.shape[1]), dim=1, largest=False).values
+
+
+def _float_order(bits: Tensor) -> Tensor:
+    """Remap sign-extended float32 bit patterns, in place, so that integers order as the
+    floats do (negative patterns get their 31 low bits flipped); the map is its own inverse.
+    Holds one int64 temporary the size of ``bits``."""
+    bits ^= (bits >> 31).bitwise_and_(0x7FFFFFFF)
+    return bits
 
 
 def _decode_keys(keys: Tensor) -> tuple[Tensor, Tensor]:
     """(scores, indices) of `_lowest_keys` keys."""
-    index = keys & 0xFFFFFFFF
-    bits = keys >> 32
-    bits ^= (bits >> 31).bitwise_and_(0x7FFFFFFF)
-    return bits.int().view(torch.float32), index
+    return _float_order(keys >> 32).int().view(torch.float32), keys & 0xFFFFFFFF
 
 
 def _drop_kth_plus_one(
