@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 from loguru import logger
@@ -32,6 +32,11 @@ class SPTCallback(Callback):
         >>> Counter("steps").state_key
         'Counter[name=steps]'
     """
+
+    #: Whether ``name`` must differ from every other spt callback's on the Trainer (logged
+    #: names, ``callbacks_modules`` and ``callbacks_metrics`` are keyed by it). Queues, which
+    #: consumers share and which log nothing, opt out.
+    unique_name: ClassVar[bool] = True
 
     def __init__(self, name: str, verbose: bool | None = None) -> None:
         super().__init__()
@@ -104,6 +109,30 @@ class SPTCallback(Callback):
                 "this fit runs no validation batch (limit_val_batches=0 or an empty "
                 f"validation loader): {what} will not be logged",
             )
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        """Check that no other spt callback on ``trainer`` has this callback's name.
+
+        Subclasses that override ``setup`` call ``super().setup(...)`` first.
+
+        Raises:
+            ValueError: If another spt callback (of any class) has the same ``name``: both
+                would log into the same names and Lightning would average them.
+        """
+        if not self.unique_name:
+            return
+        for other in trainer.callbacks:
+            if (
+                other is not self
+                and isinstance(other, SPTCallback)
+                and other.unique_name
+                and other.name == self.name
+            ):
+                raise ValueError(
+                    f"{self.state_key}: another spt callback ({other.state_key}) has the name "
+                    f"{self.name!r}; names key the logged values, callbacks_modules and "
+                    "callbacks_metrics, so each spt callback on a Trainer needs its own"
+                )
 
     def state_dict(self) -> dict[str, Any]:
         """What must survive a resume; empty for a stateless callback."""

@@ -103,9 +103,14 @@ def named_metrics(metrics: Any, *, owner: str, argument: str = "metrics") -> dic
     return dict(zip(unique_names(metric_name(m) for m in items), items, strict=True))
 
 
+_UNLABELLED = -1
+
+
 def _copy(metric: Any) -> Any:
     clone = getattr(metric, "clone", None)
     duplicate = clone() if callable(clone) else copy.deepcopy(metric)
+    if hasattr(duplicate, "ignore_index") and duplicate.ignore_index is None:
+        duplicate.ignore_index = _UNLABELLED
     reset = getattr(duplicate, "reset", None)
     if callable(reset):
         reset()
@@ -163,6 +168,45 @@ class StageMetrics:
         """Update every copy of ``(stage, dataloader_idx)`` with the same arguments."""
         for metric in self.get(stage, dataloader_idx).values():
             metric.update(*args, **kwargs)
+        self._updated.add((stage, dataloader_idx))
+
+    def update_labelled(
+        self, stage: str, dataloader_idx: int, preds: Tensor, target: Tensor
+    ) -> None:
+        """Update every copy with the rows whose integer ``target`` is a class (``>= 0``).
+
+        Unlabelled rows carry a negative label; they never reach a metric. A metric with an
+        ``ignore_index`` attribute left at ``None`` (torchmetrics' classification metrics)
+        gets ``ignore_index=-1`` on its copies and receives negative labels as ``-1``, which
+        costs no host sync. Any other metric receives the labelled rows only, selected by a
+        boolean mask (one host sync per batch on an accelerator). Floating-point targets
+        (regression, soft labels) are passed through unchanged.
+
+        Example:
+            >>> class Hits:  # counts correct rows; knows nothing of unlabelled ones
+            ...     def __init__(self): self.hits = self.rows = 0
+            ...     def update(self, preds, target):
+            ...         self.hits += int((preds.argmax(1) == target).sum())
+            ...         self.rows += len(target)
+            ...     def compute(self): return torch.tensor(self.hits / self.rows)
+            ...     def reset(self): self.hits = self.rows = 0
+            >>> stages = StageMetrics({"acc": Hits()})
+            >>> preds = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.3, 0.7]])
+            >>> stages.update_labelled("val", 0, preds, torch.tensor([0, -1, 1]))
+            >>> stages.compute_and_reset("val", num_dataloaders=1)
+            {'acc': tensor(1.)}
+        """
+        if target.is_floating_point() or target.is_complex():
+            self.update(stage, dataloader_idx, preds, target)
+            return
+        labelled: Tensor | None = None
+        for metric in self.get(stage, dataloader_idx).values():
+            if getattr(metric, "ignore_index", None) == _UNLABELLED:
+                metric.update(preds, target.clamp(min=_UNLABELLED))
+                continue
+            if labelled is None:
+                labelled = target >= 0
+            metric.update(preds[labelled], target[labelled])
         self._updated.add((stage, dataloader_idx))
 
     def all_live(self) -> dict[str, dict[str, Any]]:

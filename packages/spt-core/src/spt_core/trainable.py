@@ -298,7 +298,7 @@ class TrainableCallback(SPTCallback):
     # ------------------------------------------------------------------ Lightning hooks
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        self._check_unique_name(trainer)
+        super().setup(trainer, pl_module, stage)
         if self._module is None:
             with torch.random.fork_rng(devices=[]):
                 module = self.build_module(pl_module)
@@ -358,18 +358,6 @@ class TrainableCallback(SPTCallback):
 
     def _parameters(self) -> list[nn.Parameter]:
         return [p for p in self.module.parameters() if p.requires_grad]
-
-    def _check_unique_name(self, trainer: Trainer) -> None:
-        for other in trainer.callbacks:
-            if (
-                other is not self
-                and isinstance(other, TrainableCallback)
-                and other.name == self.name
-            ):
-                raise ValueError(
-                    f"{self.state_key}: another callback ({other.state_key}) has the name "
-                    f"{self.name!r}; names key callbacks_modules and must be unique"
-                )
 
     def _build_optimizer(self, trainer: Trainer) -> None:
         params = self._parameters()

@@ -202,6 +202,7 @@ class OnlineKNN(SPTCallback):
         self._plans: dict[tuple[str, int], _Plan] = {}
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
         previous = self._queues or (None, None)
         gather = self.distributed == "gather"
         self._queues = (

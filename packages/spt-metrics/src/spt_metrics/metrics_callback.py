@@ -221,6 +221,7 @@ class MetricsCallback(SPTCallback):
     # ------------------------------------------------------------------ hooks
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
         callbacks_metrics(pl_module)[self.name] = self._copies.all_live()
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:

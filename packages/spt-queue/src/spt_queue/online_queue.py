@@ -57,6 +57,8 @@ class OnlineQueue(SPTCallback):
         4
     """
 
+    unique_name = False
+
     def __init__(
         self,
         key: str,

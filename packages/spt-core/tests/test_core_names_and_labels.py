@@ -1,0 +1,99 @@
+"""Unique callback names on a Trainer, and unlabelled rows kept out of metrics."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from lightning.pytorch import Trainer
+
+from spt_core import SPTCallback, StageMetrics
+
+
+class Knn(SPTCallback):
+    pass
+
+
+class Probe(SPTCallback):
+    pass
+
+
+class Store(SPTCallback):
+    unique_name = False
+
+
+def _trainer(*callbacks):
+    return Trainer(callbacks=list(callbacks), logger=False, enable_checkpointing=False)
+
+
+def test_two_callbacks_of_different_classes_with_one_name_are_refused_at_setup():
+    knn, probe = Knn("x"), Probe("x")
+    trainer = _trainer(knn, probe)
+    with pytest.raises(ValueError, match=r"Probe\[name=x\].*'x'") as failure:
+        knn.setup(trainer, None, "fit")
+    assert "Knn[name=x]" in str(failure.value)
+
+
+def test_distinct_names_and_callbacks_that_opt_out_pass():
+    knn, probe, store = Knn("x"), Probe("y"), Store("x")
+    trainer = _trainer(knn, probe, store)
+    for callback in (knn, probe, store):
+        callback.setup(trainer, None, "fit")
+
+
+class ClassHits:
+    """A metric without ignore_index: sees every row it is given."""
+
+    def __init__(self):
+        self.seen = []
+
+    def update(self, preds, target):
+        self.seen.append(target.clone())
+
+    def compute(self):
+        return torch.cat(self.seen)
+
+    def reset(self):
+        self.seen = []
+
+
+class IgnoringMetric(ClassHits):
+    """Like torchmetrics' classification metrics: an ignore_index attribute, None by default."""
+
+    def __init__(self):
+        super().__init__()
+        self.ignore_index = None
+
+    def compute(self):
+        target = torch.cat(self.seen)
+        return target[target != self.ignore_index]
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.integers(-3, 4), min_size=0, max_size=20))
+def test_only_labelled_rows_reach_the_metrics(labels):
+    stages = StageMetrics({"plain": ClassHits(), "ignoring": IgnoringMetric()})
+    target = torch.tensor(labels, dtype=torch.long)
+    stages.update_labelled("val", 0, torch.zeros(len(labels), 5), target)
+    values = stages.compute_and_reset("val", num_dataloaders=1)
+    expected = [label for label in labels if label >= 0]
+    assert values["plain"].tolist() == expected
+    assert values["ignoring"].tolist() == expected
+
+
+def test_the_prototype_keeps_its_ignore_index_and_a_set_one_is_respected():
+    prototype, chosen = IgnoringMetric(), IgnoringMetric()
+    chosen.ignore_index = 3
+    stages = StageMetrics({"default": prototype, "chosen": chosen})
+    stages.update_labelled("val", 0, torch.zeros(4, 5), torch.tensor([3, -1, 0, -2]))
+    values = stages.compute_and_reset("val", num_dataloaders=1)
+    assert prototype.ignore_index is None
+    assert values["default"].tolist() == [3, 0]
+    # A user's own ignore_index stays; the unlabelled rows are masked out before it applies.
+    assert values["chosen"].tolist() == [0]
+
+
+def test_float_targets_pass_through_unchanged():
+    stages = StageMetrics({"plain": ClassHits()})
+    target = torch.tensor([-1.5, 0.25])
+    stages.update_labelled("train", 0, torch.zeros(2, 1), target)
+    assert torch.equal(stages.compute_and_reset("train", num_dataloaders=1)["plain"], target)
