@@ -255,3 +255,15 @@ def test_no_validation_logs_no_eval_value_and_says_so(tmp_path, lines, settings)
     ):
         said = [line for line in lines if owner in line and "runs no validation batch" in line]
         assert len(said) == 1, owner
+
+
+# ---------------------------------------------------------------------------- names
+
+
+def test_two_spt_callbacks_with_one_name_are_refused_before_anything_is_logged():
+    knn = OnlineKNN("x", "embedding", "label", 16, {}, num_classes=3)
+    probe = OnlineProbe(name="x", input="embedding", target="label", probe=nn.Linear(8, 3))
+    clash = r"OnlineKNN\[name=x\]: another spt callback \(OnlineProbe\[name=x\]\)"
+    with pytest.raises(ValueError, match=clash):
+        fit([knn, probe])
+    assert not fit.trainer.logged_metrics
