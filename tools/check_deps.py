@@ -3,7 +3,11 @@
 For each ``packages/*/``: every third-party or sibling module imported under ``src/`` must
 be a declared dependency (or an optional extra, for imports guarded inside a function or a
 ``try``), every declared dependency must be imported, sibling ranges must admit the
-sibling's current version, and the sibling graph must have no cycle.
+sibling's current version, and the sibling graph must have no cycle. A sibling extra that
+the package's README promises (`` `spt-metrics[sklearn]` ``) must be in its requirement on
+that sibling, and exist there. Every third-party dependency has a floor (``>=``), and
+packages that declare the same one declare the same range, so that one test environment
+tests every package's floor.
 
 Usage: ``python tools/check_deps.py`` (exit 1 and one line per problem when something is off).
 """
@@ -34,6 +38,8 @@ class Package:
     version: Version
     requires: dict[str, Requirement]
     extras: dict[str, set[str]]
+    optional: list[Requirement] = field(default_factory=list)
+    readme: str = ""
     top_level: set[str] = field(default_factory=set)
     guarded: set[str] = field(default_factory=set)
 
@@ -52,7 +58,19 @@ def load(folder: Path) -> Package:
         extra: {Requirement(r).name for r in reqs}
         for extra, reqs in meta.get("optional-dependencies", {}).items()
     }
-    package = Package(folder, meta["name"], read_version(folder, module), requires, extras)
+    optional = [
+        Requirement(r) for reqs in meta.get("optional-dependencies", {}).values() for r in reqs
+    ]
+    readme = folder / "README.md"
+    package = Package(
+        folder,
+        meta["name"],
+        read_version(folder, module),
+        requires,
+        extras,
+        optional,
+        readme.read_text() if readme.exists() else "",
+    )
     for source in (folder / "src").rglob("*.py"):
         _scan(ast.parse(source.read_text()), package, module)
     return package
@@ -105,6 +123,60 @@ def problems(packages: list[Package]) -> list[str]:
             if sibling and not requirement.specifier:
                 found.append(f"{p.name}: depends on {dist} without a version range")
     found += _cycles({p.name: [d for d in p.requires if d in by_name] for p in packages})
+    found += _promised_extras(packages)
+    found += _third_party_ranges(packages)
+    return found
+
+
+# `spt-latentviz[plot]` or `"spt-metrics[sklearn,x]"` in a README.
+_EXTRA_MENTION = re.compile(r"\b([A-Za-z0-9][A-Za-z0-9._-]*)\[([A-Za-z0-9_,\s-]+)\]")
+
+
+def promised_extras(readme: str, siblings: set[str]) -> set[tuple[str, str]]:
+    """The ``(sibling, extra)`` pairs a README names as ``sibling[extra]``.
+
+    Example:
+        >>> sorted(promised_extras("Brings `spt-x[plot]` and `y[a, b]`.", {"spt-x", "y"}))
+        [('spt-x', 'plot'), ('y', 'a'), ('y', 'b')]
+    """
+    found = set()
+    for match in _EXTRA_MENTION.finditer(readme):
+        if match.group(1) in siblings:
+            found |= {(match.group(1), e.strip()) for e in match.group(2).split(",") if e.strip()}
+    return found
+
+
+def _promised_extras(packages: list[Package]) -> list[str]:
+    by_name = {p.name: p for p in packages}
+    found = []
+    for p in packages:
+        for sibling, extra in sorted(promised_extras(p.readme, set(by_name) - {p.name})):
+            requirement = p.requires.get(sibling)
+            where = f"{p.name}: its README promises {sibling}[{extra}]"
+            if extra not in by_name[sibling].extras:
+                found.append(f"{where}, but {sibling} has no extra {extra!r}")
+            elif requirement is None or extra not in requirement.extras:
+                written = requirement or "no requirement"
+                found.append(f"{where}, but it declares {written}: add the extra")
+    return found
+
+
+def _third_party_ranges(packages: list[Package]) -> list[str]:
+    siblings = {p.name for p in packages}
+    ranges: dict[str, dict[str, list[str]]] = {}
+    found = []
+    for p in packages:
+        for requirement in [*p.requires.values(), *p.optional]:
+            if requirement.name in siblings:
+                continue
+            if not any(s.operator in (">=", "==", "~=") for s in requirement.specifier):
+                found.append(f"{p.name}: {requirement.name} has no floor (declare >=X.Y)")
+            spec = ",".join(sorted(str(s) for s in requirement.specifier)) or "(any)"
+            ranges.setdefault(requirement.name, {}).setdefault(spec, []).append(p.name)
+    for name, by_spec in sorted(ranges.items()):
+        if len(by_spec) > 1:
+            declared = "; ".join(f"{spec} in {', '.join(who)}" for spec, who in by_spec.items())
+            found.append(f"{name}: packages declare different ranges ({declared}); use one")
     return found
 
 

@@ -3,11 +3,14 @@
 For every package (or those named): a fresh virtual environment, ``torch==2.13.0`` first
 (the CPU build on this machine's disk), then the package from a folder of wheels built from
 ``packages/`` (so its spt siblings resolve locally and nothing else of spt comes along), plus
-pytest and hypothesis, then ``pytest packages/<pkg>/tests``. Prints a table; exits 1 if any
-package fails.
+pytest and hypothesis, then ``pytest packages/<pkg>/tests``. A package with extras runs
+twice: once bare (its optional paths must skip or degrade cleanly) and once with every
+extra installed (``spt-metrics[sklearn]``), so the tests of the optional paths run too.
+Prints a table; exits 1 if any run fails.
 
-    python tools/check_isolation.py                # every package, ~1.5 min each
+    python tools/check_isolation.py                # every package, ~1.5 min per run
     python tools/check_isolation.py spt-queue spt-knn --keep /tmp/iso
+    python tools/check_isolation.py spt-metrics --extras only
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,9 +50,30 @@ def build_wheels(target: Path) -> None:
             raise SystemExit(f"building {folder.name} failed:\n{done.stderr}")
 
 
-def check(package: str, wheels: Path, work: Path) -> tuple[bool, str, float]:
+def extras(package: str) -> list[str]:
+    """The names of a package's extras (``[project.optional-dependencies]``), sorted."""
+    pyproject = ROOT / "packages" / package / "pyproject.toml"
+    project = tomllib.loads(pyproject.read_text())["project"]
+    return sorted(project.get("optional-dependencies", {}))
+
+
+def variants(package: str, mode: str = "both") -> list[str]:
+    """The installs to test: ``package`` bare and/or with all its extras, by ``mode``
+    (``"both"``, ``"none"``, ``"only"``); a package without extras is always tested bare.
+    """
+    names = extras(package)
+    if not names:
+        return [package]
+    full = f"{package}[{','.join(names)}]"
+    return {"both": [package, full], "none": [package], "only": [full]}[mode]
+
+
+def check(install: str, wheels: Path, work: Path) -> tuple[bool, str, float]:
+    """Install ``install`` (``spt-x`` or ``spt-x[extra,...]``) in a fresh environment and
+    run the package's tests there; returns (passed, last line or summary, seconds)."""
     start = time.perf_counter()
-    venv = work / package
+    package = install.split("[", 1)[0]
+    venv = work / install.replace("[", "-").replace("]", "").replace(",", "-")
     python = str(venv / "bin" / "python")
     steps = [
         [sys.executable, "-m", "venv", str(venv)],
@@ -61,7 +86,7 @@ def check(package: str, wheels: Path, work: Path) -> tuple[bool, str, float]:
             "-q",
             "--find-links",
             str(wheels),
-            package,
+            install,
             "pytest",
             "hypothesis",
             TORCH,
@@ -96,16 +121,25 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("packages", nargs="*", help="folders under packages/ (default: all)")
     parser.add_argument("--keep", type=Path, help="work folder to keep (default: a temp folder)")
+    parser.add_argument(
+        "--extras",
+        choices=["both", "none", "only"],
+        default="both",
+        help="test packages with extras bare and with every extra (both, the default), "
+        "bare only (none), or with every extra only (only)",
+    )
     args = parser.parse_args()
     names = args.packages or sorted(p.name for p in (ROOT / "packages").iterdir())
+    installs = [install for name in names for install in variants(name, args.extras)]
     with tempfile.TemporaryDirectory() as scratch:
         work = args.keep or Path(scratch)
         work.mkdir(parents=True, exist_ok=True)
         build_wheels(work / "wheels")
-        results = {name: check(name, work / "wheels", work) for name in names}
-    print(f"\n{'package':<15} {'result':<6} {'seconds':>7}  detail")
-    for name, (ok, detail, seconds) in results.items():
-        print(f"{name:<15} {'pass' if ok else 'FAIL':<6} {seconds:7.0f}  {detail}")
+        results = {install: check(install, work / "wheels", work) for install in installs}
+    width = max(len(install) for install in results) + 1
+    print(f"\n{'install':<{width}} {'result':<6} {'seconds':>7}  detail")
+    for install, (ok, detail, seconds) in results.items():
+        print(f"{install:<{width}} {'pass' if ok else 'FAIL':<6} {seconds:7.0f}  {detail}")
     return 0 if all(ok for ok, _, _ in results.values()) else 1
 
 

@@ -17,13 +17,14 @@ import argparse
 import contextlib
 import time
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from sklearn.datasets import load_digits
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
@@ -200,26 +201,44 @@ def callbacks(out: Path, latent_update_interval: int | None = 2) -> list[Callbac
     ]
 
 
-class History(Callback):
-    """Keeps each epoch's validation values for the final table."""
+class History(Logger):
+    """A logger that keeps, by epoch, the validation values it receives, for the final table.
+
+    Only what was logged in an epoch is kept for that epoch (``trainer.callback_metrics``
+    would repeat the last map trustworthiness on the epochs where none was measured).
+    """
 
     KEYS = ("eval/knn_accuracy", "eval/linear_accuracy", "eval/mlp_accuracy")
 
     def __init__(self) -> None:
-        self.rows: list[dict[str, float]] = []
+        super().__init__()
+        self.epochs: dict[int, dict[str, float]] = {}
 
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not trainer.sanity_checking:
-            metrics = trainer.callback_metrics
-            self.rows.append({k: float(v) for k, v in metrics.items() if k.startswith("eval/")})
+    @property
+    def name(self) -> str:
+        return "history"
+
+    @property
+    def version(self) -> int:
+        return 0
+
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        """The table shows no hyperparameters: nothing to keep."""
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        values = {key: float(value) for key, value in metrics.items() if key.startswith("eval/")}
+        if values and "epoch" in metrics:
+            self.epochs.setdefault(int(metrics["epoch"]), {}).update(values)
 
 
 def report(history: History, out: Path, seconds: float) -> None:
+    """Print one row per validated epoch: the accuracies and, where the map was scored that
+    epoch, its trustworthiness."""
     print(f"\n{'epoch':>5}  {'kNN':>6}  {'linear':>6}  {'MLP':>6}  {'map trust.':>10}")
-    for epoch, row in enumerate(history.rows):
+    for epoch, row in sorted(history.epochs.items()):
         accuracies = "  ".join(f"{row.get(k, float('nan')):6.3f}" for k in History.KEYS)
         trust = row.get("eval/latent_trustworthiness")
-        print(f"{epoch:>5}  {accuracies}  {'' if trust is None else f'{trust:10.3f}'}")
+        print(f"{epoch:>5}  {accuracies}  {'' if trust is None else f'{trust:10.3f}'}".rstrip())
     print(
         f"\n{seconds:.0f} s. Outputs in {out}/: logs/ (CSV, TensorBoard), latent_map/, checkpoints/"
     )
@@ -238,13 +257,14 @@ def main() -> None:
     loggers = [CSVLogger(args.out, name="logs")]
     with contextlib.suppress(ModuleNotFoundError):
         loggers.append(TensorBoardLogger(args.out, name="logs"))
+    loggers.append(history)
     trainer = L.Trainer(
         max_epochs=args.epochs,
         accelerator="cpu",
         devices=args.devices,
         strategy="ddp" if args.devices > 1 else "auto",
         logger=loggers,
-        callbacks=[*callbacks(args.out), history, ModelCheckpoint(args.out / "checkpoints")],
+        callbacks=[*callbacks(args.out), ModelCheckpoint(args.out / "checkpoints")],
         log_every_n_steps=5,
         enable_model_summary=False,
     )

@@ -7,8 +7,9 @@ Usage::
 
 The changelog's ``## Unreleased`` section (if any) becomes the new version's section; ``-m``
 lines are added to it. A sibling whose range on this package no longer admits the new
-version gets the range ``>=X.Y,<X.(Y+1)`` (``<X+1`` from 1.0 on), and is listed so you can
-release it too. Run ``python tools/check_deps.py`` afterwards.
+version gets the range ``>=X.Y,<X.(Y+1)`` (``<X+1`` from 1.0 on), keeping the requirement's
+extras and environment marker (``spt-metrics[sklearn]>=...; python_version >= "3.11"``), and
+is listed so you can release it too. Run ``python tools/check_deps.py`` afterwards.
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+import tomllib
 from pathlib import Path
 
 from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,6 +39,13 @@ def bump(version: Version, part: str) -> Version:
 
 
 def compatible_range(version: Version) -> str:
+    """The range of releases compatible with ``version``: same minor below 1.0, same major
+    from 1.0 on.
+
+    Example:
+        >>> compatible_range(Version("0.3.1")), compatible_range(Version("1.4.0"))
+        ('>=0.3,<0.4', '>=1.4,<2')
+    """
     major, minor = version.release[0], version.release[1]
     upper = f"{major + 1}" if major >= 1 else f"0.{minor + 1}"
     return f">={major}.{minor},<{upper}"
@@ -68,13 +78,53 @@ def _widen_dependents(root: Path, name: str, version: Version) -> list[str]:
     changed = []
     for pyproject in sorted(root.glob("packages/*/pyproject.toml")):
         text = pyproject.read_text()
-        for match in re.finditer(rf'"({re.escape(name)}[^"]*)"', text):
-            requirement = Requirement(match.group(1))
-            if requirement.name == name and not requirement.specifier.contains(version):
-                text = text.replace(match.group(0), f'"{name}{compatible_range(version)}"')
-                changed.append(pyproject.parent.name)
-        pyproject.write_text(text)
+        widened = False
+        for written in _requirement_strings(tomllib.loads(text).get("project", {})):
+            requirement = Requirement(written)
+            if canonicalize_name(requirement.name) != canonicalize_name(name):
+                continue
+            if requirement.url or requirement.specifier.contains(version):
+                continue
+            text = _replace_toml_string(text, written, widened_requirement(requirement, version))
+            widened = True
+        if widened:
+            pyproject.write_text(text)
+            changed.append(pyproject.parent.name)
     return changed
+
+
+def widened_requirement(requirement: Requirement, version: Version) -> str:
+    """``requirement`` with the range :func:`compatible_range` of ``version``; its extras and
+    environment marker are kept.
+
+    Example:
+        >>> old = Requirement('spt-metrics[sklearn]>=0.1,<0.2; python_version >= "3.11"')
+        >>> widened_requirement(old, Version("0.2.0"))
+        'spt-metrics[sklearn]>=0.2,<0.3; python_version >= "3.11"'
+    """
+    extras = f"[{','.join(sorted(requirement.extras))}]" if requirement.extras else ""
+    marker = f"; {requirement.marker}" if requirement.marker else ""
+    return f"{requirement.name}{extras}{compatible_range(version)}{marker}"
+
+
+def _replace_toml_string(text: str, old: str, new: str) -> str:
+    """``text`` with the TOML string ``old`` (basic ``"..."`` or literal ``'...'``) written
+    as ``new``, in the same kind of string."""
+    basic = '"{}"'.format(old.replace("\\", "\\\\").replace('"', '\\"'))
+    if basic in text:
+        return text.replace(basic, '"{}"'.format(new.replace("\\", "\\\\").replace('"', '\\"')))
+    literal = f"'{old}'"
+    if literal in text and "'" not in new:
+        return text.replace(literal, f"'{new}'")
+    raise ValueError(f"cannot find the requirement {old!r} written as a one-line TOML string")
+
+
+def _requirement_strings(project: dict) -> list[str]:
+    """Every requirement string of a ``[project]`` table: dependencies and extras."""
+    strings = list(project.get("dependencies", []))
+    for requirements in project.get("optional-dependencies", {}).values():
+        strings += requirements
+    return strings
 
 
 def main() -> int:
