@@ -19,7 +19,23 @@ data = DictDataset(features, labels)
 # One folder per process (LOCAL_RANK is set for the ranks the launcher starts): shows which
 # rank wrote files.
 maps = Path(args.out) / f"maps_rank{os.environ.get('LOCAL_RANK', '0')}"
-viz = LatentViz(
+
+
+class RecordingViz(LatentViz):
+    """Keeps this rank's ``(epoch, loss)`` of every update."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.losses: list[tuple[int, float]] = []
+
+    def update_projection(self, trainer, pl_module):
+        loss = super().update_projection(trainer, pl_module)
+        if loss is not None:
+            self.losses.append((trainer.current_epoch, loss.item()))
+        return loss
+
+
+viz = RecordingViz(
     "viz",
     "embedding",
     "label",
@@ -42,12 +58,18 @@ if p.get("checkpoint_dir"):
         )
     )
 fit = trainer(
-    args, max_epochs=p["epochs"], callbacks=callbacks, enable_checkpointing=len(callbacks) > 1
+    args,
+    max_epochs=p["epochs"],
+    callbacks=callbacks,
+    enable_checkpointing=len(callbacks) > 1,
+    log_every_n_steps=2,
 )
 model = Encoder(in_dim=4)
 batches = loader(data, p["batch_size"])
 fit.fit(model, batches, loader(data, p["batch_size"]), ckpt_path=p.get("resume"))
 queue, label_queue = viz._input_queue, viz._target_queue
+for frozen in (queue, label_queue):
+    frozen.take_snapshots()  # the evaluation's snapshots are gone once it ended (collective)
 snapshot = queue.snapshot(p["queue_length"])
 last = p["epochs"] - 1
 saved = load_map(maps / f"epoch_{last:04d}.npz") if fit.is_global_zero else None
@@ -63,6 +85,7 @@ save(
         "label_snapshot": label_queue.snapshot(p["queue_length"]),
         "projected_snapshot": viz.project(snapshot),
         "logged": {k: float(v) for k, v in fit.callback_metrics.items() if "viz" in k},
+        "losses": viz.losses,
         "files": sorted(p.name for p in maps.iterdir()) if maps.exists() else [],
         "saved": saved,
     },

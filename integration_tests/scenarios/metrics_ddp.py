@@ -7,7 +7,9 @@ empty on rank 1. One process sees
 every row.
 
 params: every_n_train_steps (default: values per epoch), epochs, save (checkpoint path
-written after fit).
+written after fit), bad_label (put this label on validation row 12, rank 1's only in loader
+0, in a ``label`` column that only a third callback, ``classes``, reads with a
+``MulticlassAUROC(num_classes=2)``).
 """
 
 import lightning as L
@@ -16,7 +18,7 @@ import torch
 from _common import parse, save, trainer
 from torch import nn
 from torch.utils.data import DataLoader, IterableDataset, Subset, TensorDataset
-from torchmetrics.classification import BinaryAUROC
+from torchmetrics.classification import BinaryAUROC, MulticlassAUROC
 
 from spt_metrics import MetricsCallback
 
@@ -28,6 +30,11 @@ def median_gap(score, target):
 
 def hit_rate(score, target):
     return float(((score > 0.5) == (target == 1)).mean())
+
+
+def both_classes(outputs):
+    """The score as the probabilities of two classes."""
+    return torch.stack([1 - outputs["score"], outputs["score"]], dim=1)
 
 
 def rows(n, seed):
@@ -50,15 +57,16 @@ class Rows(IterableDataset):
 class Scores(L.LightningModule):
     """Steps return fixed ``score``/``target`` columns; each rank reads its own slice."""
 
-    def __init__(self, train, val, splits):
+    def __init__(self, train, val, splits, labels):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(()))
-        self.data = {"train": train, "val": val}
+        self.data = {"train": (*train, labels["train"]), "val": (*val, labels["val"])}
         self.splits = splits
 
     def _step(self, batch):
-        score, target = batch
-        return {"loss": self.weight * score.mean(), "score": score, "target": target}
+        score, target, label = batch
+        outputs = {"loss": self.weight * score.mean(), "score": score, "target": target}
+        return {**outputs, "label": label}
 
     def training_step(self, batch, batch_idx):
         return self._step(batch)
@@ -89,6 +97,9 @@ class Scores(L.LightningModule):
 args = parse()
 p = {"epochs": 1, **args.params}
 train, val = rows(25, seed=1), rows(13, seed=2)
+labels = {"train": train[1].clone(), "val": val[1].clone()}
+if "bad_label" in p:
+    labels["val"][12] = p["bad_label"]
 splits = {
     "train": [((0, 14), (14, 25))],
     "val": [((0, 9), (9, 13)), ((0, 13), (13, 13))],  # loader 1: empty on rank 1
@@ -111,13 +122,22 @@ per_step = MetricsCallback(
     name="per_step",
     **schedule,
 )
+callbacks = [exact, per_step]
+if "bad_label" in p:
+    callbacks.append(
+        MetricsCallback(
+            {"auroc": MulticlassAUROC(num_classes=2)},
+            needs={"auroc": {"preds": both_classes, "target": "label"}},
+            name="classes",
+        )
+    )
 fit = trainer(
     args,
     max_epochs=p["epochs"],
-    callbacks=[exact, per_step],
+    callbacks=callbacks,
     use_distributed_sampler=False,
 )
-fit.fit(Scores(train, val, splits))
+fit.fit(Scores(train, val, splits, labels))
 if p.get("save"):
     fit.save_checkpoint(p["save"])
 save(

@@ -8,13 +8,14 @@ from typing import Any
 
 import torch
 from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor, nn
 
-from spt_core import TrainableCallback, distributed
+from spt_core import TrainableCallback, distributed, logger_writes_this_step, lookup
 from spt_distance import METRICS
 from spt_latentviz import plotting
-from spt_latentviz._checks import check_input_dim, check_int
+from spt_latentviz._checks import check_input_dim, check_int, check_name, unwritable_reason
 from spt_latentviz.functional import (
     knn_recall,
     neighbor_embedding_loss,
@@ -45,17 +46,28 @@ class LatentViz(TrainableCallback):
     the queue: no gradient reaches the backbone. Under DDP every rank trains on its own rows
     and the gradients are averaged, so the projection stays identical on every rank.
 
-    Every ``plot_interval`` epochs from the end of the first trained epoch on (never in the
-    sanity check), the projection maps the queue gathered from every rank (the snapshot of
-    the validation epoch, or a fresh one at the end of the training epoch when no validation
-    ran) and the callback
+    At the end of every epoch ``e`` with ``e % plot_interval == 0`` and
+    ``e >= warmup_epochs`` (the seed's rule: epochs 0, 10, 20... for ``plot_interval=10``;
+    with ``warmup_epochs=3`` the first map is drawn at epoch 10; never in the sanity check;
+    in ``trainer.validate`` after a fit, at the epoch the fit reached, if it has no map yet),
+    the projection maps the queue gathered from every rank (the snapshot of the validation
+    epoch, or a fresh one at the end of the training epoch when no validation ran) and the
+    callback
 
     - logs ``eval/{name}_trustworthiness`` and ``eval/{name}_knn_recall`` at ``k_neighbors``;
     - on rank 0 writes ``epoch_XXXX.npz`` (``coordinates``, ``labels`` when ``target`` is set,
       ``epoch`` and the two scores) to ``save_dir`` (default:
       ``{trainer.default_root_dir}/latent_viz_{name}``) and, with matplotlib installed, the
       picture ``epoch_XXXX.png``, also sent to every logger that takes images (``log_image``,
-      e.g. Weights & Biases, or TensorBoard's ``add_image``) under ``eval/{name}_map``.
+      e.g. Weights & Biases, or TensorBoard's ``add_image``) under ``eval/{name}_map``;
+    - on rank 0, to a ``WandbLogger``, logs the table ``{name}/2d_latent_table`` (columns
+      ``x``, ``y`` and, with ``target``, ``class``; one row per point) and
+      ``{name}/current_epoch``, as the seed does.
+
+    The projection's loss is logged as ``train/{name}_loss_step`` (the update's value,
+    averaged over ranks, on the steps whose logs the Trainer writes: ``log_every_n_steps``)
+    and ``train/{name}_loss`` (the mean over the epoch's updates and ranks, at the end of
+    each training epoch that had an update).
 
     Args:
         name: Unique identifier (logged names, ``pl_module.callbacks_modules[name]``,
@@ -74,17 +86,22 @@ class LatentViz(TrainableCallback):
         update_interval: Train the projection once every this many training batches.
         warmup_epochs: Epochs without training or drawing at the start of the fit.
         distance_metric: Feature-space metric, one of :data:`spt_distance.METRICS`.
-        plot_interval: Draw and score every this many epochs.
-        save_dir: Folder of the ``.npz`` and ``.png`` files.
+        plot_interval: Draw and score at the end of the epochs that are multiples of it.
+        save_dir: Folder of the ``.npz`` and ``.png`` files, created (and checked to be
+            writable, by rank 0) when fit starts.
         input_dim: Feature size (int or shape), checked by the queue; ``None``: any.
         verbose: See :class:`~spt_core.SPTCallback`.
 
     Raises:
         ValueError: For a non-positive count, ``queue_length <= 2 * k_neighbors`` (the
-            scores need more than twice ``k`` rows), an unknown metric, or a bad
-            ``input_dim``.
+            scores need more than twice ``k`` rows), an unknown metric, a bad
+            ``input_dim``, a ``name`` or ``save_dir`` with a NUL character, or (without
+            ``save_dir``) a ``name`` that cannot be part of the folder name
+            ``latent_viz_{name}`` (a path separator, more than 244 bytes). When fit starts:
+            a ``save_dir`` where rank 0 cannot write.
         TypeError: For a non-string ``input``/``target``/``save_dir`` or a projection,
-            optimizer or scheduler of no accepted form.
+            optimizer or scheduler of no accepted form; during training, at the first batch,
+            a ``target`` that holds strings (labels must be numbers, e.g. class indices).
 
     Example:
         >>> from spt_latentviz import projection_mlp
@@ -145,6 +162,11 @@ class LatentViz(TrainableCallback):
             raise ValueError(f"distance_metric must be one of {METRICS}, got {distance_metric!r}")
         if save_dir is not None and not isinstance(save_dir, (str, os.PathLike)):
             raise TypeError(f"save_dir must be a str, a path or None, got {save_dir!r}")
+        check_name(name, self.state_key, default_folder=save_dir is None)
+        if save_dir is not None and "\x00" in str(os.fspath(save_dir)):
+            raise ValueError(
+                f"{self.state_key}: save_dir must not contain a NUL character, got {save_dir!r}"
+            )
         self.input = input
         self.target = target
         self.distance_metric = distance_metric
@@ -158,6 +180,7 @@ class LatentViz(TrainableCallback):
         self._graph: tuple[int, Tensor, Tensor | None] | None = None
         self._hinted_plot_extra = False
         self._non_finite_epoch: int | None = None
+        self._loss_total: Tensor | None = None  # (sum of the update losses, updates) this epoch
 
     def default_optimizer(self) -> dict[str, Any]:
         """``AdamW(lr=1e-2, weight_decay=1e-2)`` (see :data:`DEFAULT_LR`)."""
@@ -204,6 +227,7 @@ class LatentViz(TrainableCallback):
         if self._generator is None:
             seed = (torch.initial_seed() + distributed.rank()) % (1 << 63)
             self._generator = torch.Generator().manual_seed(seed)
+        self._check_folder(trainer)
 
     def on_train_batch_end(
         self,
@@ -213,6 +237,8 @@ class LatentViz(TrainableCallback):
         batch: Any,
         batch_idx: int,
     ) -> None:
+        if self.target is not None:
+            self._check_labels(lookup(self.target, outputs, batch, owner=self.state_key))
         if trainer.current_epoch < self.warmup_epochs:
             self.info_once(
                 trainer,
@@ -226,12 +252,24 @@ class LatentViz(TrainableCallback):
             self.update_projection(trainer, pl_module)
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
+        if trainer.sanity_checking:
+            return
+        if trainer.state.fn != TrainerFn.FITTING and self._input_queue is None:
+            self.info_once(
+                trainer, "no-fit", "no map: the queues are filled by a fit, and none ran yet"
+            )
             return
         if self._plot_due(trainer):
+            if trainer.state.fn != TrainerFn.FITTING:
+                # trainer.validate after a fit: queues that are not on this Trainer (the fit's
+                # own Trainer created them) took no snapshot at the epoch start (collective).
+                for queue in (self._input_queue, self._target_queue):
+                    if queue is not None and queue not in trainer.callbacks:
+                        queue.take_snapshots()
             self.visualize(trainer, pl_module, *self._snapshots())
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._log_epoch_loss(pl_module)
         super().on_train_epoch_end(trainer, pl_module)
         if self._plot_due(trainer):
             # No validation epoch drew this epoch's map: freeze the queues now (collective).
@@ -266,13 +304,18 @@ class LatentViz(TrainableCallback):
                 loss = neighbor_embedding_loss(z, neighbors, negatives)
         self.backward_and_step(loss, trainer)
         loss = loss.detach()
-        self.log_values(
-            pl_module,
-            {f"train/{self.name}_loss": loss},
-            on_step=True,
-            on_epoch=True,
-            sync_dist=True,
-        )
+        update = torch.stack((loss.float(), torch.ones_like(loss, dtype=torch.float32)))
+        total = self._loss_total
+        self._loss_total = update if total is None else total.to(update.device) + update
+        if logger_writes_this_step(trainer):
+            pl_module.log(
+                f"train/{self.name}_loss_step",
+                loss,
+                on_step=True,
+                on_epoch=False,
+                sync_dist=True,
+                batch_size=len(rows),
+            )
         return loss
 
     def visualize(
@@ -327,6 +370,7 @@ class LatentViz(TrainableCallback):
             "train_batches": self.train_batches,
             "last_plot_epoch": self.last_plot_epoch,
             "generators": self._generator_states(),
+            "loss_total": self._loss_total,
         }
         return state
 
@@ -336,6 +380,7 @@ class LatentViz(TrainableCallback):
         if own is not None:
             self.train_batches = own["train_batches"]
             self.last_plot_epoch = own["last_plot_epoch"]
+            self._loss_total = own.get("loss_total")
             states = own["generators"]
             if states is not None:
                 # A run on another number of processes takes the states round-robin. clone():
@@ -357,6 +402,50 @@ class LatentViz(TrainableCallback):
             return state
         device = self._device or torch.device("cpu")  # NCCL gathers CUDA tensors only
         return distributed.gather_uneven(state.to(device)).cpu()
+
+    def _log_epoch_loss(self, pl_module: LightningModule) -> None:
+        """Log ``train/{name}_loss``, the mean of this epoch's update losses over every rank.
+
+        Under DDP every rank joins one all-reduce per epoch, with or without updates; one
+        host sync per epoch decides whether there was any update to log.
+        """
+        total, self._loss_total = self._loss_total, None
+        if total is None:
+            if not distributed.is_distributed():
+                return
+            total = torch.zeros(2)
+        total = total.to(pl_module.device)
+        distributed.all_reduce_mean([total])  # sums over ranks, up to a common factor
+        if total[1] > 0:
+            self.log_values(
+                pl_module, {f"train/{self.name}_loss": total[0] / total[1]}, sync_dist=True
+            )
+
+    def _check_labels(self, labels: Any) -> None:
+        """Refuse string labels before the queue tries to turn them into a tensor (no host
+        sync: only Python objects are inspected)."""
+        if isinstance(labels, Tensor):
+            return
+        kind = getattr(getattr(labels, "dtype", None), "kind", None)
+        first = labels[0] if isinstance(labels, (list, tuple)) and labels else labels
+        if isinstance(first, (str, bytes)) or kind in ("U", "S"):
+            raise TypeError(
+                f"{self.state_key}: target '{self.target}' holds strings (e.g. {first!r}), "
+                "but the map is coloured by numeric labels; map each class name to an index "
+                "(e.g. with a dict) in the dataset or the step"
+            )
+
+    def _check_folder(self, trainer: Trainer) -> None:
+        """Create ``save_dir`` on rank 0 and fail on every rank when it cannot be written."""
+        folder = self._folder(trainer)
+        reason = unwritable_reason(folder) if trainer.is_global_zero else None
+        failed = torch.tensor([float(reason is not None)], device=trainer.strategy.root_device)
+        distributed.broadcast_([failed])
+        if failed.item():
+            raise ValueError(
+                f"{self.state_key}: save_dir {folder!r} is not a folder rank 0 can write "
+                f"to ({reason or 'see rank 0'}); pass another save_dir"
+            )
 
     def _check_map(self, z: Tensor, n: int) -> None:
         if z.shape != (n, 2):
@@ -414,7 +503,7 @@ class LatentViz(TrainableCallback):
         return (
             self._input_queue is not None
             and epoch >= self.warmup_epochs
-            and (epoch - self.warmup_epochs) % self.plot_interval == 0
+            and epoch % self.plot_interval == 0
             and self.last_plot_epoch != epoch
         )
 
@@ -454,6 +543,7 @@ class LatentViz(TrainableCallback):
                     trainer, "labels", f"'{self.target}' is not one label per row: one colour"
                 )
         plotting.save_map(stem + ".npz", coordinates, classes, epoch=epoch, **values)
+        self._log_table(trainer, epoch, coordinates, classes)
         if not plotting.has_matplotlib():
             if not self._hinted_plot_extra:
                 self._hinted_plot_extra = True
@@ -486,3 +576,25 @@ class LatentViz(TrainableCallback):
                 self.warn_once(
                     trainer, f"image-{type(logger).__name__}", f"could not log the map: {error!r}"
                 )
+
+    def _log_table(
+        self, trainer: Trainer, epoch: int, coordinates: Any, classes: Any | None
+    ) -> None:
+        """Log the seed's W&B table of the map and the epoch to every ``WandbLogger``."""
+        loggers = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
+        if not loggers:
+            return
+        import wandb
+
+        columns, rows = plotting.table_data(coordinates, classes)
+        for logger in loggers:
+            try:
+                logger.experiment.log(
+                    {
+                        f"{self.name}/2d_latent_table": wandb.Table(columns=columns, data=rows),
+                        f"{self.name}/current_epoch": epoch,
+                        "trainer/global_step": trainer.global_step,
+                    }
+                )
+            except Exception as error:  # a logger's failure must not stop training
+                self.warn_once(trainer, "wandb-table", f"could not log the table: {error!r}")

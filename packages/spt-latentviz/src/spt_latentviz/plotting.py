@@ -23,6 +23,7 @@ __all__ = [
     "load_map",
     "save_figure",
     "save_map",
+    "table_data",
 ]
 
 PLOT_EXTRA_HINT = "pip install 'spt-latentviz[plot]' (matplotlib) to get pictures"
@@ -81,6 +82,26 @@ def load_map(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     """Read a file written by :func:`save_map` into a dict of arrays (see its example)."""
     with np.load(path) as data:
         return {key: data[key] for key in data.files}
+
+
+def table_data(
+    coordinates: np.ndarray, labels: np.ndarray | None = None
+) -> tuple[list[str], list[list[Any]]]:
+    """The columns and rows of a map as a table: ``x, y`` and ``class`` when labels are given.
+
+    Integer labels stay Python ints, other labels keep their value.
+
+    Example:
+        >>> table_data(np.array([[0.5, 1.0], [2.0, 3.0]]), np.array([1, 0]))
+        (['x', 'y', 'class'], [[0.5, 1.0, 1], [2.0, 3.0, 0]])
+        >>> table_data(np.zeros((1, 2)))
+        (['x', 'y'], [[0.0, 0.0]])
+    """
+    rows = np.asarray(coordinates, dtype=np.float64).tolist()
+    if labels is None:
+        return ["x", "y"], rows
+    classes = np.asarray(labels).reshape(-1).tolist()
+    return ["x", "y", "class"], [[x, y, c] for (x, y), c in zip(rows, classes, strict=True)]
 
 
 def _class_colours(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, Any]:

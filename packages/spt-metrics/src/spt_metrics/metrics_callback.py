@@ -20,6 +20,15 @@ from spt_core import (
     named_metrics,
     unique_names,
 )
+from spt_metrics.checks import (
+    EpochReport,
+    InputChecks,
+    LabelCheck,
+    batch_label_report,
+    describe_source,
+    label_position,
+    labels_message,
+)
 from spt_metrics.functional import as_rows, batch_size, flatten_result, scalar, to_numpy
 from spt_metrics.needs import (
     Needs,
@@ -98,6 +107,17 @@ class MetricsCallback(SPTCallback):
           sanity check does not count), over every batch of that run.
         - test, ``on_test_end=True``: at the end of every test run.
 
+    Bad inputs are reported with the callback's and the metric's names. A torchmetrics
+    metric with an integer ``num_classes`` (the multiclass metrics) must get ``target``
+    labels in ``[0, num_classes)`` (or its ``ignore_index``; copies whose ``ignore_index`` is
+    ``None`` ignore ``-1``, the unlabelled rows): the labels are counted on the device and
+    checked once at the end of every epoch (one host sync), before its values are logged,
+    and a label outside raises a ``ValueError`` that names the metric, the key, the values
+    and ``num_classes``; the same error replaces torchmetrics' own when an update crashes on
+    such a label. NaN/inf values that reach a metric (torchmetrics inputs counted the same
+    way, numpy inputs of functions checked on the host) give one warning per epoch naming
+    the metrics and the key; the value is still logged (often ``nan``).
+
     A stage that saw no batch logs nothing. The counters (training batches, training epochs,
     validation runs) and the open training window are saved in the checkpoint and continue
     after a resume; under DDP the checkpointed window holds every rank's part.
@@ -130,7 +150,8 @@ class MetricsCallback(SPTCallback):
     Raises:
         TypeError: If an argument has the wrong type (the message names it).
         ValueError: If a value is out of range, if both training schedules are set, or if
-            ``needs`` does not fit the metrics (see :func:`spt_metrics.needs.split_needs`).
+            ``needs`` does not fit the metrics (see :func:`spt_metrics.needs.split_needs`);
+            during a fit, for class labels outside a metric's ``num_classes``.
 
     Example:
         >>> from torchmetrics.classification import MulticlassAccuracy
@@ -212,6 +233,7 @@ class MetricsCallback(SPTCallback):
         self._copies = StageMetrics(
             {leaf: spec.metric for leaf, spec in self._leaves.items() if spec.torchmetric}
         )
+        self._checks = _input_checks(self._leaves)
         self._windows: dict[tuple[str, int], Window] = {}
         self._collecting = dict.fromkeys(STAGES, False)
         self.train_batches = 0
@@ -260,6 +282,8 @@ class MetricsCallback(SPTCallback):
             self.compute_metrics_and_log(trainer, pl_module, "train", on_step=True, on_epoch=False)
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._collecting["train"]:
+            self._check_inputs(trainer, pl_module, "train")
         if self.every_n_train_epochs and self._collecting["train"]:
             self.compute_metrics_and_log(trainer, pl_module, "train", on_step=False, on_epoch=True)
         self.train_epochs += 1
@@ -286,6 +310,7 @@ class MetricsCallback(SPTCallback):
         if trainer.sanity_checking:
             return
         if self._collecting["val"]:
+            self._check_inputs(trainer, pl_module, "val")
             self.compute_metrics_and_log(trainer, pl_module, "val", on_step=False, on_epoch=True)
         self._collecting["val"] = False
         self.val_runs += 1
@@ -307,6 +332,7 @@ class MetricsCallback(SPTCallback):
 
     def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self._collecting["test"]:
+            self._check_inputs(trainer, pl_module, "test")
             self.compute_metrics_and_log(trainer, pl_module, "test", on_step=False, on_epoch=True)
         self._collecting["test"] = False
 
@@ -375,14 +401,20 @@ class MetricsCallback(SPTCallback):
             device = pl_module.device
             tensors = [torch.as_tensor(v, device=device) if _is_array(v) else v for v in values]
             live = self._copies.get(stage, idx, device)
+            self._checks.update(stage, idx, tensors, live, device)
             for leaf, spec in self._leaves.items():
                 if spec.torchmetric:
                     args, kwargs = arguments(spec.needs, tensors)
-                    live[leaf].update(*args, **kwargs)
+                    try:
+                        live[leaf].update(*args, **kwargs)
+                    except Exception as error:
+                        self._raise_for_labels(leaf, stage, tensors, live[leaf], error)
+                        raise
         if not self._functions:
             return
         if self._per_step[stage]:
             arrays = {p: to_numpy(values[p]) for p in self._function_sources}
+            self._warn_non_finite_arrays(pl_module.trainer, stage, arrays)
             for leaf in self._functions:
                 spec = self._leaves[leaf]
                 args, kwargs = arguments(spec.needs, arrays)
@@ -452,12 +484,81 @@ class MetricsCallback(SPTCallback):
                 dtype, shape = shapes.rows[p]
                 rows = torch.empty((0, *shape), dtype=dtype)
             arrays[p] = to_numpy(distributed.gather_uneven(rows.to(device)))
+        self._warn_non_finite_arrays(pl_module.trainer, stage, arrays)
         values = {}
         for leaf in self._functions:
             spec = self._leaves[leaf]
             args, kwargs = arguments(spec.needs, arrays)
             values[leaf] = scalar(spec.metric(*args, **kwargs), name=leaf)
         return values
+
+    # ------------------------------------------------------------- bad inputs
+
+    def _check_inputs(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        """Report this epoch's bad inputs of the torchmetrics (every rank calls it together:
+        one collective and one host sync, none when there is nothing to check)."""
+        if not self._checks:
+            return
+        count = _num_dataloaders(trainer, stage)
+        for idx, report in enumerate(self._checks.read(stage, count, collective_device(pl_module))):
+            self._report(trainer, stage, idx, count, report)
+
+    def _report(
+        self, trainer: Trainer, stage: str, idx: int, count: int, report: EpochReport
+    ) -> None:
+        where = f"{stage}" + (f" dataloader {idx}" if count > 1 else "")
+        for position, values in report.non_finite.items():
+            users = [
+                leaf
+                for leaf, spec in self._leaves.items()
+                if spec.torchmetric and position in spec.needs.sources()
+            ]
+            self._warn_non_finite(trainer, where, position, users, values)
+        if report.labels:
+            bad = report.labels[0]
+            source = self._sources[bad.check.position]
+            raise ValueError(labels_message(self.state_key, bad, source, where))
+
+    def _raise_for_labels(
+        self, leaf: str, stage: str, tensors: list[Any], metric: Any, error: Exception
+    ) -> None:
+        """Replace a crashed update's error by the label error when labels are the cause
+        (a host sync, on the way out only)."""
+        for check in self._checks.labels:
+            if check.metric == leaf:
+                bad = batch_label_report(check, tensors[check.position], metric)
+                if bad is not None:
+                    source = self._sources[check.position]
+                    raise ValueError(labels_message(self.state_key, bad, source, stage)) from error
+
+    def _warn_non_finite_arrays(
+        self, trainer: Trainer, stage: str, arrays: Mapping[int, Any]
+    ) -> None:
+        """Warn about NaN/inf in the numpy inputs of the metric functions (host arrays)."""
+        for position, array in arrays.items():
+            if not isinstance(array, np.ndarray) or array.dtype.kind not in "fc":
+                continue
+            values = int(array.size - np.count_nonzero(np.isfinite(array)))
+            if values:
+                users = [
+                    leaf
+                    for leaf in self._functions
+                    if position in self._leaves[leaf].needs.sources()
+                ]
+                self._warn_non_finite(trainer, stage, position, users, values)
+
+    def _warn_non_finite(
+        self, trainer: Trainer, where: str, position: int, users: list[str], values: int
+    ) -> None:
+        names = ", ".join(map(repr, users))
+        source = describe_source(self._sources[position])
+        self.warn_once(
+            trainer,
+            f"non-finite-{where}-{position}-{names}",
+            f"{values} NaN/inf value(s) of {source} reached metric"
+            f"{'s' if len(users) > 1 else ''} {names} during {where}: the logged value may be "
+            "nan or meaningless",
+        )
 
     # ---------------------------------------------------------- checkpoints
 
@@ -561,6 +662,19 @@ def _leaves(metrics: Any, needs: Any, *, owner: str) -> tuple[dict[str, Any], di
         leaves[name] = metric
         resolved[name] = bind_needs(metric, spec, name=name)
     return leaves, resolved
+
+
+def _input_checks(leaves: Mapping[str, _Leaf]) -> InputChecks:
+    """Checks of the torchmetrics' inputs: every source they take for finiteness, and the
+    ``target`` of each metric with an integer ``num_classes`` against it."""
+    metrics = {leaf: spec for leaf, spec in leaves.items() if spec.torchmetric}
+    positions = sorted({p for spec in metrics.values() for p in spec.needs.sources()})
+    labels = []
+    for leaf, spec in metrics.items():
+        position = label_position(spec.metric, spec.needs)
+        if position is not None:
+            labels.append(LabelCheck(leaf, position, spec.metric.num_classes))
+    return InputChecks(positions, labels)
 
 
 def _owners(indexed: Mapping[str, Needs], state_key: str) -> list[str]:
