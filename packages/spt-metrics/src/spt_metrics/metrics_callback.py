@@ -20,6 +20,7 @@ from spt_core import (
     named_metrics,
     unique_names,
 )
+from spt_metrics._convert import as_rows, batch_size, flatten_result, scalar, to_numpy
 from spt_metrics.checks import (
     EpochReport,
     InputChecks,
@@ -29,7 +30,6 @@ from spt_metrics.checks import (
     label_position,
     labels_message,
 )
-from spt_metrics.functional import as_rows, batch_size, flatten_result, scalar, to_numpy
 from spt_metrics.needs import (
     Needs,
     NeedsType,
