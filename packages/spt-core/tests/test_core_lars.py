@@ -35,6 +35,19 @@ def test_two_momentum_steps_computed_by_hand():
     assert w.detach().tolist()[0] == pytest.approx([2.9943, 3.987405], abs=1e-12)
 
 
+def test_default_has_no_momentum_and_keeps_no_state():
+    # ||w|| = 5, ||g|| = 1: trust = 1e-3 * 5 / 1 = 0.005; w = w - 0.1 * 0.005 * g, twice.
+    w = torch.nn.Parameter(torch.tensor([[3.0, 4.0]], dtype=torch.float64))
+    optimizer = LARS([w])
+    for _ in range(2):
+        w.grad = torch.tensor([[0.6, 0.8]], dtype=torch.float64)
+        before = w.detach().clone()
+        optimizer.step()
+        trust = 1e-3 * before.norm() / (1.0 + 1e-8)
+        torch.testing.assert_close(w.detach(), before - 0.1 * trust * w.grad, rtol=0, atol=1e-15)
+    assert optimizer.state_dict()["state"] == {}
+
+
 def test_weight_decay_and_clipping_by_hand():
     # trust = 0.01 * 5 / (1 + 0.1 * 5) = 1/30; clipped: min((1/30) / 0.1, 1) = 1/3;
     # d = (g + 0.1 w) / 3 = ([0.9, 1.2]) / 3 = [0.3, 0.4]; w = w - 0.1 d.

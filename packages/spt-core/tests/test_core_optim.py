@@ -57,7 +57,11 @@ def test_name_and_class_take_the_constructor_defaults(form):
 
 def test_lars_is_found_by_name_with_its_defaults():
     optimizer = create_optimizer(params(), "LARS")
-    assert type(optimizer) is LARS and optimizer.defaults["lr"] == 0.1
+    assert type(optimizer) is LARS
+    assert optimizer.defaults == {
+        "lr": 0.1, "momentum": 0.0, "weight_decay": 0.0, "eta": 1e-3, "eps": 1e-8,
+        "clip_lr": False, "exclude_bias_n_norm": False, "nesterov": False, "dampening": 0.0,
+    }  # fmt: skip
 
 
 def test_an_optimizer_instance_is_returned_as_is():
@@ -165,7 +169,7 @@ def test_horizon_fills_the_length_of_training():
     ("form", "error", "match"),
     [
         ("Cosine", ValueError, "not a known learning-rate scheduler"),
-        ("StepLR", TypeError, r"StepLR needs \['step_size'\]"),
+        ("LambdaLR", TypeError, r"LambdaLR needs \['lr_lambda'\]"),
         ({"type": "StepLR", "step_size": 1, "interval": "batch"}, ValueError, "interval"),
         ({"type": "StepLR", "step_size": 1, "monitor": 3}, TypeError, "monitor"),
         ({"type": "StepLR", "step_size": 1, "strict": "yes"}, TypeError, "strict"),

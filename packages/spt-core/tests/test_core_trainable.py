@@ -311,7 +311,7 @@ def test_hydra_config_without_hydra_says_what_to_install(monkeypatch):
         ({"gradient_clip_val": True}, ValueError, "gradient_clip_val"),
         ({"gradient_clip_algorithm": "max"}, ValueError, "gradient_clip_algorithm"),
         ({"optimizer": 5}, TypeError, "optimizer must be"),
-        ({"scheduler": {"type": "StepLR"}}, TypeError, "step_size"),
+        ({"scheduler": {"type": "LambdaLR"}}, TypeError, "lr_lambda"),
     ],
 )
 def test_bad_training_options_are_named(kwargs, error, match):

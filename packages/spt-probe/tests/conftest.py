@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import lightning as L
@@ -141,3 +142,43 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+_SYNCS = ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__")
+
+
+@contextlib.contextmanager
+def host_syncs_forbidden():
+    """Inside, any Tensor method that waits for the device's values raises."""
+    saved = {name: getattr(torch.Tensor, name) for name in _SYNCS}
+
+    def refuse(name):
+        def fail(self, *args, **kwargs):
+            raise AssertionError(f"Tensor.{name} called on a per-batch path")
+
+        return fail
+
+    for name in _SYNCS:
+        setattr(torch.Tensor, name, refuse(name))
+    try:
+        yield
+    finally:
+        for name, method in saved.items():
+            setattr(torch.Tensor, name, method)
+
+
+@pytest.fixture
+def no_host_sync():
+    """``no_host_sync(hook)``: ``hook`` wrapped so that it may not synchronise with the host;
+    the wrapper counts its calls in ``.calls``."""
+
+    def wrap(hook):
+        def run(*args, **kwargs):
+            run.calls += 1
+            with host_syncs_forbidden():
+                return hook(*args, **kwargs)
+
+        run.calls = 0
+        return run
+
+    return wrap

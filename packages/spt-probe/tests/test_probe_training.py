@@ -161,7 +161,8 @@ def test_linear_probe_on_digits_is_within_two_points_of_logistic_regression(trai
         probe=nn.Linear(64, 10),
         metrics=MulticlassAccuracy(10, average="micro", validate_args=False),
     )
-    fit = trainer(callbacks=[probe], max_epochs=8)
+    # The default optimizer (LARS without momentum, lr 0.1) is plain-SGD slow: 30 epochs.
+    fit = trainer(callbacks=[probe], max_epochs=30, check_val_every_n_epoch=30)
     fit.fit(FixedFeatures(), loader(train, 64, shuffle=True), loader(test, 540))
     online = fit.callback_metrics["eval/linear_accuracy"].item()
     assert online >= reference - 0.02, (online, reference)
@@ -487,6 +488,12 @@ def test_resume_continues_exactly(backbone, trainer, loader, data, tmp_path):
     assert callbacks_modules(model)["linear"] is resumed[0].module
 
 
+def test_a_mid_epoch_loss_from_a_0_2_checkpoint_counts_every_row_as_labelled():
+    probe = probe_on(probe=nn.Linear(5, 3))
+    probe.load_state_dict({"loss_total": torch.tensor([6.0, 3.0])})  # (loss * rows, rows)
+    assert probe.state_dict()["loss_total"].tolist() == [6.0, 3.0, 3.0]
+
+
 # ----------------------------------------------------------------------------- devices
 
 
@@ -494,6 +501,7 @@ def test_resume_continues_exactly(backbone, trainer, loader, data, tmp_path):
 def test_probe_follows_the_model_to_cuda_under_bf16(backbone, trainer, loader, data):
     probe = probe_on(
         probe=nn.Linear(5, 3),
+        optimizer={"type": "LARS", "momentum": 0.9},  # a state to follow the probe
         accumulate_grad_batches=2,
         metrics=MulticlassAccuracy(3, validate_args=False),
     )

@@ -3,6 +3,10 @@
 Without an initialised ``torch.distributed`` process group every function behaves as the
 single-process case (world size 1, rank 0, identity gathers), so callbacks call them
 unconditionally.
+
+Every function issues its collectives in an order that depends only on its arguments (the
+list order of the tensors, never a ``set``'s or a hash's order), so ranks that call it with
+the same arguments stay in step.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from torch import Tensor
 
 __all__ = [
     "all_reduce_mean",
+    "any_rank",
     "broadcast_",
     "gather_uneven",
     "is_distributed",
@@ -24,6 +29,8 @@ __all__ = [
 
 # gloo has no reduction or gather kernels for the 16-bit float types: they travel as fp32.
 _GLOO_UPCAST = {torch.float16: torch.float32, torch.bfloat16: torch.float32}
+# Not every backend has a bool type: flags travel as bytes everywhere.
+_BYTE = {torch.bool: torch.uint8}
 
 
 def is_distributed() -> bool:
@@ -57,6 +64,7 @@ def rank() -> int:
 
 
 def _wire_dtype(dtype: torch.dtype) -> torch.dtype:
+    dtype = _BYTE.get(dtype, dtype)
     if dist.get_backend() == "gloo":
         return _GLOO_UPCAST.get(dtype, dtype)
     return dtype
@@ -95,24 +103,45 @@ def gather_uneven(tensor: Tensor) -> Tensor:
     return torch.cat(rows).to(tensor.dtype)
 
 
-def _flat_apply(tensors: Sequence[Tensor], collective) -> None:
-    if not tensors:
-        return
-    flat = torch.cat([t.detach().reshape(-1).to(_wire_dtype(t.dtype)) for t in tensors])
-    collective(flat)
-    offset = 0
+def _by_dtype(tensors: Sequence[Tensor]) -> list[list[Tensor]]:
+    """``tensors`` grouped by dtype, the groups in order of first appearance.
+
+    Every rank that passes the same list gets the same groups in the same order: the grouping
+    never goes through a ``set`` (or a hash of a dtype), whose order differs between processes.
+    """
+    groups: dict[torch.dtype, list[Tensor]] = {}
     for t in tensors:
-        n = t.numel()
-        t.detach().copy_(flat[offset : offset + n].view_as(t))
-        offset += n
+        groups.setdefault(t.dtype, []).append(t)
+    return list(groups.values())
+
+
+def _flat_apply(tensors: Sequence[Tensor], collective) -> None:
+    """One ``collective`` per dtype over the flattened tensors, then copy the results back.
+
+    Tensors of one dtype travel together; dtypes are never mixed in one buffer, so no value
+    is rounded through another type (an int64 counter through float32, say).
+    """
+    for group in _by_dtype(tensors):
+        wire = _wire_dtype(group[0].dtype)
+        flat = torch.cat([t.detach().reshape(-1).to(wire) for t in group])
+        collective(flat)
+        offset = 0
+        for t in group:
+            n = t.numel()
+            t.detach().copy_(flat[offset : offset + n].view_as(t))
+            offset += n
 
 
 def all_reduce_mean(tensors: Sequence[Tensor]) -> None:
-    """Replace each tensor, in place, by its mean over all ranks (one collective for all).
+    """Replace each tensor, in place, by its mean over all ranks (one collective per dtype).
 
     Args:
-        tensors: Tensors with the same shapes on every rank, in the same order (for example
-            the gradients of a module's parameters). They may differ in dtype.
+        tensors: Floating-point tensors with the same shapes on every rank, in the same order
+            (for example the gradients of a module's parameters). They may differ in dtype:
+            the collectives run one per dtype, in the order the dtypes first appear.
+
+    Raises:
+        TypeError: If a tensor is not floating-point (its mean would not fit its dtype).
 
     Example:
         >>> t = torch.ones(2)
@@ -120,6 +149,10 @@ def all_reduce_mean(tensors: Sequence[Tensor]) -> None:
         >>> t.tolist()
         [1.0, 1.0]
     """
+    tensors = list(tensors)
+    for t in tensors:
+        if not t.is_floating_point():
+            raise TypeError(f"all_reduce_mean takes floating-point tensors, got {t.dtype}")
     if not is_distributed():
         return
     n = dist.get_world_size()
@@ -128,15 +161,16 @@ def all_reduce_mean(tensors: Sequence[Tensor]) -> None:
         dist.all_reduce(flat, op=dist.ReduceOp.SUM)
         flat.div_(n)
 
-    _flat_apply(list(tensors), reduce)
+    _flat_apply(tensors, reduce)
 
 
 def broadcast_(tensors: Sequence[Tensor], src: int = 0) -> None:
-    """Overwrite each tensor, in place, with rank ``src``'s value (one collective for all).
+    """Overwrite each tensor, in place, with rank ``src``'s value (one collective per dtype).
 
     Args:
         tensors: Tensors with the same shapes on every rank, in the same order (for example
-            a module's parameters and buffers).
+            a module's parameters and buffers), of any dtypes: the collectives run one per
+            dtype, in the order the dtypes first appear, and no value changes type on the way.
         src: The rank whose values win.
 
     Example:
@@ -148,3 +182,19 @@ def broadcast_(tensors: Sequence[Tensor], src: int = 0) -> None:
     if not is_distributed():
         return
     _flat_apply(list(tensors), lambda flat: dist.broadcast(flat, src=src))
+
+
+def any_rank(flag: bool, device: torch.device | None = None) -> bool:
+    """Whether ``flag`` is true on at least one rank (one collective and one host sync).
+
+    Every rank must call it together; ``device`` is where the collective runs.
+
+    Example:
+        >>> any_rank(True), any_rank(False)
+        (True, False)
+    """
+    if not is_distributed():
+        return bool(flag)
+    value = torch.tensor([int(bool(flag))], dtype=torch.int32, device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())

@@ -65,19 +65,21 @@ class LARS(Optimizer):
       biases and normalisation scales): ``d = g``, with no weight decay and no scaling;
     - then momentum SGD: ``buf = momentum * buf + (1 - dampening) * d`` (``buf = d`` on the
       first step), ``d = d + momentum * buf`` with Nesterov else ``d = buf``, and
-      ``w = w - lr * d``.
+      ``w = w - lr * d``. With ``momentum=0`` (the default) no buffer is kept: ``w = w - lr * d``.
 
     Args:
         params: Parameters or parameter groups.
-        lr: Learning rate.
-        momentum: Momentum factor.
-        weight_decay: L2 coefficient (adapted layers only).
-        eta: LARS coefficient.
-        eps: Added to the trust ratio's denominator.
-        clip_lr: Cap every layer's effective learning rate at ``lr`` (LARC's clipping).
-        exclude_bias_n_norm: Leave 0-d and 1-d tensors out of adaptation and weight decay.
-        nesterov: Nesterov momentum.
-        dampening: Dampening of the momentum buffer.
+        lr: Learning rate (default 0.1).
+        momentum: Momentum factor (default 0, as ``torch.optim.SGD``: no momentum buffer).
+        weight_decay: L2 coefficient, adapted layers only (default 0).
+        eta: LARS coefficient (default 1e-3).
+        eps: Added to the trust ratio's denominator (default 1e-8).
+        clip_lr: Cap every layer's effective learning rate at ``lr``, LARC's clipping
+            (default ``False``).
+        exclude_bias_n_norm: Leave 0-d and 1-d tensors out of adaptation and weight decay
+            (default ``False``).
+        nesterov: Nesterov momentum (default ``False``).
+        dampening: Dampening of the momentum buffer (default 0).
 
     Raises:
         ValueError: For a negative ``lr``, ``momentum``, ``weight_decay``, ``eta`` or ``eps``,
@@ -96,7 +98,7 @@ class LARS(Optimizer):
         self,
         params: Iterable[Tensor] | Iterable[dict[str, Any]],
         lr: float = 0.1,
-        momentum: float = 0.9,
+        momentum: float = 0.0,
         weight_decay: float = 0.0,
         eta: float = 1e-3,
         eps: float = 1e-8,

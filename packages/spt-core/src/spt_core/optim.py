@@ -11,6 +11,30 @@ other form as ``{"scheduler": form}``; either dict carries the stepping options 
 ``ReduceLROnPlateau`` follows, required for it; its interval defaults to ``"epoch"``) and
 ``strict`` (``True``: a missing monitored value is an error; ``False``: skip that step).
 
+A scheduler given by name, by class or by a dict that leaves out a required argument gets a
+default for it, derived from the run's length ``n`` (how many times the scheduler steps
+during the fit: optimizer steps for ``interval="step"``, epochs for ``"epoch"``) and from the
+optimizer's learning rates ``lr`` (:data:`SCHEDULER_DEFAULTS`):
+
+==============================  =============================================================
+scheduler                       filled in when left out
+==============================  =============================================================
+``CosineAnnealingLR``           ``T_max = n`` (one half-cosine over the run)
+``CosineAnnealingWarmRestarts`` ``T_0 = ceil(n / 4)`` (four cycles)
+``CyclicLR``                    ``base_lr = lr / 10``, ``max_lr = lr`` (per parameter group)
+``ExponentialLR``               ``gamma = 0.01 ** (1 / n)`` (1% of ``lr`` at the end)
+``MultiStepLR``                 ``milestones = [ceil(n / 2), ceil(3 n / 4)]``
+``OneCycleLR``                  ``total_steps = n`` (unless ``epochs`` is given),
+                                ``max_lr = lr`` (per parameter group)
+``StepLR``                      ``step_size = ceil(n / 3)`` (with the default ``gamma=0.1``:
+                                ``lr``, ``lr / 10``, ``lr / 100`` over three thirds)
+==============================  =============================================================
+
+Optional arguments keep torch's defaults (``ConstantLR``, ``LinearLR``, ``PolynomialLR``...).
+``LambdaLR``, ``MultiplicativeLR``, ``SequentialLR`` and ``ChainedScheduler`` need arguments
+that have no sensible default (functions, other schedulers): leaving them out is a
+``TypeError`` that says which.
+
 :func:`check_optimizer` / :func:`check_scheduler` validate a form without building anything
 (for constructors); :func:`create_optimizer` / :func:`create_scheduler` build.
 """
@@ -25,12 +49,14 @@ from typing import Any
 
 import torch
 from torch.optim import Optimizer
+from torch.optim import lr_scheduler as schedulers
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
 from spt_core.lars import LARS
 
 __all__ = [
     "INTERVALS",
+    "SCHEDULER_DEFAULTS",
     "OptimizerSpec",
     "SchedulerConfig",
     "SchedulerSpec",
@@ -60,8 +86,58 @@ _SCHEDULER_FORMS = (
     "or a scheduler instance"
 )
 
-# Arguments that mean "how long training lasts": filled in from the run when left out.
-_HORIZON_ARGS = {"CosineAnnealingLR": "T_max", "OneCycleLR": "total_steps"}
+
+def _lrs(optimizer: Optimizer, factor: float = 1.0) -> list[float]:
+    return [factor * group["lr"] for group in optimizer.param_groups]
+
+
+def _milestones(n: int) -> list[int]:
+    return sorted(dict.fromkeys(max(1, math.ceil(n * f)) for f in (0.5, 0.75)))
+
+
+Filler = Callable[[Callable[[], int], Optimizer], Any]
+
+#: What a scheduler's required arguments default to when a form leaves them out: for each
+#: scheduler class, ``{argument: filler(n, optimizer)}`` where ``n()`` returns how many times
+#: the scheduler will step during the run (see the module docstring's table).
+SCHEDULER_DEFAULTS: dict[type, dict[str, Filler]] = {
+    schedulers.CosineAnnealingLR: {"T_max": lambda n, opt: n()},
+    schedulers.CosineAnnealingWarmRestarts: {"T_0": lambda n, opt: max(1, math.ceil(n() / 4))},
+    schedulers.CyclicLR: {
+        "base_lr": lambda n, opt: _lrs(opt, 0.1),
+        "max_lr": lambda n, opt: _lrs(opt),
+    },
+    schedulers.ExponentialLR: {"gamma": lambda n, opt: 0.01 ** (1 / n())},
+    schedulers.MultiStepLR: {"milestones": lambda n, opt: _milestones(n())},
+    schedulers.OneCycleLR: {
+        "total_steps": lambda n, opt: n(),
+        "max_lr": lambda n, opt: _lrs(opt),
+    },
+    schedulers.StepLR: {"step_size": lambda n, opt: max(1, math.ceil(n() / 3))},
+}
+
+
+def _check_scheduler_kwargs(cls: type, kwargs: Mapping[str, Any], argument: str) -> None:
+    """Like :func:`_check_kwargs`, the arguments :data:`SCHEDULER_DEFAULTS` fills counted as
+    given; a scheduler whose first argument is not the optimizer (``ChainedScheduler``) is
+    refused, since the factory calls it with the optimizer first."""
+    try:
+        first = next(iter(inspect.signature(cls).parameters), "optimizer")
+    except (TypeError, ValueError):
+        first = "optimizer"
+    if first != "optimizer":
+        raise TypeError(
+            f"{argument}: {cls.__name__} needs [{first!r}] before the optimizer; build it "
+            "yourself and pass the instance, or a callable taking the optimizer"
+        )
+    _check_kwargs(cls, kwargs, tuple(_defaulted(cls, kwargs)), argument)
+
+
+def _defaulted(cls: type, kwargs: Mapping[str, Any]) -> list[str]:
+    """The arguments of ``cls`` that :data:`SCHEDULER_DEFAULTS` fills, given ``kwargs``."""
+    fillers = SCHEDULER_DEFAULTS.get(cls, {})
+    skip = {"total_steps"} if cls is schedulers.OneCycleLR and "epochs" in kwargs else set()
+    return [key for key in fillers if key not in kwargs and key not in skip]
 
 
 def _registry(module: Any, base: type) -> dict[str, type]:
@@ -319,14 +395,15 @@ def check_scheduler(spec: SchedulerSpec, argument: str = "scheduler") -> None:
         cls = type(inner)
     elif isinstance(inner, str):
         cls = scheduler_class(inner, argument)
-        _check_kwargs(cls, {}, (_HORIZON_ARGS.get(cls.__name__, ""), "max_lr"), argument)
+        _check_scheduler_kwargs(cls, {}, argument)
     elif isinstance(inner, Mapping):
         cls, kwargs = _split_type(inner, argument, scheduler_class)
         if not issubclass(cls, LRScheduler):
             raise TypeError(f"{argument}['type'] must be a scheduler class, got {cls!r}")
-        _check_kwargs(cls, kwargs, (_HORIZON_ARGS.get(cls.__name__, ""), "max_lr"), argument)
+        _check_scheduler_kwargs(cls, kwargs, argument)
     elif isinstance(inner, type) and issubclass(inner, LRScheduler):
         cls = inner
+        _check_scheduler_kwargs(cls, {}, argument)
     elif not callable(inner):
         raise TypeError(
             f"{argument} must be {_SCHEDULER_FORMS}; got {type(spec).__name__} {spec!r}"
@@ -334,27 +411,33 @@ def check_scheduler(spec: SchedulerSpec, argument: str = "scheduler") -> None:
     _plateau_needs_monitor(cls, options, argument)
 
 
-def _fill_horizon(
+def _fill_defaults(
     cls: type,
     kwargs: dict[str, Any],
     optimizer: Optimizer,
-    horizon: int | Callable[[], int | None] | None,
+    horizon: Callable[[], int | None] | None,
     argument: str,
 ) -> dict[str, Any]:
-    key = _HORIZON_ARGS.get(cls.__name__)
-    if key is None or key in kwargs:
+    """``kwargs`` with the required arguments it leaves out filled from the run's length."""
+    missing = _defaulted(cls, kwargs)
+    if not missing:
         return kwargs
-    if callable(horizon):
-        horizon = horizon()
-    if horizon is None or not math.isfinite(horizon) or horizon < 1:
-        raise ValueError(
-            f"{argument}: {cls.__name__} needs {key!r} and the run's length is unknown "
-            f"(got {horizon!r}); pass {{'type': {cls.__name__!r}, {key!r}: ...}}"
-        )
-    filled = {**kwargs, key: int(horizon)}
-    if cls.__name__ == "OneCycleLR" and "max_lr" not in kwargs:
-        filled["max_lr"] = [group["lr"] for group in optimizer.param_groups]
-    return filled
+    known: list[int] = []
+
+    def length() -> int:
+        if not known:
+            value = horizon() if horizon is not None else None
+            if value is None or not math.isfinite(value) or value < 1:
+                raise ValueError(
+                    f"{argument}: {cls.__name__} needs {missing} and the run's length is "
+                    f"unknown (got {value!r}); pass {{'type': {cls.__name__!r}, "
+                    f"{missing[0]!r}: ...}}"
+                )
+            known.append(int(value))
+        return known[0]
+
+    fillers = SCHEDULER_DEFAULTS[cls]
+    return {**kwargs, **{key: fillers[key](length, optimizer) for key in missing}}
 
 
 def create_scheduler(
@@ -368,9 +451,11 @@ def create_scheduler(
     Args:
         optimizer: The optimizer to schedule.
         spec: See the module docstring.
-        horizon: ``horizon(interval)`` gives how many times the scheduler will be stepped;
-            it fills ``CosineAnnealingLR``'s ``T_max`` and ``OneCycleLR``'s ``total_steps``
-            (and ``max_lr``, from the optimizer) when the form leaves them out.
+        horizon: ``horizon(interval)`` gives how many times the scheduler will be stepped
+            (``None`` when unknown); it derives the required arguments a name, a class or a
+            dict leaves out (the table in the module docstring, :data:`SCHEDULER_DEFAULTS`),
+            for example ``StepLR``'s ``step_size`` or ``CosineAnnealingLR``'s ``T_max``. It is
+            called only when such an argument is missing.
         argument: The argument's name, for error messages.
 
     Returns:
@@ -386,6 +471,8 @@ def create_scheduler(
         >>> config = create_scheduler(opt, "CosineAnnealingLR", horizon=lambda interval: 10)
         >>> config.scheduler.T_max, config.interval
         (10, 'step')
+        >>> create_scheduler(opt, "StepLR", horizon=lambda interval: 30).scheduler.step_size
+        10
         >>> config = create_scheduler(opt, {"type": "ReduceLROnPlateau", "monitor": "eval/acc"})
         >>> config.interval, config.monitor
         ('epoch', 'eval/acc')
@@ -393,7 +480,7 @@ def create_scheduler(
     check_scheduler(spec, argument)
     inner, options = _options(spec, argument)
     interval = options.get("interval")
-    if isinstance(inner, str):
+    if isinstance(inner, str) or (isinstance(inner, type) and issubclass(inner, LRScheduler)):
         inner = {"type": inner}
     if isinstance(inner, LRScheduler):
         scheduler = inner
@@ -401,7 +488,7 @@ def create_scheduler(
         cls, kwargs = _split_type(inner, argument, scheduler_class)
         default = "epoch" if issubclass(cls, ReduceLROnPlateau) else "step"
         steps = (lambda: horizon(interval or default)) if horizon is not None else None
-        scheduler = cls(optimizer, **_fill_horizon(cls, kwargs, optimizer, steps, argument))
+        scheduler = cls(optimizer, **_fill_defaults(cls, kwargs, optimizer, steps, argument))
     else:
         scheduler = inner(optimizer)
     if not isinstance(scheduler, LRScheduler):

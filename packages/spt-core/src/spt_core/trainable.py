@@ -54,8 +54,18 @@ class TrainableCallback(SPTCallback):
       are rescaled when the window is flushed at the end of the epoch). No gradient crosses an
       epoch boundary.
     - **Clipping** by norm or value, after the cross-rank average.
-    - **DDP.** The module starts from rank 0's values on every rank and gradients are
-      averaged across ranks before each step, so the ranks stay identical.
+    - **DDP.** The module starts from rank 0's parameters and buffers on every rank and
+      gradients are averaged across ranks before each step, so the parameters stay identical.
+      Buffers that training updates from each rank's own rows (BatchNorm running statistics)
+      drift apart within an epoch; they are made identical again before every validation or
+      test run and at the end of every training epoch: floating-point buffers become their
+      mean over the ranks, other buffers (``num_batches_tracked``) take rank 0's values. A
+      checkpoint written at those points (Lightning writes them there) holds that common
+      value; one written mid-epoch holds rank 0's. Every rank must call
+      :meth:`backward_and_step` equally often (once per training batch, say); the epoch's
+      last, unfinished window is flushed on every rank together, also a rank with no batch.
+      Collectives run in an order that depends only on the module's structure, never on a
+      set's or a hash's order, so ranks cannot issue them in different orders.
     - **Mixed precision.** Inputs are detached and cast to the module's dtype; the module's
       forward runs outside autocast (fp32 module on bf16/fp16 features).
     - **Randomness.** Building the module runs on a forked RNG and training on the callback's
@@ -272,15 +282,37 @@ class TrainableCallback(SPTCallback):
     def flush(self, trainer: Trainer) -> bool:
         """Step on an unfinished window, its gradient rescaled to the real number of losses.
 
-        Called at the end of every training epoch; every rank must call it together.
+        Called at the end of every training epoch; every rank must call it together. Under
+        DDP the ranks first agree whether any of them holds an unfinished window (one
+        collective); if one does, all step together, a rank without one adding a zero
+        gradient to the average.
 
         Returns:
             Whether the optimizer stepped.
         """
-        if self._window_count == 0:
+        pending = self._window_count > 0
+        if distributed.is_distributed():
+            pending = distributed.any_rank(pending, self._device)
+        if not pending:
             return False
-        self._step(trainer, rescale=self._window_size / self._window_count)
+        count = self._window_count
+        self._step(trainer, rescale=self._window_size / count if count else 1.0)
         return True
+
+    def sync_buffers(self) -> None:
+        """Make the module's buffers identical on every rank: floating-point buffers (such as
+        BatchNorm running statistics, which each rank updates from its own rows) become their
+        mean over the ranks, other buffers take rank 0's values.
+
+        One collective per buffer dtype, in the module's buffer order; nothing without a
+        process group or without buffers. Every rank must call it together (the base class does, at
+        validation and test start and at the end of each training epoch).
+        """
+        if self._module is None or not distributed.is_distributed():
+            return
+        buffers = list(self._module.buffers())
+        distributed.all_reduce_mean([b for b in buffers if b.is_floating_point()])
+        distributed.broadcast_([b for b in buffers if not b.is_floating_point()])
 
     def log_values(
         self, pl_module: LightningModule, values: dict[str, Tensor], **kwargs: Any
@@ -323,15 +355,18 @@ class TrainableCallback(SPTCallback):
 
     def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._place(pl_module.device)
+        self.sync_buffers()
 
     def on_test_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._place(pl_module.device)
+        self.sync_buffers()
 
     def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._place(pl_module.device)
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.flush(trainer)
+        self.sync_buffers()
         self._step_scheduler(trainer, "epoch")
 
     def state_dict(self) -> dict[str, Any]:
@@ -459,16 +494,17 @@ class TrainableCallback(SPTCallback):
         self._device = device
 
     def _broadcast_module(self) -> None:
-        if not distributed.is_distributed():
-            return
-        tensors = [*self.module.parameters(), *self.module.buffers()]
-        for dtype in {t.dtype for t in tensors}:
-            distributed.broadcast_([t for t in tensors if t.dtype == dtype])
+        """Give every rank rank 0's parameters and buffers (one collective per dtype, in the
+        module's order)."""
+        distributed.broadcast_([*self.module.parameters(), *self.module.buffers()])
 
     def _apply_pending(self) -> None:
         state = self._pending
         if self._module is not None and "module" in state:
             self._module.load_state_dict(state.pop("module"))
+            # Known before any optimizer exists: a validate(ckpt_path=...) evaluates a probe
+            # that was trained, which callbacks may want to know.
+            self.optimizer_steps = state.get("optimizer_steps", self.optimizer_steps)
         if self._optimizer is not None and "optimizer" in state:
             self._optimizer.load_state_dict(state.pop("optimizer"))
             self.scheduler.load_state_dict(state.pop("scheduler"))

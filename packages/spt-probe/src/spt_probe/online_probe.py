@@ -28,6 +28,19 @@ __all__ = ["OnlineProbe"]
 
 _STAGES = {"train": "training", "val": "validation", "test": "test"}  # for messages
 
+_DEFAULT_OPTIMIZER = {
+    "type": "LARS",
+    "lr": 0.1,
+    "momentum": 0.0,
+    "weight_decay": 0.0,
+    "eta": 0.02,
+    "eps": 1e-8,
+    "clip_lr": True,
+    "exclude_bias_n_norm": True,
+    "nesterov": False,
+    "dampening": 0.0,
+}
+
 
 class OnlineProbe(TrainableCallback):
     """Train a probe (linear or MLP) on frozen features during training and evaluate it.
@@ -38,36 +51,68 @@ class OnlineProbe(TrainableCallback):
     validation and test batches it predicts without training. Predictions are written to
     the batch dict as ``{name}_preds``.
 
-    Logged: ``train/{name}_loss`` (per step and epoch mean), ``train/{name}_{metric}`` at
-    the end of each training epoch, ``eval/{name}_{metric}`` at the end of each validation or
-    test epoch (with ``/dataloader_idx_{i}`` when there are several loaders). Train,
-    validation (per loader) and test own separate metric copies, exposed at
+    What loggers receive:
+
+    - ``train/{name}_loss``: the epoch's mean training loss (over labelled rows, weighted by
+      their number; averaged over ranks), at the end of each training epoch;
+    - ``train/{name}_loss_step``: the batch's loss, on the steps the loggers write (every
+      ``log_every_n_steps``);
+    - ``train/{name}_{metric}``: at the end of each training epoch;
+    - ``eval/{name}_{metric}``: at the end of each validation or test epoch (with
+      ``/dataloader_idx_{i}`` when there are several loaders).
+
+    Train, validation (per loader) and test own separate metric copies, exposed at
     ``pl_module.callbacks_metrics[name]``; the probe is at
     ``pl_module.callbacks_modules[name]``.
 
-    Bad data is reported, never averaged into a logged value: a feature size that does not
-    fit the probe's first ``nn.Linear`` raises a ``ValueError`` at once; labels and
+    **Targets.** With the default loss, ``target`` holds integer class indices, one per row;
+    rows whose label is negative are unlabelled: they are left out of the loss (a batch
+    with no labelled row steps on a zero gradient and adds nothing to the epoch's loss) and
+    out of every metric. A ``loss_fn`` with an integer ``ignore_index`` attribute
+    (``nn.CrossEntropyLoss``, ``nn.NLLLoss``) gets the same treatment: unlabelled rows reach
+    it as its ``ignore_index``, and a batch without a labelled row gives a zero loss instead
+    of its ``nan``. Any other ``loss_fn`` receives every row's target as it is (negative
+    labels included: such a loss must ignore them itself). Integer targets with one value
+    per row are class labels for any loss: metrics never see their unlabelled rows, and a
+    label without an output of the probe (``>= C`` for ``C`` logits) raises a
+    ``ValueError``. Targets of any other shape or dtype (regression, multi-label,
+    reconstruction: whatever ``loss_fn`` takes) reach the loss and the metrics unchanged and
+    are not checked as labels. Floating-point or non-tensor targets with the default loss
+    raise at the first batch that carries them.
+
+    **Bad data** is reported, never averaged into a logged value: a feature size that does
+    not fit the probe's first ``nn.Linear`` raises a ``ValueError`` at once; labels and
     non-finite features are counted on the device and checked at the end of each epoch,
-    before anything is logged (no host sync per batch). A label without an output of the
-    probe (``>= C`` for ``C`` logits) raises a ``ValueError`` (the default loss ignores such
-    rows until then); rows with a non-finite feature are zeroed before training (and
-    unlabelled for the default loss), and a stage or loader that had any logs no metric that
-    epoch, with one warning.
+    before anything is logged (no host sync per batch). Rows with a non-finite feature are
+    zeroed before training (and unlabelled where unlabelled rows are left out), and a stage
+    or loader that had any logs no metric that epoch, with one warning.
+
+    **Untrained probe.** ``trainer.validate`` or ``test`` before the probe took any optimizer
+    step still logs ``eval/{name}_*`` (the value of an untrained probe is a baseline some
+    want), and says once per epoch that the probe is untrained.
+
+    **DDP.** The probe starts from rank 0's weights and averages its gradients across ranks
+    before each step. BatchNorm running statistics (and any floating-point buffer) are
+    averaged across ranks before each validation or test run and at the end of each training
+    epoch, so every rank evaluates, and every checkpoint written at an epoch's end holds, the
+    same probe (see :class:`~spt_core.TrainableCallback`).
 
     Args:
         module: The LightningModule being trained, or ``None``; when given, the probe
             checks at setup that it is the module it runs on.
         name: Unique identifier (logged names, storage keys, checkpoint slot).
         input: Key of the features in the step outputs or the batch dict.
-        target: Key of the integer labels in the step outputs or the batch dict.
+        target: Key of the targets in the step outputs or the batch dict.
         probe: An ``nn.Module``, a callable returning one (no argument, or the
             LightningModule), or a Hydra config (``_target_``).
-        loss_fn: ``loss_fn(logits, target)``; ``None`` is cross-entropy that ignores rows
-            whose target is negative.
+        loss_fn: ``loss_fn(logits, target)`` returning a scalar; ``None`` is cross-entropy
+            over the labelled rows (:func:`~spt_probe.masked_cross_entropy`).
         optimizer: Any form of :func:`spt_core.optim.create_optimizer`; ``None`` is
-            ``LARS(lr=0.1, clip_lr=True, eta=0.02, exclude_bias_n_norm=True, weight_decay=0)``.
-        scheduler: Any form of :func:`spt_core.optim.create_scheduler`; ``None`` keeps the
-            learning rate constant.
+            ``LARS(lr=0.1, momentum=0, weight_decay=0, eta=0.02, eps=1e-8, clip_lr=True,
+            exclude_bias_n_norm=True, nesterov=False, dampening=0)`` (the seed's default).
+        scheduler: Any form of :func:`spt_core.optim.create_scheduler` (a name alone gets
+            its required arguments from the run's length, see :mod:`spt_core.optim`);
+            ``None`` keeps the learning rate constant.
         accumulate_grad_batches: Training batches per probe step.
         gradient_clip_val: Clip threshold, ``None`` for no clipping.
         gradient_clip_algorithm: ``"norm"`` or ``"value"``.
@@ -145,22 +190,19 @@ class OnlineProbe(TrainableCallback):
         self.input = input
         self.target = target
         self.loss_fn = loss_fn if loss_fn is not None else masked_cross_entropy
-        self._loss_total: Tensor | None = None  # (sum of loss * rows, rows) this epoch
+        # (sum of loss * labelled rows, labelled rows, rows) this epoch, on the device
+        self._loss_total: Tensor | None = None
         self._lightning_module = module
         self._metrics = StageMetrics(named)
         self._checks = DataChecks()
         self._classes: int | None = None  # the probe's output width, seen at its first call
 
     def default_optimizer(self) -> OptimizerSpec:
-        """LARS(lr=0.1, clip_lr=True, eta=0.02, exclude_bias_n_norm=True, weight_decay=0)."""
-        return {
-            "type": "LARS",
-            "lr": 0.1,
-            "clip_lr": True,
-            "eta": 0.02,
-            "exclude_bias_n_norm": True,
-            "weight_decay": 0.0,
-        }
+        """``LARS(lr=0.1, momentum=0, weight_decay=0, eta=0.02, eps=1e-8, clip_lr=True,
+        exclude_bias_n_norm=True, nesterov=False, dampening=0)``, every argument spelled out.
+
+        The seed's default: LARS with a clipped layer-wise rate and no momentum."""
+        return dict(_DEFAULT_OPTIMIZER)
 
     # ------------------------------------------------------------------ setup
 
@@ -195,22 +237,20 @@ class OnlineProbe(TrainableCallback):
         batch_idx: int,
     ) -> None:
         features = self._features(outputs, batch)
-        target = self._target(outputs, batch, features)
-        finite = self._checks.update("train", 0, features, target)
-        # A row with a non-finite feature is zeroed (and, for the default loss, unlabelled):
-        # one NaN row would otherwise turn every weight of the probe into NaN for good.
+        target = self._target(outputs, batch, features, "train")
+        classes = self._is_class_labels(target)
+        finite = self._checks.update("train", 0, features, self._labels(target, classes))
+        # A row with a non-finite feature is zeroed (and unlabelled where unlabelled rows are
+        # left out): one NaN row would otherwise turn every weight of the probe into NaN.
         features = torch.where(finite.view(-1, *[1] * (features.dim() - 1)), features, 0)
-        labels = target
-        if self.loss_fn is masked_cross_entropy:
-            labels = torch.where(finite, target, -1)
         with self.training_context() as probe:
             logits = probe(features)
             self._classes = logits.shape[-1]
-            loss = self.loss_fn(logits, labels)
+            loss, counted = self._training_loss(logits, target, finite, classes)
         self.backward_and_step(loss, trainer, batch_idx)
         loss, preds = loss.detach(), logits.detach()
         self._publish(batch, preds)
-        self._add_loss(loss, features.shape[0])
+        self._add_loss(loss, counted, features.shape[0])
         if logger_writes_this_step(trainer):
             pl_module.log(
                 f"train/{self.name}_loss_step",
@@ -220,17 +260,12 @@ class OnlineProbe(TrainableCallback):
                 batch_size=features.shape[0],
             )
         if self._metrics:
-            self._update_metrics("train", 0, preds, target)
+            self._update_metrics("train", 0, preds, target, classes)
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         ((non_finite, top),) = self._checks.read("train", 1, pl_module.device)
         self._check_labels(top, _STAGES["train"])
-        if self._loss_total is not None:
-            total, self._loss_total = self._loss_total, None
-            distributed.all_reduce_mean([total])  # sums over ranks, up to a common factor
-            self.log_values(
-                pl_module, {f"train/{self.name}_loss": total[0] / total[1]}, sync_dist=True
-            )
+        self._log_epoch_loss(trainer, pl_module)
         if non_finite:
             self.warn_once(
                 trainer,
@@ -251,9 +286,11 @@ class OnlineProbe(TrainableCallback):
 
     def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._expose_metrics(pl_module, "val", len(trainer.num_val_batches))
+        self._say_if_untrained(trainer, "val")
 
     def on_test_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._expose_metrics(pl_module, "test", len(trainer.num_test_batches))
+        self._say_if_untrained(trainer, "test")
 
     def on_validation_batch_end(
         self,
@@ -288,28 +325,140 @@ class OnlineProbe(TrainableCallback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         state = dict(state_dict)
-        self._loss_total = state.pop("loss_total", None)
+        total = state.pop("loss_total", None)
+        if total is not None and total.numel() == 2:  # 0.2's (loss * rows, rows): all labelled
+            total = torch.cat((total, total[1:]))
+        self._loss_total = total
         super().load_state_dict(state)
 
     # ------------------------------------------------------------------ internals
 
-    def _add_loss(self, loss: Tensor, rows: int) -> None:
-        """Add one batch to the epoch's mean loss, on the device (no host sync)."""
-        batch = torch.stack((loss.float() * rows, loss.new_tensor(rows, dtype=torch.float32)))
+    def _add_loss(self, loss: Tensor, counted: Tensor | int, rows: int) -> None:
+        """Add one batch to the epoch's mean loss, on the device (no host sync).
+
+        ``counted`` is how many rows ``loss`` averages (the labelled ones), ``rows`` how many
+        the batch has.
+        """
+        counted = torch.as_tensor(counted, dtype=torch.float32, device=loss.device)
+        batch = torch.stack((loss.float() * counted, counted, counted.new_tensor(rows)))
         total = self._loss_total
         self._loss_total = batch if total is None else total.to(batch.device) + batch
 
-    def _target(self, outputs: Any, batch: Any, features: Tensor) -> Tensor:
-        return (
-            lookup(self.target, outputs, batch, owner=self.state_key).detach().to(features.device)
-        )
+    def _log_epoch_loss(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Log the epoch's mean loss over every rank's labelled rows (one collective, one
+        host sync; a rank without a batch takes part with zeros)."""
+        total = self._loss_total
+        self._loss_total = None
+        if total is None:
+            total = torch.zeros(3, device=pl_module.device)
+        distributed.all_reduce_mean([total])  # sums over ranks, up to a common factor
+        _, counted, rows = total.tolist()
+        if counted > 0:
+            self.log_values(
+                pl_module, {f"train/{self.name}_loss": total[0] / total[1]}, sync_dist=True
+            )
+        elif rows > 0:
+            self.info_once(
+                trainer,
+                "no-labelled-train-row",
+                f"no training row of '{self.target}' was labelled this epoch: "
+                f"train/{self.name}_loss is not logged",
+            )
+
+    def _target(self, outputs: Any, batch: Any, features: Tensor, stage: str) -> Tensor:
+        """The batch's targets, checked against what the loss needs (shapes and dtypes only:
+        no host sync)."""
+        target = lookup(self.target, outputs, batch, owner=self.state_key)
+        where = _STAGES[stage]
+        if not isinstance(target, Tensor):
+            kind = type(target).__name__
+            items = {type(item).__name__ for item in target} if isinstance(target, list) else ()
+            hint = (
+                "; class names must be mapped to integer class indices first"
+                if "str" in items
+                else ""
+            )
+            raise TypeError(
+                f"{self.state_key}: a {where} batch of '{self.target}' holds a {kind}, not a "
+                f"tensor{hint}"
+            )
+        if target.dim() == 0 or target.shape[0] != features.shape[0]:
+            raise ValueError(
+                f"{self.state_key}: a {where} batch of '{self.target}' has shape "
+                f"{tuple(target.shape)}, but '{self.input}' has {features.shape[0]} rows; "
+                "the targets need one entry per row, first"
+            )
+        if self.loss_fn is masked_cross_entropy:
+            if not _is_integer(target):
+                raise TypeError(
+                    f"{self.state_key}: a {where} batch of '{self.target}' holds {target.dtype} "
+                    "values, but the default loss (cross-entropy) takes integer class indices "
+                    "(cast them with .long()); pass a loss_fn for regression, soft or "
+                    "multi-label targets"
+                )
+            if target.dim() != 1:
+                raise ValueError(
+                    f"{self.state_key}: a {where} batch of '{self.target}' has shape "
+                    f"{tuple(target.shape)}, but the default loss (cross-entropy) takes one "
+                    "class index per row, shape (rows,); pass a loss_fn for other targets"
+                )
+        return target.detach().to(features.device)
+
+    def _is_class_labels(self, target: Tensor) -> bool:
+        """Whether ``target`` holds one integer class index per row (unlabelled: < 0)."""
+        return _is_integer(target) and target.dim() == 1
+
+    @staticmethod
+    def _labels(target: Tensor, classes: bool) -> Tensor:
+        """What the label checks see: the targets if they are class labels, else nothing."""
+        return target if classes else target.new_empty(0, dtype=torch.long)
+
+    def _ignore_index(self) -> int | None:
+        ignore = getattr(self.loss_fn, "ignore_index", None)
+        return ignore if isinstance(ignore, int) and not isinstance(ignore, bool) else None
+
+    def _training_loss(
+        self, logits: Tensor, target: Tensor, finite: Tensor, classes: bool
+    ) -> tuple[Tensor, Tensor | int]:
+        """The loss to step on, and how many rows it averages (for the epoch's mean).
+
+        Class labels: unlabelled rows (``< 0``), labels without an output (reported at the
+        epoch's end) and rows with non-finite features are left out of the default loss and
+        of a loss with an ``ignore_index``. Everything else reaches ``loss_fn`` as it is.
+        """
+        rows = target.shape[0]
+        ignore = self._ignore_index()
+        default = self.loss_fn is masked_cross_entropy
+        if not classes or not (default or ignore is not None):
+            return self.loss_fn(logits, target), rows
+        labelled = finite & (target >= 0) & (target < logits.shape[-1])
+        if default:
+            return masked_cross_entropy(logits, torch.where(labelled, target, -1)), labelled.sum()
+        loss = self.loss_fn(logits, torch.where(labelled, target, ignore))
+        # A mean over no row is 0/0: such a batch steps on a zero gradient, not a nan.
+        return torch.where(labelled.any(), loss, torch.zeros_like(loss)), labelled.sum()
+
+    def _say_if_untrained(self, trainer: Trainer, stage: str) -> None:
+        if self._metrics and not trainer.sanity_checking and self.optimizer_steps == 0:
+            self.warn_once(
+                trainer,
+                f"untrained-{stage}",
+                f"the probe has taken no optimizer step yet: this {_STAGES[stage]} run logs "
+                f"eval/{self.name}_* of an untrained probe",
+            )
 
     def _publish(self, batch: Any, preds: Tensor) -> None:
         if isinstance(batch, MutableMapping):
             batch[f"{self.name}_preds"] = preds
 
     def _features(self, outputs: Any, batch: Any) -> Tensor:
-        features = self.prepare_input(lookup(self.input, outputs, batch, owner=self.state_key))
+        raw = lookup(self.input, outputs, batch, owner=self.state_key)
+        if not isinstance(raw, Tensor):
+            raise TypeError(
+                f"{self.state_key}: '{self.input}' holds a {type(raw).__name__}, not a tensor "
+                "of features"
+            )
+        features = self.prepare_input(raw)
         self.check_input_width(features, self.input)
         return features
 
@@ -322,13 +471,20 @@ class OnlineProbe(TrainableCallback):
                 f"{self._classes}; negative labels are ignored)"
             )
 
-    def _update_metrics(self, stage: str, idx: int, preds: Tensor, target: Tensor) -> None:
+    def _update_metrics(
+        self, stage: str, idx: int, preds: Tensor, target: Tensor, classes: bool
+    ) -> None:
+        """Update ``stage``'s metrics; with class labels, only with the labelled rows."""
         try:
-            self._metrics.update(stage, idx, preds, target)
+            if classes:
+                self._metrics.update_labelled(stage, idx, preds, target)
+            else:
+                self._metrics.update(stage, idx, preds, target)
         except (RuntimeError, ValueError, IndexError):
             # A metric refused the batch: say so if a label is why (a sync on the way out).
-            top = int(target.max()) if target.numel() else -1
-            self._check_labels(top, _STAGES[stage])
+            if classes:
+                top = int(target.max()) if target.numel() else -1
+                self._check_labels(top, _STAGES[stage])
             raise
 
     def _evaluate(self, stage: str, trainer: Trainer, outputs: Any, batch: Any, idx: int) -> None:
@@ -338,9 +494,10 @@ class OnlineProbe(TrainableCallback):
         self._classes = preds.shape[-1]
         self._publish(batch, preds)
         if self._metrics and not trainer.sanity_checking:
-            target = self._target(outputs, batch, features)
-            self._checks.update(stage, idx, features, target)
-            self._update_metrics(stage, idx, preds, target)
+            target = self._target(outputs, batch, features, stage)
+            classes = self._is_class_labels(target)
+            self._checks.update(stage, idx, features, self._labels(target, classes))
+            self._update_metrics(stage, idx, preds, target, classes)
 
     def _log_eval(
         self, stage: str, trainer: Trainer, pl_module: LightningModule, loaders: int
@@ -369,3 +526,7 @@ class OnlineProbe(TrainableCallback):
 
     def _prefixed(self, prefix: str, values: dict[str, Tensor]) -> dict[str, Tensor]:
         return {f"{prefix}/{self.name}_{key}": value for key, value in values.items()}
+
+
+def _is_integer(target: Tensor) -> bool:
+    return not (target.is_floating_point() or target.is_complex() or target.dtype == torch.bool)
