@@ -216,7 +216,8 @@ def test_nan_training_features_never_reach_the_probe(tmp_path, lines):
     logged = e2e.logged(trainer)
     assert "train/linear_accuracy" not in logged  # its epoch had a row it could not score
     assert all(math.isfinite(v) for v in logged.values())
-    assert logged["eval/linear_accuracy"] > 0.5 and logged["eval/mlp_accuracy"] > 0.5
+    chance = 1 / e2e.CLASSES  # both probes still learn from the clean rows
+    assert logged["eval/linear_accuracy"] > chance and logged["eval/mlp_accuracy"] > chance
     warned = [line for line in lines if "1 training rows of 'embedding' had non-finite" in line]
     assert len(warned) == 4  # two probes, two epochs
 
