@@ -294,6 +294,7 @@ def test_hydra_config_with_real_hydra():
 
 def test_hydra_config_without_hydra_says_what_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "hydra", None)  # makes `import hydra` fail
+    monkeypatch.setitem(sys.modules, "hydra.utils", None)  # even after a real import
     head = Regressor(module={"_target_": "torch.nn.Linear", "in_features": 3, "out_features": 2})
     with pytest.raises(ImportError, match="pip install hydra-core"):
         head.setup(_stub_trainer(), Model(), "validate")
