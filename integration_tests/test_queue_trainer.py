@@ -8,6 +8,7 @@ def test_queue_holds_the_last_training_rows_of_an_epoch(run_scenario):
     seen = torch.cat(result["seen"])
     assert result["rows"].tolist() == seen[-20:].tolist()
     assert result["snapshot"].tolist() == seen[-20:].tolist()
+    assert not result["snapshot_held_after_validation"]  # released when the evaluation ended
     assert result["embeddings"].shape == (20, 8)
     assert result["appended"] == 60
 

@@ -63,6 +63,16 @@ class Keep(L.Callback):
         for mode in self.preds:
             self.preds[mode].append(batch[f"{mode}_preds"])
 
+    def on_validation_epoch_end(self, trainer, pl_module):
+        # Snapshots live until the evaluation ends: read them here, not after the fit.
+        n = p["queue_length"]
+        self.snapshots = {
+            "bank": find_queue(trainer, "embedding").snapshot(n),
+            "bank_labels": find_queue(trainer, "label").snapshot(n),
+            "local_snapshot": find_queue(trainer, "local_embedding").snapshot(n),
+            "index_snapshot": find_queue(trainer, "index").snapshot(),
+        }
+
     def on_validation_end(self, trainer, pl_module):
         logged = trainer.callback_metrics
         self.logged.append({k: v.item() for k, v in logged.items() if k.startswith("eval/")})
@@ -110,12 +120,9 @@ save(
     {
         "preds": keep.preds,
         "logged": keep.logged,
-        "bank": find_queue(fit, "embedding").snapshot(p["queue_length"]),
-        "bank_labels": find_queue(fit, "label").snapshot(p["queue_length"]),
+        **keep.snapshots,
         "own_rows": find_queue(fit, "embedding").buffer.last(),
-        "local_snapshot": find_queue(fit, "local_embedding").snapshot(p["queue_length"]),
         "local_gathers": find_queue(fit, "local_label").gather_distributed,
-        "index_snapshot": indices.snapshot(),
         "seen": torch.cat(model.seen),
         "embeddings": embeddings,
         "labels": validation.labels[list(val_rows[fit.global_rank])],

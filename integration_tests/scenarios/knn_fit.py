@@ -36,10 +36,16 @@ validation = [  # noisy copies of held-out rows, so accuracies are far from 1
 
 
 class Logged(L.Callback):
-    """The eval/ values visible after each validation epoch."""
+    """The eval/ values visible after each validation epoch, and the last bank."""
 
     def __init__(self):
         self.epochs = []
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        # Snapshots live until the evaluation ends: read them here, not after the fit.
+        n = p["queue_length"]
+        self.bank = find_queue(trainer, "embedding").snapshot(n)
+        self.bank_labels = find_queue(trainer, "label").snapshot(n)
 
     def on_validation_end(self, trainer, pl_module):
         logged = trainer.callback_metrics
@@ -54,7 +60,6 @@ class SaveAfterFirstEpoch(L.Callback):
 
 def observe(fit, model, logged):
     """What a test needs to recompute the last validation epoch offline."""
-    features_queue, labels_queue = find_queue(fit, "embedding"), find_queue(fit, "label")
     model.eval()
     with torch.no_grad():
         embeddings = [  # batch by batch: the same products as validation
@@ -63,8 +68,8 @@ def observe(fit, model, logged):
         ]
     return {
         "logged": logged.epochs,
-        "bank": features_queue.snapshot(p["queue_length"]),
-        "bank_labels": labels_queue.snapshot(p["queue_length"]),
+        "bank": logged.bank,
+        "bank_labels": logged.bank_labels,
         "embeddings": embeddings,
         "labels": [data.labels for data in validation],
     }

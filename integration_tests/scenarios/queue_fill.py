@@ -4,6 +4,7 @@ params: n, batch_size, queue_length, epochs, shuffle, save (checkpoint path writ
 fit), resume (checkpoint path to resume from).
 """
 
+import lightning as L
 from _common import DictDataset, Encoder, blobs, loader, parse, save, trainer
 
 from spt_queue import OnlineQueue
@@ -15,7 +16,17 @@ data = DictDataset(features, labels)
 model = Encoder(in_dim=4)
 indices = OnlineQueue("index", p["queue_length"], gather_distributed=True)
 embeddings = OnlineQueue("embedding", p["queue_length"], dim=8)
-fit = trainer(args, max_epochs=p["epochs"], callbacks=[indices, embeddings])
+
+
+class Snapshot(L.Callback):
+    """The index snapshot of the last validation epoch (released when the evaluation ends)."""
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        self.rows = indices.snapshot()
+
+
+snapshot = Snapshot()
+fit = trainer(args, max_epochs=p["epochs"], callbacks=[indices, embeddings, snapshot])
 fit.fit(
     model,
     loader(data, p["batch_size"], shuffle=p["shuffle"]),
@@ -29,7 +40,8 @@ save(
     fit,
     {
         "rows": indices.buffer.last(),
-        "snapshot": indices.snapshot(),
+        "snapshot": snapshot.rows,
+        "snapshot_held_after_validation": bool(indices._snapshots),
         "embeddings": embeddings.buffer.last(),
         "appended": indices.buffer.appended,
         "seen": model.seen,

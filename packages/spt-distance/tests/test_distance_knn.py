@@ -141,9 +141,10 @@ def test_knn_identical_rows_are_at_exactly_zero(
     assert bool((distances[identical] == 0).all())
     if metric != "cosine":
         assert torch.equal(identical, distances == 0)
-    if offset == 0:
-        # Well conditioned: the copy is found. (Near a common offset, keys closer than the
-        # product's rounding error are ranked by the rounded score, as documented.)
+    if offset == 0 or metric != "cosine":
+        # The copy is found: the euclidean scores take the common offset out first. (Cosine
+        # is not offset-invariant: near a common direction, keys closer than the product's
+        # rounding error are ranked by the rounded score, as documented.)
         assert bool((distances[:, 0] == 0).all())
 
 
@@ -375,3 +376,58 @@ def test_knn_off_the_cpu_never_waits_for_the_device(ref, tile, selection, metric
         result = knn_search(queries, keys, 7, metric, chunk_size=16)
     ref.assert_valid_knn(queries, keys, 7, metric, result)
     assert bool((result[0][:3, 0] == 0).all())
+
+
+def _offset_rows(generator, rows, dim, offset, scale):
+    """Unit-spread rows (times ``scale``) around one common point about ``offset`` from 0."""
+    return torch.randn(rows, dim, generator=generator) * scale + offset
+
+
+@SETTINGS
+@given(
+    n_queries=st.integers(1, 8),
+    n_keys=st.integers(1, 300),
+    dim=st.integers(1, 64),
+    k=st.integers(1, 20),
+    offset=st.sampled_from([1e2, 1e3, 1e4]),
+    scale=st.sampled_from([1e-2, 1.0, 10.0]),
+    metric=st.sampled_from(["euclidean", "squared_euclidean"]),
+    dtype=st.sampled_from([torch.float32, torch.bfloat16]),
+    chunk_size=CHUNKS,
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_knn_is_exact_for_rows_with_a_large_common_offset(
+    ref, n_queries, n_keys, dim, k, offset, scale, metric, dtype, chunk_size, seed
+):
+    """The float32 expansion loses the rows' differences under a common offset unless it is
+    taken out first: the answer must be as good as on the same rows centred at 0."""
+    generator = torch.Generator().manual_seed(seed)
+    common = offset * (1 + torch.rand(dim, generator=generator))
+    keys = (_offset_rows(generator, n_keys, dim, 0.0, scale) + common).to(dtype)
+    queries = (_offset_rows(generator, n_queries, dim, 0.0, scale) + common).to(dtype)
+    k = min(k, n_keys)
+    distances, index = knn_search(queries, keys, k, metric, chunk_size=chunk_size)
+    reference = ref.brute_force(queries, keys, metric)
+    centre = keys.double().mean(dim=0)  # the rounding error allowed on rows centred at 0
+    tol = ref.tolerance(
+        (queries.double() - centre).float(), (keys.double() - centre).float(), metric
+    )
+    close = {"rtol": 0.0, "atol": tol}
+    chosen = reference.gather(1, index)
+    best = reference.sort(dim=1).values[:, :k]
+    torch.testing.assert_close(chosen.sort(dim=1).values, best, **close)  # right neighbours
+    torch.testing.assert_close(distances.double(), chosen, **close)  # right distances
+
+
+def test_knn_finds_every_neighbour_of_rows_around_1000():
+    """The issue's case: 4096 x 128 unit-normal rows + 1000, k=10 (2362 of 2560 were wrong)."""
+    generator = torch.Generator().manual_seed(0)
+    keys = torch.randn(4096, 128, generator=generator) + 1000
+    queries = torch.randn(256, 128, generator=generator) + 1000
+    exact = torch.cdist(
+        queries.double(), keys.double(), compute_mode="donot_use_mm_for_euclid_dist"
+    )
+    expected = exact.topk(10, dim=1, largest=False)
+    distances, index = knn_search(queries, keys, 10)
+    assert torch.equal(index, expected.indices)
+    torch.testing.assert_close(distances.double(), expected.values, rtol=1e-6, atol=0)

@@ -75,3 +75,28 @@ def test_pairwise_mixed_float64_computes_in_float64():
 def test_pairwise_empty_inputs():
     assert pairwise_distances(torch.zeros(0, 3), torch.zeros(4, 3)).shape == (0, 4)
     assert pairwise_distances(torch.zeros(2, 3), torch.zeros(0, 3), "cosine").shape == (2, 0)
+
+
+@SETTINGS
+@given(
+    rows=st.integers(1, 30),
+    dim=st.integers(1, 64),
+    offset=st.sampled_from([1e2, 1e3, 1e4]),
+    scale=st.sampled_from([1e-2, 1.0, 10.0]),
+    metric=st.sampled_from(["euclidean", "squared_euclidean"]),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_pairwise_is_as_precise_under_a_large_common_offset(
+    ref, rows, dim, offset, scale, metric, seed
+):
+    generator = torch.Generator().manual_seed(seed)
+    common = offset * (1 + torch.rand(dim, generator=generator))
+    x = torch.randn(rows, dim, generator=generator) * scale + common
+    y = torch.randn(rows + 3, dim, generator=generator) * scale + common
+    centre = x.double().mean(dim=0)
+    torch.testing.assert_close(
+        pairwise_distances(x, y, metric).double(),
+        ref.brute_force(x, y, metric),
+        rtol=0,
+        atol=ref.tolerance((x.double() - centre).float(), (y.double() - centre).float(), metric),
+    )

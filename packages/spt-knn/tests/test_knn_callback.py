@@ -244,16 +244,20 @@ class _Counting:
 
 
 class _Hits(torchmetrics.Metric):
-    """Top-1 accuracy without a host sync in ``update``."""
+    """Top-1 accuracy without a host sync in ``update``. Like torchmetrics' classification
+    metrics it has an ``ignore_index`` (``None`` by default; spt's metric copies set it to
+    -1) and leaves the rows with that label out."""
 
-    def __init__(self):
+    def __init__(self, ignore_index=None):
         super().__init__()
+        self.ignore_index = ignore_index
         self.add_state("hits", torch.zeros(()), dist_reduce_fx="sum")
         self.add_state("total", torch.zeros(()), dist_reduce_fx="sum")
 
     def update(self, preds, target):
-        self.hits += (preds.argmax(dim=1) == target).sum()
-        self.total += target.numel()
+        counted = target != self.ignore_index if self.ignore_index is not None else True
+        self.hits += ((preds.argmax(dim=1) == target) & counted).sum()
+        self.total += torch.as_tensor(counted).expand_as(target).sum()
 
     def compute(self):
         return self.hits / self.total
@@ -278,14 +282,19 @@ def test_validation_batches_after_the_first_do_not_sync(tiny, monkeypatch, distr
                 counter.on = False
 
     features, labels = tiny.data(64, 4, 3)
+    val_x, val_y = tiny.data(40, 4, 3, 1)
+    val_y = torch.where(torch.arange(40) % 3 == 1, -1, val_y)  # unlabelled rows in every batch
     # torchmetrics' classification metrics sync in their update (bincount); this one does not.
     knn = Watched(
         "knn", "embedding", "label", 32, metrics={"acc": _Hits()}, k=5, distributed=distributed
     )
     trainer = tiny.trainer([knn], max_epochs=2)
-    trainer.fit(tiny.model(), tiny.loader(features, labels), tiny.loader(*tiny.data(40, 4, 3, 1)))
+    trainer.fit(tiny.model(), tiny.loader(features, labels), tiny.loader(val_x, val_y))
     assert counter.calls == []
-    assert "eval/knn_acc" in trainer.callback_metrics
+    scores = knn_predict(val_x, features[-32:], labels[-32:], 3, k=5)
+    labelled = val_y >= 0
+    accuracy = (scores.argmax(dim=1)[labelled] == val_y[labelled]).float().mean()
+    assert trainer.callback_metrics["eval/knn_acc"] == pytest.approx(accuracy.item())
     counter.on = True
     torch.ones(1).item()
     assert counter.calls == ["item"]  # the counter does see syncs when they happen

@@ -4,7 +4,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from spt_knn import merge_candidates, sharded_neighbours
+from spt_knn import merge_candidates, sharded_neighbours, sharded_neighbours_uneven
 from spt_knn.functional import search_neighbours
 from spt_knn.sharded import pad_candidates
 
@@ -79,3 +79,14 @@ def test_without_a_process_group_the_sharded_search_is_the_local_search():
     padded = sharded_neighbours(queries, bank[:2], labels[:2], k=4, rows=3)
     assert padded[1][:, 2:].eq(-1).all()
     assert padded[0][:, 2:].isinf().all()
+
+
+def test_the_uneven_search_without_a_process_group_is_the_local_search():
+    generator = torch.Generator().manual_seed(1)
+    bank, queries = torch.randn(12, 4, generator=generator), torch.randn(5, 4, generator=generator)
+    labels = torch.arange(12)
+    local = search_neighbours(queries, bank, labels, 3)
+    uneven = sharded_neighbours_uneven(queries, bank, labels, k=3, rows=2)
+    assert torch.equal(uneven[0], local[0]) and torch.equal(uneven[1], local[1])
+    distances, found = sharded_neighbours_uneven(None, bank, labels, k=3, rows=2)
+    assert distances.shape == found.shape == (0, 3)

@@ -1,3 +1,4 @@
+import sys
 from types import SimpleNamespace
 
 import pytest
@@ -119,3 +120,69 @@ def test_state_dict_round_trip_with_a_new_length_keeps_the_newest_rows():
     empty = OnlineQueue("z", queue_length=3)
     empty.load_state_dict(OnlineQueue("z", queue_length=3).state_dict())
     assert len(empty.buffer) == 0
+
+
+KNN = "OnlineKNN[name=knn]"
+OWNER = r"OnlineQueue\[name=label\] \(filled for OnlineKNN\[name=knn\]\)"
+
+
+@pytest.mark.parametrize(
+    ("labels", "shown"),
+    [(["cat", "dog"], r"list of str \('cat', \.\.\.\)"), ([("a",), ("b",)], "list of tuple")],
+)
+def test_strings_are_refused_at_the_first_training_batch_naming_the_consumers(labels, shown):
+    queue = find_or_create_queue(fake_trainer(), "label", 4, consumer=KNN)
+    with pytest.raises(TypeError, match=OWNER + ": 'label' must be a tensor .* got " + shown):
+        feed(queue, {"label": labels})
+    assert queue.buffer.appended == 0
+
+
+def test_a_class_label_queue_refuses_float_and_multi_value_labels():
+    queue = find_or_create_queue(fake_trainer(), "label", 4, consumer=KNN, class_labels=True)
+    with pytest.raises(TypeError, match=OWNER + r": 'label' holds torch.float32 values, but "):
+        feed(queue, {"label": torch.tensor([0.0, 0.7])})
+    with pytest.raises(TypeError, match=r"one integer class label per row .* shape \(2, 3\)"):
+        feed(queue, {"label": torch.zeros(2, 3, dtype=torch.long)})
+    with pytest.raises(TypeError, match=r"shape \(\)"):
+        feed(queue, {"label": torch.tensor(1)})
+    assert queue.buffer.appended == 0
+    feed(queue, {"label": [1, 2]})  # a list of ints is fine
+    feed(queue, {"label": torch.tensor([3, 4], dtype=torch.int32)})
+    assert queue.buffer.last().tolist() == [1, 2, 3, 4]
+    column = find_or_create_queue(fake_trainer(), "label", 4, consumer=KNN, class_labels=True)
+    feed(column, {"label": torch.tensor([[3], [4]])})  # (rows, 1) is one label per row too
+    plain = OnlineQueue("label", 4)  # without a class-label consumer, floats are rows too
+    feed(plain, {"label": torch.tensor([0.5])})
+
+
+def test_class_labels_need_the_consumer_name():
+    with pytest.raises(ValueError, match="consumer"):
+        find_or_create_queue(fake_trainer(), "label", 4, class_labels=True)
+
+
+def test_snapshots_are_released_when_the_evaluation_ends():
+    queue = OnlineQueue("z", 4)
+    feed(queue, {"z": torch.ones(3, 2)})
+    for start, end in (
+        (queue.on_validation_epoch_start, queue.on_validation_end),
+        (queue.on_test_epoch_start, queue.on_test_end),
+    ):
+        start(None, None)
+        snapshot = queue.snapshot()
+        assert snapshot.shape == (3, 2)
+        end(None, None)
+        with pytest.raises(RuntimeError, match="from the start of a validation/test epoch to"):
+            queue.snapshot()
+        assert sys.getrefcount(snapshot) == 2  # only this test still holds it
+
+
+def test_a_checkpoint_with_other_rows_than_the_declared_dim_is_refused():
+    source = OnlineQueue("z", 4)
+    feed(source, {"z": torch.ones(3, 5)})
+    declared = OnlineQueue("z", 4, dim=3)
+    with pytest.raises(ValueError, match=r"rows of 'z' shaped \(5,\), .* declared with dim=3"):
+        declared.load_state_dict(source.state_dict())
+    undeclared = OnlineQueue("z", 4)
+    feed(undeclared, {"z": torch.zeros(2, 3, dtype=torch.float16)})
+    undeclared.load_state_dict(source.state_dict())
+    assert torch.equal(undeclared.buffer.last(), torch.ones(3, 5))

@@ -85,3 +85,76 @@ def test_cuda_buffer_follows_the_rows_device():
     buffer = RingBuffer(8)
     buffer.append(torch.ones(3, 2, device="cuda"))
     assert buffer.last().device.type == "cuda"
+
+
+def test_an_int_shape_is_one_row_of_that_many_values():
+    buffer = RingBuffer(5, shape=10, dtype=torch.float32)
+    assert buffer.shape == (10,)
+    assert buffer.unordered().shape == (0, 10)
+    buffer.append(torch.ones(2, 10))
+    assert buffer.last().shape == (2, 10)
+
+
+@pytest.mark.parametrize(
+    ("shape", "error"),
+    [("10", TypeError), (2.5, TypeError), ((3, True), TypeError), (-1, ValueError)],
+)
+def test_bad_shape_names_the_argument(shape, error):
+    with pytest.raises(error, match="shape"):
+        RingBuffer(5, shape=shape)
+
+
+ROW_SHAPES = st.sampled_from([(), (1,), (3,), (2, 2)])
+DTYPES = st.sampled_from([torch.int64, torch.int32, torch.float32, torch.float16, torch.bool])
+
+
+def _rows(n: int, shape: tuple[int, ...], dtype: torch.dtype, start: int) -> torch.Tensor:
+    # int64 values beyond 2**24 (and 2**53) tell whether they went through a float.
+    values = torch.arange(start, start + n * max(1, int(torch.tensor(shape).prod())))
+    values = values.reshape(n, *shape) + (2**53 + 1 if dtype == torch.int64 else 0)
+    return values.to(dtype) if dtype != torch.bool else values % 2 == 1
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    saved_shape=ROW_SHAPES,
+    saved_dtype=DTYPES,
+    saved_rows=st.integers(0, 7),
+    held_shape=ROW_SHAPES,
+    held_dtype=DTYPES,
+    held_rows=st.integers(0, 7),
+    declared=st.booleans(),
+    capacity=st.integers(1, 8),
+)
+def test_a_loaded_state_brings_its_own_row_shape_and_dtype(
+    saved_shape, saved_dtype, saved_rows, held_shape, held_dtype, held_rows, declared, capacity
+):
+    source = RingBuffer(6)
+    source.append(_rows(saved_rows, saved_shape, saved_dtype, 0))
+    destination = (
+        RingBuffer(capacity, shape=held_shape, dtype=held_dtype)
+        if declared
+        else RingBuffer(capacity)
+    )
+    destination.append(_rows(held_rows, held_shape, held_dtype, 100))
+    destination.load_state_dict(source.state_dict())
+    restored = destination.last()
+    assert restored.dtype == saved_dtype
+    assert restored.shape[1:] == saved_shape
+    assert torch.equal(restored, source.last()[-capacity:])
+    assert destination.appended == saved_rows
+    destination.append(_rows(2, saved_shape, saved_dtype, 50))  # and it keeps working
+    assert len(destination) == min(capacity, len(restored) + 2)
+
+
+def test_a_state_saved_before_any_append_leaves_the_buffer_as_constructed():
+    declared = RingBuffer(4, shape=(3,), dtype=torch.float16)
+    declared.append(torch.ones(2, 3))
+    declared.load_state_dict(RingBuffer(4).state_dict())
+    assert (declared.shape, declared.dtype, len(declared)) == ((3,), torch.float16, 0)
+    learned = RingBuffer(4)
+    learned.append(torch.ones(2, 5))
+    learned.load_state_dict(RingBuffer(4).state_dict())
+    assert (learned.shape, learned.dtype, len(learned)) == (None, None, 0)
+    learned.append(torch.arange(3))  # the next append fixes shape and dtype again
+    assert learned.dtype == torch.int64 and learned.shape == ()

@@ -7,6 +7,11 @@ score ranks keys exactly as the distance does but costs less to compute:
 - cosine: ``-<x, q> / (|x| |q|)`` (the distance minus 1), 0 when either vector is zero;
 - manhattan: the distance itself.
 
+For the euclidean metrics both sides are first shifted by one common centre (the keys'
+mean), which leaves every distance unchanged: the expansion's rounding error then scales
+with the rows' spread around the centre instead of their distance from the origin, so a
+large common offset (features around 1000) does not drown the differences between rows.
+
 Scores turn into distances on the few pairs that are returned. Where the matrix-product
 expansion cancels (distance close to zero) the distance is recomputed from the differences
 in float64, so identical rows come out exactly 0.
@@ -21,6 +26,8 @@ from torch import Tensor
 
 _EUCLIDEAN = ("euclidean", "squared_euclidean")
 _ALIGNMENT = 64
+CENTER_SAMPLE = 64
+"""Key rows sampled to choose the centre of the euclidean scores (see `key_center`)."""
 MANHATTAN_BLOCK = 2**20
 """Elements of the (keys, queries, features) difference block manhattan scores at a time."""
 
@@ -35,18 +42,50 @@ class Queries:
     metrics (exact scaling), unit rows (zero rows stay zero) for cosine, ``q`` for
     manhattan."""
     sq_norms: Tensor | None
-    """(B,) squared norms for the euclidean metrics, else None."""
+    """(B,) squared norms (of the centred queries) for the euclidean metrics, else None."""
+    center: Tensor | None = None
+    """(D,) the point both queries and keys are shifted by (euclidean metrics), else None."""
 
 
-def prepare_queries(queries: Tensor, metric: str, dtype: torch.dtype) -> Queries:
+def key_center(
+    keys: Tensor, metric: str, dtype: torch.dtype, *, sync_free: bool = False
+) -> Tensor | None:
+    """The centre that the euclidean scores shift queries and keys by, or ``None``.
+
+    The centre is the per-feature median of up to ``CENTER_SAMPLE`` rows of ``keys`` spread
+    over them: a value of the data itself, so that integer (or otherwise exactly
+    representable) features keep exact scores, and robust to a few outlying rows. It is used
+    only where it helps, when it lies farther from the origin than the sampled rows lie from
+    it; otherwise the search runs as without one (``None``, or with ``sync_free`` a zero
+    centre, which gives the same bits without reading the decision on the host). Any centre
+    leaves the distances unchanged; non-finite medians are replaced by 0.
+    """
+    if metric not in _EUCLIDEAN or keys.shape[0] == 0:
+        return None
+    step = max(1, keys.shape[0] // CENTER_SAMPLE)
+    sample = keys[::step][:CENTER_SAMPLE].to(dtype)
+    center = torch.nanmedian(sample, dim=0).values
+    center = torch.nan_to_num_(center, nan=0.0, posinf=0.0, neginf=0.0)
+    spread = (sample - center).square_().sum(dim=1).mean()
+    useful = center.square().sum() > spread
+    if sync_free:
+        return torch.where(useful, center, torch.zeros_like(center))
+    return center if bool(useful) else None
+
+
+def prepare_queries(
+    queries: Tensor, metric: str, dtype: torch.dtype, center: Tensor | None = None
+) -> Queries:
     rows = queries.to(dtype)
     sq_norms = None
     if metric in _EUCLIDEAN:
+        if center is not None:
+            rows = rows - center
         sq_norms = rows.square().sum(dim=1)
         rows = rows * -2
     elif metric == "cosine":
         rows = rows * _inverse_norms(rows).unsqueeze(1)
-    return Queries(metric, rows.contiguous(), sq_norms)
+    return Queries(metric, rows.contiguous(), sq_norms, center)
 
 
 def _inverse_norms(rows: Tensor) -> Tensor:
@@ -74,12 +113,15 @@ def score_tile(
     ``scratch``, optional, is a flat buffer in the compute dtype of at least
     `scratch_elements` elements that saves the allocations of every tile; keys that are not
     in the compute dtype, not contiguous or not 64-byte aligned are copied into it. Returns
-    the keys' squared norms for the euclidean metrics.
+    the keys' squared norms (of the centred keys) for the euclidean metrics.
     """
     rows, dim = keys.shape
     dtype = queries.rows.dtype
     spare = None if scratch is None else scratch[rows * dim :]
-    if scratch is not None and (
+    if queries.center is not None:
+        out_keys = None if scratch is None else scratch[: rows * dim].view(rows, dim)
+        keys = torch.sub(keys, queries.center, out=out_keys)
+    elif scratch is not None and (
         keys.dtype != dtype or not keys.is_contiguous() or keys.data_ptr() % _ALIGNMENT
     ):
         # Same alignment and layout for every tile, whatever the input's dtype or offset:

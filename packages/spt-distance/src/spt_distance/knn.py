@@ -176,11 +176,14 @@ def knn_search(
     :func:`pairwise_distances` for the metrics), keeps that chunk's ``k + 1`` best and
     merges them into the running best; extra memory is O(B * chunk + B * k) whatever the
     number of keys. Keys are ranked by a score that orders them as the distance does
-    (``|x|^2 - 2 <q, x>`` for the euclidean metrics, ``-cos`` for cosine); keys with equal
-    scores are ranked by index, smaller first. Every score comes from a matrix product of
-    the same shape whatever the chunking, so the result is the same for every
-    ``chunk_size``, bit for bit (the query blocks, and so the last bits of a score, depend
-    only on ``B`` and ``memory_budget``). The returned rows are sorted by (distance, index).
+    (``|x - c|^2 - 2 <q - c, x - c>`` for the euclidean metrics, ``-cos`` for cosine); keys
+    with equal scores are ranked by index, smaller first. The centre ``c`` (0 for keys near
+    the origin, else a per-feature median of sampled keys) leaves the distances unchanged and
+    keeps the float32 scores exact for rows that share a large offset. Every score comes
+    from a matrix product of the same shape whatever the chunking, so the result is the same
+    for every ``chunk_size``, bit for bit (the query blocks, and so the last bits of a
+    score, depend only on ``B`` and ``memory_budget``). The returned rows are sorted by
+    (distance, index).
     Distances that the matrix-product expansion cannot resolve from 0 are recomputed from
     the differences, so identical rows give exactly 0; among keys closer to a query than
     that rounding error, the choice follows the rounded score.
@@ -254,8 +257,9 @@ def knn_search(
     kk = min(k if plan.keyed else k + 1, keys.shape[0])
     blocks = []
     key_sq_max = None
+    center = _scores.key_center(keys, metric, dtype, sync_free=_sync_free(queries.device))
     for q0 in range(0, n_queries, plan.query_block):
-        block = _scores.prepare_queries(queries[q0 : q0 + plan.query_block], metric, dtype)
+        block = _scores.prepare_queries(queries[q0 : q0 + plan.query_block], metric, dtype, center)
         scores, index, key_sq_max = _scan(keys, block, plan, kk)
         blocks.append(_Block(block, scores, index))
     scores = torch.cat([b.scores for b in blocks])

@@ -18,9 +18,10 @@ def pairwise_distances(x: Tensor, y: Tensor, metric: str = "euclidean") -> Tenso
     """Distances between every row of ``x`` and every row of ``y``.
 
     ``"euclidean"`` and ``"squared_euclidean"`` use one matrix product
-    (``|x|^2 + |y|^2 - 2 x y^T``), clamped at 0; pairs whose value is within the product's
-    rounding error of 0 are recomputed from their differences, so identical rows give
-    exactly 0. ``"cosine"`` is ``1 - cos(x, y)`` in ``[0, 2]``; a zero vector has cosine
+    (``|x|^2 + |y|^2 - 2 x y^T``, on rows shifted by a common centre when they share a large
+    offset, which leaves the distances unchanged), clamped at 0; pairs whose value is within
+    the product's rounding error of 0 are recomputed from their differences, so identical
+    rows give exactly 0. ``"cosine"`` is ``1 - cos(x, y)`` in ``[0, 2]``; a zero vector has cosine
     similarity 0 with every vector, itself included, so its distance to anything is 1 (no
     NaN). ``"manhattan"`` is the L1 distance (``torch.cdist`` with ``p=1``).
 
@@ -55,7 +56,7 @@ def pairwise_distances(x: Tensor, y: Tensor, metric: str = "euclidean") -> Tenso
     metric = check_metric(metric)
     check_pair(x, y, "x", "y")
     dtype = compute_dtype(x, y)
-    queries = _scores.prepare_queries(y, metric, dtype)
+    queries = _scores.prepare_queries(y, metric, dtype, _scores.key_center(x, metric, dtype))
     out = torch.empty(x.shape[0], y.shape[0], dtype=dtype, device=x.device)
     x_sq_norms = _scores.score_tile(x, queries, out)
     sq_norms = queries.sq_norms

@@ -3,7 +3,7 @@
 from spt_knn.__about__ import __version__
 from spt_knn.functional import WEIGHTINGS, knn_predict, weighted_vote
 from spt_knn.online_knn import DISTRIBUTED_MODES, OnlineKNN
-from spt_knn.sharded import merge_candidates, sharded_neighbours
+from spt_knn.sharded import merge_candidates, sharded_neighbours, sharded_neighbours_uneven
 
 __all__ = [
     "DISTRIBUTED_MODES",
@@ -13,5 +13,6 @@ __all__ = [
     "knn_predict",
     "merge_candidates",
     "sharded_neighbours",
+    "sharded_neighbours_uneven",
     "weighted_vote",
 ]

@@ -134,6 +134,23 @@ def labelled_summary(labels: Tensor) -> Tensor:
     return torch.stack([count.long(), top.long()])
 
 
+def finite_rows(features: Tensor) -> Tensor:
+    """Which rows of the ``(N, D)`` ``features`` hold finite values only, as ``(N,)`` bools.
+
+    Read from each row's smallest and largest value (a NaN or an infinity shows in one of
+    them), so the only temporaries are ``2 N`` values, where an elementwise check allocates
+    about 1.75 times ``features``. Nothing waits for the device.
+
+    Example:
+        >>> finite_rows(torch.tensor([[1.0, 2.0], [float("nan"), 0.0], [0.0, float("inf")]]))
+        tensor([ True, False, False])
+    """
+    if features.shape[1] == 0:
+        return torch.ones(features.shape[0], dtype=torch.bool, device=features.device)
+    low, high = torch.aminmax(features, dim=1)
+    return torch.isfinite(low) & torch.isfinite(high)
+
+
 def keep_labelled(bank: Tensor, labels: Tensor, count: int) -> tuple[Tensor, Tensor]:
     """The rows of ``bank`` whose label is ``>= 0``, in their original order.
 
@@ -258,10 +275,8 @@ def search_neighbours(
     if k == 0:
         empty = torch.empty((queries.shape[0], 0), device=queries.device)
         return empty, empty.long()
-    dtype = torch.promote_types(queries.dtype, bank.dtype)
-    _, indices = knn_search(
-        queries.to(dtype), bank.to(dtype), k, metric=distance_metric, chunk_size=chunk_size
-    )
+    # No cast here: knn_search upcasts a tile of the bank at a time (no copy of the bank).
+    _, indices = knn_search(queries, bank, k, metric=distance_metric, chunk_size=chunk_size)
     indices = indices.sort(dim=1).values
     distances, order = neighbour_distances(queries, bank, indices, distance_metric).sort(
         dim=1, stable=True

@@ -4,11 +4,16 @@ Instead of gathering every rank's bank (``W x N x D`` per rank), the queries of 
 are gathered (``W x B x D``), each rank finds the ``k`` nearest rows of its shard for each of
 them, and each query's owner merges the ``W x k`` candidates (distance and label) it gets
 back. The merge keeps the result of a search over the concatenated bank, ties included.
+
+The search runs in collective rounds: one per validation batch when every rank runs the
+same batches, or, when ranks hold different numbers of queries (or none), as many as the
+largest needs, agreed on first (:func:`sharded_neighbours_uneven`).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
@@ -73,6 +78,35 @@ def _gather_rows(tensor: Tensor) -> Tensor:
     return torch.cat(slots).to(tensor.dtype)
 
 
+def _round(
+    queries: Tensor,
+    shard: Tensor,
+    shard_labels: Tensor,
+    k: int,
+    rows: int,
+    distance_metric: str,
+    chunk_size: int | None,
+) -> tuple[Tensor, Tensor]:
+    """One collective round: every rank sends ``rows`` query rows (its own ``B <= rows``,
+    zero-padded) and gets back the ``k`` nearest rows over all shards of its own."""
+    world = distributed.world_size()
+    batch, dim = queries.shape
+    padded = queries.new_zeros((rows, dim))
+    padded[:batch] = queries
+    everyone = _gather_rows(padded)
+    found = search_neighbours(everyone, shard, shard_labels, k, distance_metric, chunk_size)
+    distances, labels = pad_candidates(*found, k)
+    # One message: fp32 distances beside int32 labels carried bit for bit as fp32.
+    packed = torch.stack((distances.float(), labels.to(torch.int32).view(torch.float32)), dim=-1)
+    received = torch.empty_like(packed)
+    dist.all_to_all_single(received, packed)  # block r of rows goes to rank r
+    received = received.view(world, rows, k, 2).transpose(0, 1).reshape(rows, world * k, 2)
+    merged_d = received[..., 0]
+    merged_y = received[..., 1].contiguous().view(torch.int32).long()
+    distances, labels = merge_candidates(merged_d, merged_y, k)
+    return distances[:batch], labels[:batch]
+
+
 def sharded_neighbours(
     queries: Tensor,
     shard: Tensor,
@@ -84,8 +118,10 @@ def sharded_neighbours(
 ) -> tuple[Tensor, Tensor]:
     """The ``k`` nearest rows, over every rank's shard, of this rank's queries.
 
-    Every rank must call this together, with the same ``k`` and ``rows``. Without a process
-    group it is a plain search of the local shard.
+    One call is one collective round: every rank must call it together (as many times as
+    the others), with the same ``k``, ``rows``, query dtype and feature count. When ranks
+    hold different numbers of queries, use :func:`sharded_neighbours_uneven`. Without a
+    process group it is a plain search of the local shard.
 
     Args:
         queries: ``(B, D)`` this rank's queries, ``B <= rows``.
@@ -107,25 +143,95 @@ def sharded_neighbours(
     if not distributed.is_distributed():
         found = search_neighbours(queries, shard, shard_labels, k, distance_metric, chunk_size)
         return pad_candidates(*found, k)
-    batch, dim = queries.shape
-    if batch > rows:
+    if queries.shape[0] > rows:
         raise ValueError(
-            f"sharded kNN: a batch of {batch} query rows exceeds the {rows} rows agreed for "
-            "this dataloader at its first batch of the epoch (the first batch must be the "
-            "largest)"
+            f"sharded kNN: a batch of {queries.shape[0]} query rows exceeds the {rows} rows "
+            "that every rank sends per round"
         )
-    world = distributed.world_size()
-    padded = queries.new_zeros((rows, dim))
-    padded[:batch] = queries
-    everyone = _gather_rows(padded)
-    found = search_neighbours(everyone, shard, shard_labels, k, distance_metric, chunk_size)
-    distances, labels = pad_candidates(*found, k)
-    # One message: fp32 distances beside int32 labels carried bit for bit as fp32.
-    packed = torch.stack((distances.float(), labels.to(torch.int32).view(torch.float32)), dim=-1)
-    received = torch.empty_like(packed)
-    dist.all_to_all_single(received, packed)  # block r of rows goes to rank r
-    received = received.view(world, rows, k, 2).transpose(0, 1).reshape(rows, world * k, 2)
-    merged_d = received[..., 0]
-    merged_y = received[..., 1].contiguous().view(torch.int32).long()
-    distances, labels = merge_candidates(merged_d, merged_y, k)
-    return distances[:batch], labels[:batch]
+    return _round(queries, shard, shard_labels, k, rows, distance_metric, chunk_size)
+
+
+QUERY_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+"""Query dtypes that rounds carry, in the order in which the ranks' choices are reconciled."""
+
+
+def agree_on_rounds(queries: Tensor | None, rows: int, device: torch.device) -> RoundShape:
+    """The shape of the rounds every rank runs for its queries (``None``: none).
+
+    One small gather and one host sync. ``rows`` is this rank's wish for the rows per round
+    (its largest batch); the ranks take the largest wish.
+    """
+    if queries is None:
+        mine = [0, rows, -1, -1]
+    else:
+        dtype = queries.dtype if queries.dtype in QUERY_DTYPES else torch.float32
+        mine = [queries.shape[0], rows, queries.shape[1], QUERY_DTYPES.index(dtype)]
+    per_rank = distributed.gather_uneven(torch.tensor([mine], device=device)).tolist()
+    code = max(r[3] for r in per_rank)
+    return RoundShape(
+        queries=max(r[0] for r in per_rank),
+        rows=max(1, *(r[1] for r in per_rank)),
+        dim=max(0, *(r[2] for r in per_rank)),
+        dtype=QUERY_DTYPES[code] if code >= 0 else torch.float32,
+    )
+
+
+@dataclass(frozen=True)
+class RoundShape:
+    """What every rank agrees on before a series of :func:`sharded_neighbours` rounds."""
+
+    queries: int
+    """The most query rows any rank holds."""
+    rows: int
+    """Query rows per rank and round."""
+    dim: int
+    dtype: torch.dtype
+    """Features and dtype of the query rows on the wire."""
+
+    @property
+    def rounds(self) -> int:
+        return -(-self.queries // self.rows)
+
+
+def sharded_neighbours_uneven(
+    queries: Tensor | None,
+    shard: Tensor,
+    shard_labels: Tensor,
+    k: int,
+    rows: int,
+    distance_metric: str = "euclidean",
+    chunk_size: int | None = -1,
+) -> tuple[Tensor, Tensor]:
+    """:func:`sharded_neighbours` for ranks that hold different numbers of queries, or none.
+
+    Every rank calls it once, together: the ranks first agree on the number of rounds (one
+    small gather, one host sync), then run them, each rank sending its next ``rows`` queries
+    (none once its own are done).
+
+    Args:
+        queries: ``(B_rank, D)`` this rank's queries, or ``None`` when it has none.
+        shard, shard_labels, k, distance_metric, chunk_size: As for
+            :func:`sharded_neighbours`.
+        rows: This rank's wish for the query rows per round; the largest wish wins.
+
+    Returns:
+        ``(distances, labels)`` of shape ``(B_rank, k)`` (``(0, k)`` for ``None``).
+    """
+    if not distributed.is_distributed():
+        queries = shard.new_zeros((0, shard.shape[1])) if queries is None else queries
+        return sharded_neighbours(queries, shard, shard_labels, k, 1, distance_metric, chunk_size)
+    shape = agree_on_rounds(queries, rows, shard.device)
+    if queries is None:
+        queries = torch.zeros((0, shape.dim), dtype=shape.dtype, device=shard.device)
+    queries = queries.to(shape.dtype)
+    parts = [
+        _round(
+            queries[i * shape.rows : (i + 1) * shape.rows], shard, shard_labels, k,
+            shape.rows, distance_metric, chunk_size,
+        )
+        for i in range(shape.rounds)
+    ]  # fmt: skip
+    if not parts:  # no rank holds a query
+        nothing = torch.empty((0, 0), device=shard.device)
+        return pad_candidates(nothing, nothing.long(), k)
+    return torch.cat([d for d, _ in parts]), torch.cat([y for _, y in parts])

@@ -29,6 +29,7 @@ def find_or_create_queue(
     *,
     previous: OnlineQueue | None = None,
     consumer: str | None = None,
+    class_labels: bool = False,
 ) -> OnlineQueue:
     """Return the queue of ``key`` on ``trainer``, registering a new one if there is none.
 
@@ -47,13 +48,19 @@ def find_or_create_queue(
             no queue for ``key`` it is registered again instead of a new, empty one.
         consumer: The asking callback's name (its ``state_key``), added to the queue's
             ``consumers`` so that the queue's errors (a missing key, a wrong size) name it.
+        class_labels: Whether ``consumer`` reads the rows as integer class labels: every
+            training batch is then checked to hold one integer per row (see
+            :meth:`OnlineQueue.expect_class_labels`). Needs ``consumer``.
 
     Returns:
         The shared queue.
 
     Raises:
-        ValueError: If an existing queue of ``key`` was declared with another ``dim``.
+        ValueError: If an existing queue of ``key`` was declared with another ``dim``, or
+            ``class_labels`` is set without a ``consumer``.
     """
+    if class_labels and consumer is None:
+        raise ValueError("class_labels=True needs the consumer's name (consumer=...)")
     queue = find_queue(trainer, key)
     if queue is None and previous is not None and previous.key == key:
         queue = previous
@@ -72,6 +79,8 @@ def find_or_create_queue(
         queue.gather_distributed = queue.gather_distributed or gather_distributed
     if consumer is not None and consumer not in queue.consumers:
         queue.consumers.append(consumer)
+    if class_labels:
+        queue.expect_class_labels(consumer)
     return queue
 
 

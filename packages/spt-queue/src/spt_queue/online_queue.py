@@ -31,11 +31,18 @@ class OnlineQueue(SPTCallback):
     calls :meth:`request` with the number of rows it wants, the capacity grows to the
     largest request, and each reads its own most recent rows through :meth:`snapshot`.
 
-    Snapshots are taken once at the start of every validation and test epoch. With
-    ``gather_distributed=True`` a snapshot holds every rank's rows exactly once, in rank
-    order; otherwise this rank's rows only. The buffer is callback state: it goes into
-    checkpoints through :meth:`state_dict` (under DDP every rank's rows, each once) and is
-    never a buffer of the LightningModule.
+    Snapshots are taken once at the start of every validation and test epoch and released
+    when that evaluation ends (after every callback's epoch-end hook), so that training never
+    holds a copy of the queue. With ``gather_distributed=True`` a snapshot holds every rank's
+    rows exactly once, in rank order; otherwise this rank's rows only.
+
+    A consumer that reads the rows as class labels says so with :meth:`expect_class_labels`;
+    every training batch is then checked (without a host sync) to hold one integer per row.
+    A value that is not a tensor and cannot become one (strings, for example) is a
+    ``TypeError`` for any queue, naming the queue, its consumers and the key.
+
+    The buffer is callback state: it goes into checkpoints through :meth:`state_dict` (under
+    DDP every rank's rows, each once) and is never a buffer of the LightningModule.
 
     Args:
         key: Entry of the step outputs or batch to queue.
@@ -48,6 +55,7 @@ class OnlineQueue(SPTCallback):
 
     Raises:
         ValueError: If ``queue_length`` or ``dim`` is not positive, or ``key`` is empty.
+        TypeError: If ``dtype`` is not a ``torch.dtype``.
 
     Example:
         >>> queue = OnlineQueue("embedding", queue_length=4, dim=2)
@@ -82,7 +90,9 @@ class OnlineQueue(SPTCallback):
         self.buffer = RingBuffer(queue_length, shape=shape, dtype=dtype)
         self._requests: set[int] = {queue_length}
         self.consumers: list[str] = []  # callbacks that read this queue, named in its errors
+        self.class_label_consumers: list[str] = []
         self._snapshots: dict[int, Tensor] = {}
+        self._snapshots_taken = False  # since the last release
         self._snapshot_appended = 0
 
     @property
@@ -96,6 +106,15 @@ class OnlineQueue(SPTCallback):
         self._requests.add(n)
         self.buffer.resize(max(self._requests))
 
+    def expect_class_labels(self, consumer: str) -> None:
+        """Register ``consumer`` (a ``state_key``) as reading the rows as integer class labels.
+
+        From then on a training batch whose ``key`` is not one integer per row (floating-point
+        values, several values per row) raises a ``TypeError`` that names the consumer.
+        """
+        if consumer not in self.class_label_consumers:
+            self.class_label_consumers.append(consumer)
+
     def on_train_batch_end(
         self,
         trainer: Trainer,
@@ -104,10 +123,9 @@ class OnlineQueue(SPTCallback):
         batch: Any,
         batch_idx: int,
     ) -> None:
-        value = lookup(self.key, outputs, batch, owner=self._owner())
-        if not isinstance(value, Tensor):
-            value = torch.as_tensor(value)
-        rows = value.detach()
+        rows = self._as_rows(lookup(self.key, outputs, batch, owner=self._owner()))
+        if self.class_label_consumers:
+            self._check_class_labels(rows)
         if self.dim is not None:
             rows = rows.reshape(rows.shape[0], -1)
             if rows.shape[1] != self.dim:
@@ -122,6 +140,33 @@ class OnlineQueue(SPTCallback):
         except ValueError as error:
             raise ValueError(f"{self._owner()}: '{self.key}': {error}") from error
 
+    def _as_rows(self, value: Any) -> Tensor:
+        if isinstance(value, Tensor):
+            return value.detach()
+        try:
+            return torch.as_tensor(value)
+        except (TypeError, ValueError, RuntimeError) as error:
+            raise TypeError(
+                f"{self._owner()}: '{self.key}' must be a tensor or a (nested) sequence of "
+                f"numbers, got {_describe(value)}; map strings to numbers (e.g. class names "
+                "to indices) in the dataset or the step"
+            ) from error
+
+    def _check_class_labels(self, rows: Tensor) -> None:
+        """One integer per row, checked from the dtype and shape alone (no host sync)."""
+        readers = ", ".join(self.class_label_consumers)
+        if rows.is_floating_point() or rows.is_complex():
+            raise TypeError(
+                f"{self._owner()}: '{self.key}' holds {rows.dtype} values, but {readers} "
+                "reads it as integer class labels; convert them with .long() in the dataset "
+                "or the step (non-integral values such as soft labels are not classes)"
+            )
+        if rows.dim() == 0 or math.prod(rows.shape[1:]) != 1:
+            raise TypeError(
+                f"{self._owner()}: '{self.key}' must hold one integer class label per row for "
+                f"{readers}, got a tensor of shape {tuple(rows.shape)}"
+            )
+
     def _owner(self) -> str:
         """Who to name in an error: this queue and the callbacks that read it."""
         if not self.consumers:
@@ -129,15 +174,43 @@ class OnlineQueue(SPTCallback):
         return f"{self.state_key} (filled for {', '.join(self.consumers)})"
 
     def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self.take_snapshots()
+        self.ensure_snapshots()
 
     def on_test_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self.take_snapshots()
+        self.ensure_snapshots()
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.release_snapshots()
+
+    def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.release_snapshots()
+
+    def on_exception(
+        self, trainer: Trainer, pl_module: LightningModule, exception: BaseException
+    ) -> None:
+        self.release_snapshots()
+
+    def ensure_snapshots(self) -> None:
+        """Take the snapshots unless this evaluation already has them.
+
+        A consumer whose epoch-start hook runs before the queue's (the queue is registered
+        after it) calls this to read the snapshots at once; the queue's own hook then finds
+        them taken. Every rank calls it at the same hooks, so the gather stays collective.
+        """
+        if not self._snapshots_taken:
+            self.take_snapshots()
+
+    def release_snapshots(self) -> None:
+        """Drop the snapshots (called when an evaluation ends; their memory goes back as soon
+        as no consumer holds them)."""
+        self._snapshots = {}
+        self._snapshots_taken = False
 
     def take_snapshots(self) -> None:
         """Freeze every requested view of the buffer (collective when gathering)."""
         self._snapshot_appended = self.buffer.appended
         self._snapshots = {}
+        self._snapshots_taken = True
         for n in sorted(self._requests):
             rows = self.buffer.last(n)
             self._snapshots[n] = (
@@ -153,8 +226,10 @@ class OnlineQueue(SPTCallback):
         n = self.queue_length if n is None else n
         if n not in self._snapshots:
             raise RuntimeError(
-                f"{self.state_key}: no snapshot of {n} rows; call request({n}) before the "
-                "evaluation epoch starts, or take_snapshots() outside a Trainer"
+                f"{self.state_key}: no snapshot of {n} rows. Snapshots exist from the start "
+                "of a validation/test epoch to the end of that evaluation: call "
+                f"request({n}) before it starts and read them in the epoch's hooks, or call "
+                "take_snapshots() outside a Trainer"
             )
         return self._snapshots[n]
 
@@ -181,7 +256,19 @@ class OnlineQueue(SPTCallback):
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore this rank's rows; ranks of the writing run map onto ``rank % world_size``."""
+        """Restore this rank's rows; ranks of the writing run map onto ``rank % world_size``.
+
+        The saved row shape and dtype win over what the buffer held before.
+
+        Raises:
+            ValueError: If the saved rows do not have the ``dim`` this queue was declared with.
+        """
+        shape = state_dict["shape"]
+        if self.dim is not None and shape is not None and math.prod(shape) != self.dim:
+            raise ValueError(
+                f"{self._owner()}: the checkpoint holds rows of '{self.key}' shaped "
+                f"{tuple(shape)}, this queue is declared with dim={self.dim}"
+            )
         counts = state_dict["rows_per_rank"]
         appended = state_dict["appended_per_rank"]
         me, world = distributed.rank(), distributed.world_size()
@@ -190,3 +277,11 @@ class OnlineQueue(SPTCallback):
         rows = torch.cat(mine) if mine else state_dict["rows"][:0]
         mine_appended = sum(a for r, a in enumerate(appended) if r % world == me)
         self.buffer.load_state_dict({**state_dict, "rows": rows, "appended": mine_appended})
+
+
+def _describe(value: Any) -> str:
+    """The type of ``value`` and, for a sequence, of its first item (``list of str ('cat')``)."""
+    if isinstance(value, (list, tuple)) and value:
+        return f"{type(value).__name__} of {type(value[0]).__name__} ({value[0]!r}, ...)"
+    dtype = getattr(value, "dtype", None)
+    return f"{type(value).__name__}" + (f" of dtype {dtype}" if dtype is not None else "")

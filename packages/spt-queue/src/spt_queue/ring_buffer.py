@@ -20,14 +20,16 @@ class RingBuffer:
 
     Args:
         capacity: Number of rows kept.
-        shape: Shape of one row (``()`` for scalars such as labels). ``None``: taken from the
-            first append.
+        shape: Shape of one row: a tuple, or an int for rows of that many values (``()`` for
+            scalars such as labels). ``None``: taken from the first append.
         dtype: Storage dtype. ``None``: the first append's dtype (int64 labels stay int64,
             bf16 features stay bf16).
         device: Storage device. ``None``: the first append's device.
 
     Raises:
-        ValueError: If ``capacity`` is not a positive integer.
+        ValueError: If ``capacity`` is not a positive integer, or ``shape`` holds a negative
+            size.
+        TypeError: If ``shape`` is neither ``None``, an int nor a sequence of ints.
 
     Example:
         >>> buffer = RingBuffer(3)
@@ -37,25 +39,31 @@ class RingBuffer:
         (3, [2, 3, 4], [3, 4])
         >>> buffer.dtype
         torch.int64
+        >>> RingBuffer(5, shape=10).shape
+        (10,)
     """
 
     def __init__(
         self,
         capacity: int,
-        shape: Sequence[int] | None = None,
+        shape: int | Sequence[int] | None = None,
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
     ) -> None:
         if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
             raise ValueError(f"capacity must be a positive integer, got {capacity!r}")
         self.capacity = capacity
-        self.shape = None if shape is None else tuple(int(s) for s in shape)
+        self.shape = _row_shape(shape)
         self.dtype = dtype
         self.device = None if device is None else torch.device(device)
+        self._declared = (self.shape, self.dtype)
         self._data: Tensor | None = None
         self._head = 0
         self._size = 0
         self.appended = 0
+        self._allocate_if_known()
+
+    def _allocate_if_known(self) -> None:
         if self.shape is not None and self.dtype is not None:
             self._allocate(self.device or torch.device("cpu"))
 
@@ -134,9 +142,12 @@ class RingBuffer:
         if capacity == self.capacity:
             return
         rows = self.last()
+        self.capacity = capacity
+        self._data = None
+        self._head = self._size = 0
+        self._allocate_if_known()
         appended = self.appended
-        self.__init__(capacity, self.shape, self.dtype, self.device)
-        if self._data is not None or len(rows):
+        if len(rows):
             self.append(rows)
         self.appended = appended
 
@@ -158,19 +169,34 @@ class RingBuffer:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`'s output; with a smaller capacity the newest rows win."""
+        """Restore :meth:`state_dict`'s output; with a smaller capacity the newest rows win.
+
+        The saved row shape and dtype replace this buffer's (whatever it held before): the
+        rows come back exactly as they were saved. Only the capacity and the device stay. A
+        state saved before its first append leaves the buffer as it was constructed.
+        """
         rows: Tensor = state["rows"]
         self._head = self._size = 0
-        self.appended = int(state["appended"])
-        if state["shape"] is None:
-            return
-        if self.shape is None:
-            self.shape = tuple(state["shape"])
-        if self.dtype is None:
-            self.dtype = state["dtype"]
-        device = self.device or rows.device
         self._data = None
-        if self.shape is not None and self.dtype is not None:
-            self._allocate(device)
-        self.append(rows.to(device=device, dtype=self.dtype))
+        if state["shape"] is None or state["dtype"] is None:
+            self.shape, self.dtype = self._declared
+            self._allocate_if_known()
+        else:
+            self.shape, self.dtype = tuple(state["shape"]), state["dtype"]
+            self._allocate(self.device or rows.device)
+            self.append(rows.to(device=self.device, dtype=self.dtype))
         self.appended = int(state["appended"])
+
+
+def _row_shape(shape: object) -> tuple[int, ...] | None:
+    if shape is None:
+        return None
+    if isinstance(shape, int) and not isinstance(shape, bool):
+        shape = (shape,)
+    if not isinstance(shape, Sequence) or any(
+        isinstance(s, bool) or not isinstance(s, int) for s in shape
+    ):
+        raise TypeError(f"shape must be None, an int or a sequence of ints, got {shape!r}")
+    if any(s < 0 for s in shape):
+        raise ValueError(f"shape must hold sizes >= 0, got {shape!r}")
+    return tuple(shape)
