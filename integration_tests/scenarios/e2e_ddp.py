@@ -80,6 +80,10 @@ if p.get("faults"):
     raise AssertionError("the bad label did not stop the fit")
 fit.fit(model, datamodule=Rows(batch_size), ckpt_path=p.get("resume"))
 knn, linear, mlp, viz, metrics = spt
+# The evaluation's snapshots are released when it ends: take them again (collective, the same
+# queues in the same order on every rank).
+for queue in (find_queue(fit, "embedding"), find_queue(fit, "label"), indices):
+    queue.take_snapshots()
 save(
     args,
     fit,
