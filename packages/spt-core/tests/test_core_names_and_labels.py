@@ -97,3 +97,43 @@ def test_float_targets_pass_through_unchanged():
     target = torch.tensor([-1.5, 0.25])
     stages.update_labelled("train", 0, torch.zeros(2, 1), target)
     assert torch.equal(stages.compute_and_reset("train", num_dataloaders=1)["plain"], target)
+
+
+def test_validation_and_test_hooks_reach_one_method_with_the_stage():
+    class Recorder(SPTCallback):
+        def __init__(self):
+            super().__init__("recorder")
+            self.calls = []
+
+        def _eval_start(self, trainer, pl_module, stage):
+            self.calls.append(("start", stage))
+
+        def _eval_epoch_start(self, trainer, pl_module, stage):
+            self.calls.append(("epoch_start", stage))
+
+        def _eval_batch_end(self, trainer, pl_module, stage, outputs, batch, dataloader_idx):
+            self.calls.append(("batch_end", stage, outputs, batch, dataloader_idx))
+
+        def _eval_epoch_end(self, trainer, pl_module, stage):
+            self.calls.append(("epoch_end", stage))
+
+        def _eval_end(self, trainer, pl_module, stage):
+            self.calls.append(("end", stage))
+
+    recorder = Recorder()
+    for stage, hook in (("val", "validation"), ("test", "test")):
+        getattr(recorder, f"on_{hook}_start")(None, None)
+        getattr(recorder, f"on_{hook}_epoch_start")(None, None)
+        getattr(recorder, f"on_{hook}_batch_end")(None, None, "out", "batch", 3, 1)
+        getattr(recorder, f"on_{hook}_batch_end")(None, None, "out", "batch", 4)
+        getattr(recorder, f"on_{hook}_epoch_end")(None, None)
+        getattr(recorder, f"on_{hook}_end")(None, None)
+        assert recorder.calls == [
+            ("start", stage),
+            ("epoch_start", stage),
+            ("batch_end", stage, "out", "batch", 1),
+            ("batch_end", stage, "out", "batch", 0),
+            ("epoch_end", stage),
+            ("end", stage),
+        ]
+        recorder.calls.clear()

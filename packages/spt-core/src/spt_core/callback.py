@@ -14,8 +14,11 @@ class SPTCallback(Callback):
     """A Lightning callback with a name, its own checkpoint slot and spt's verbosity.
 
     Subclasses put everything that must survive a resume in :meth:`state_dict` and restore
-    it in :meth:`load_state_dict`. Several instances of one class coexist on a Trainer as
-    long as their names differ: each gets its own ``state_key``.
+    it in :meth:`load_state_dict`, and write validation and test behaviour once, in the
+    ``_eval_*`` methods (``_eval_start``, ``_eval_epoch_start``, ``_eval_batch_end``,
+    ``_eval_epoch_end``, ``_eval_end``), which receive ``stage`` (``"val"`` or ``"test"``).
+    Several instances of one class coexist on a Trainer as long as their names differ: each
+    gets its own ``state_key``.
 
     Args:
         name: Unique identifier, used in logged names and in the checkpoint.
@@ -133,6 +136,68 @@ class SPTCallback(Callback):
                     f"{self.name!r}; names key the logged values, callbacks_modules and "
                     "callbacks_metrics, so each spt callback on a Trainer needs its own"
                 )
+
+    # Validation and test share one implementation: Lightning's hooks of both stages call
+    # the ``_eval_*`` methods below with ``stage`` set to ``"val"`` or ``"test"``.
+
+    def _eval_start(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        """A validation (sanity check included) or test run starts."""
+
+    def _eval_epoch_start(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        """A validation or test epoch starts."""
+
+    def _eval_batch_end(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        stage: str,
+        outputs: Any,
+        batch: Any,
+        dataloader_idx: int,
+    ) -> None:
+        """A batch of validation or test loader ``dataloader_idx`` ended."""
+
+    def _eval_epoch_end(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        """A validation or test epoch ended."""
+
+    def _eval_end(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        """A validation or test run ended."""
+
+    def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._eval_start(trainer, pl_module, "val")
+
+    def on_test_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._eval_start(trainer, pl_module, "test")
+
+    def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._eval_epoch_start(trainer, pl_module, "val")
+
+    def on_test_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._eval_epoch_start(trainer, pl_module, "test")
+
+    def on_validation_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
+        batch_idx: int, dataloader_idx: int = 0,
+    ) -> None:  # fmt: skip
+        self._eval_batch_end(trainer, pl_module, "val", outputs, batch, dataloader_idx)
+
+    def on_test_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
+        batch_idx: int, dataloader_idx: int = 0,
+    ) -> None:  # fmt: skip
+        self._eval_batch_end(trainer, pl_module, "test", outputs, batch, dataloader_idx)
+
+    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._eval_epoch_end(trainer, pl_module, "val")
+
+    def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._eval_epoch_end(trainer, pl_module, "test")
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._eval_end(trainer, pl_module, "val")
+
+    def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._eval_end(trainer, pl_module, "test")
 
     def state_dict(self) -> dict[str, Any]:
         """What must survive a resume; empty for a stateless callback."""
