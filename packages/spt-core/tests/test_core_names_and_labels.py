@@ -137,3 +137,18 @@ def test_validation_and_test_hooks_reach_one_method_with_the_stage():
             ("end", stage),
         ]
         recorder.calls.clear()
+
+
+def test_a_checkpoint_holds_the_gathered_state_and_state_dict_stays_local(tmp_path):
+    class Rows(SPTCallback):
+        def state_dict(self):
+            return {"rows": [1]}
+
+        def gather_checkpoint_state(self, state):
+            return {"rows": state["rows"] * 2}  # stands in for a gather over two ranks
+
+    rows = Rows("rows")
+    checkpoint = {"callbacks": {rows.state_key: rows.state_dict()}}
+    rows.on_save_checkpoint(None, None, checkpoint)
+    assert checkpoint["callbacks"][rows.state_key] == {"rows": [1, 1]}
+    assert rows.state_dict() == {"rows": [1]}

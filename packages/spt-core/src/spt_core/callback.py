@@ -200,8 +200,29 @@ class SPTCallback(Callback):
         self._eval_end(trainer, pl_module, "test")
 
     def state_dict(self) -> dict[str, Any]:
-        """What must survive a resume; empty for a stateless callback."""
+        """What must survive a resume; empty for a stateless callback.
+
+        It never communicates: under DDP it describes this rank only. State that must hold
+        every rank's share (queue rows) is gathered by :meth:`gather_checkpoint_state`.
+        """
         return {}
+
+    def gather_checkpoint_state(self, state: dict[str, Any]) -> dict[str, Any]:
+        """The state written to a checkpoint, given this rank's :meth:`state_dict`.
+
+        Called on every rank while a checkpoint is saved (Lightning's ``on_save_checkpoint``,
+        which runs on every rank); override it to gather what each rank holds, through
+        :mod:`spt_core.distributed` in the same order on every rank. The default returns
+        ``state`` unchanged.
+        """
+        return state
+
+    def on_save_checkpoint(
+        self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        states = checkpoint.get("callbacks", {})
+        if self.state_key in states:
+            states[self.state_key] = self.gather_checkpoint_state(states[self.state_key])
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned."""
