@@ -13,8 +13,9 @@ from lightning.pytorch.loggers import CSVLogger, Logger
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from spt_core import LARS, TrainableCallback, callbacks_metrics, callbacks_modules
+from spt_core import callbacks_metrics, callbacks_modules
 from spt_probe import OnlineProbe
+from spt_trainable import LARS, TrainableCallback
 
 
 def accuracy(n: int = 3, top_k: int = 1) -> MulticlassAccuracy:

@@ -12,8 +12,8 @@ from torch import nn
 from torch.optim.lr_scheduler import ConstantLR, CosineAnnealingLR, StepLR
 from torchmetrics.classification import MulticlassAccuracy
 
-from spt_core import LARS
 from spt_probe import OnlineProbe
+from spt_trainable import LARS
 
 STEPS = 6  # optimizer steps per epoch: 48 rows in batches of 8
 EPOCHS = 2

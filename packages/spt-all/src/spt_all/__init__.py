@@ -15,7 +15,8 @@ import spt_latentviz
 import spt_metrics
 import spt_probe
 import spt_queue
-from spt_all.__about__ import __version__ as __version__
+import spt_trainable
+from spt_all import __about__
 from spt_core import *  # noqa: F403
 from spt_distance import *  # noqa: F403
 from spt_knn import *  # noqa: F403
@@ -23,8 +24,21 @@ from spt_latentviz import *  # noqa: F403
 from spt_metrics import *  # noqa: F403
 from spt_probe import *  # noqa: F403
 from spt_queue import *  # noqa: F403
+from spt_trainable import *  # noqa: F403
 
-PACKAGES = (spt_core, spt_distance, spt_queue, spt_knn, spt_probe, spt_latentviz, spt_metrics)
+PACKAGES = (
+    spt_core,
+    spt_distance,
+    spt_queue,
+    spt_trainable,
+    spt_knn,
+    spt_probe,
+    spt_latentviz,
+    spt_metrics,
+)
+
+# After the star imports, which bring each package's own ``__version__``.
+__version__ = __about__.__version__
 
 
 def versions() -> dict[str, str]:

@@ -12,7 +12,7 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor, nn
 
-from spt_core import TrainableCallback, distributed, logger_writes_this_step, lookup
+from spt_core import distributed, logger_writes_this_step, lookup
 from spt_distance import METRICS
 from spt_latentviz import plotting
 from spt_latentviz._checks import check_input_dim, check_int, check_name, unwritable_reason
@@ -24,6 +24,7 @@ from spt_latentviz.functional import (
     trustworthiness,
 )
 from spt_queue import OnlineQueue, find_or_create_queue, read_aligned
+from spt_trainable import TrainableCallback
 
 __all__ = ["DEFAULT_LR", "LatentViz"]
 
@@ -79,9 +80,9 @@ class LatentViz(TrainableCallback):
         queue_length: Rows per rank the map is trained on and drawn from.
         k_neighbors: Neighbours per point in the graph and in the faithfulness scores.
         n_negatives: Negative samples per neighbour pair.
-        optimizer: Any form of :func:`spt_core.create_optimizer`; ``None``:
+        optimizer: Any form of :func:`spt_trainable.create_optimizer`; ``None``:
             ``AdamW(lr=1e-2, weight_decay=1e-2)``.
-        scheduler: Any form of :func:`spt_core.create_scheduler`; ``None``: constant.
+        scheduler: Any form of :func:`spt_trainable.create_scheduler`; ``None``: constant.
         accumulate_grad_batches: Updates whose gradients are summed per optimizer step.
         update_interval: Train the projection once every this many training batches.
         warmup_epochs: Epochs without training or drawing at the start of the fit.

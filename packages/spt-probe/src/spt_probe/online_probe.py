@@ -13,16 +13,17 @@ from torchmetrics import Metric
 from spt_core import (
     DataChecks,
     StageMetrics,
-    TrainableCallback,
     callbacks_metrics,
     distributed,
     logger_writes_this_step,
     lookup,
     named_metrics,
 )
-from spt_core.module_factory import ModuleSpec
-from spt_core.optim import OptimizerSpec, SchedulerSpec
 from spt_probe.functional import masked_cross_entropy
+from spt_trainable import TrainableCallback
+from spt_trainable.module_factory import ModuleSpec
+from spt_trainable.optimizers import OptimizerSpec
+from spt_trainable.schedulers import SchedulerSpec
 
 __all__ = ["OnlineProbe"]
 
@@ -95,7 +96,7 @@ class OnlineProbe(TrainableCallback):
     before each step. BatchNorm running statistics (and any floating-point buffer) are
     averaged across ranks before each validation or test run and at the end of each training
     epoch, so every rank evaluates, and every checkpoint written at an epoch's end holds, the
-    same probe (see :class:`~spt_core.TrainableCallback`).
+    same probe (see :class:`~spt_trainable.TrainableCallback`).
 
     Args:
         module: The LightningModule being trained, or ``None``; when given, the probe
@@ -107,11 +108,12 @@ class OnlineProbe(TrainableCallback):
             LightningModule), or a Hydra config (``_target_``).
         loss_fn: ``loss_fn(logits, target)`` returning a scalar; ``None`` is cross-entropy
             over the labelled rows (:func:`~spt_probe.masked_cross_entropy`).
-        optimizer: Any form of :func:`spt_core.optim.create_optimizer`; ``None`` is
+        optimizer: Any form of :func:`spt_trainable.create_optimizer`; ``None`` is
             ``LARS(lr=0.1, momentum=0, weight_decay=0, eta=0.02, eps=1e-8, clip_lr=True,
             exclude_bias_n_norm=True, nesterov=False, dampening=0)`` (the seed's default).
-        scheduler: Any form of :func:`spt_core.optim.create_scheduler` (a name alone gets
-            its required arguments from the run's length, see :mod:`spt_core.optim`);
+        scheduler: Any form of :func:`spt_trainable.create_scheduler` (a name alone gets
+            its required arguments from the run's length, see
+            :mod:`spt_trainable.scheduler_defaults`);
             ``None`` keeps the learning rate constant.
         accumulate_grad_batches: Training batches per probe step.
         gradient_clip_val: Clip threshold, ``None`` for no clipping.

@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from spt_core import SPTCallback, TrainableCallback, callbacks_modules
+from spt_core import SPTCallback, callbacks_modules
+from spt_trainable import TrainableCallback
 
 
 @pytest.fixture(autouse=True)

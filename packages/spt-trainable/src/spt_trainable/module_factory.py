@@ -82,8 +82,8 @@ def _instantiate(config: Mapping[str, Any], argument: str) -> Any:
     except ImportError as error:
         raise ImportError(
             f"{argument} is a Hydra config ('_target_': {config['_target_']!r}) but hydra is "
-            "not installed: `pip install hydra-core` (or spt-core[hydra]), or pass an nn.Module "
-            "or a callable"
+            "not installed: `pip install hydra-core` (or spt-trainable[hydra]), or pass an "
+            "nn.Module or a callable"
         ) from error
     return instantiate(config, _convert_="object")
 

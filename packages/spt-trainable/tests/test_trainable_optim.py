@@ -12,8 +12,9 @@ from torch.optim.lr_scheduler import (
     StepLR,
 )
 
-from spt_core import LARS, SchedulerConfig, create_optimizer, create_scheduler
-from spt_core.optim import check_optimizer, check_scheduler, optimizer_class, scheduler_class
+from spt_trainable import LARS, SchedulerConfig, create_optimizer, create_scheduler
+from spt_trainable.optimizers import check_optimizer, optimizer_class
+from spt_trainable.schedulers import check_scheduler, scheduler_class
 
 
 def params():

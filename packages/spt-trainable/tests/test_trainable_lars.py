@@ -5,8 +5,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from spt_core import LARS
-from spt_core.lars import lars_scale
+from spt_trainable import LARS
+from spt_trainable.lars import lars_scale
 
 
 def one_step(weight, grad, **kwargs):

@@ -8,7 +8,7 @@ different ``PYTHONHASHSEED`` values (and so with differently laid out heaps: a `
 dtypes iterates in a different order in each with good probability), the callback's start,
 buffer averaging and end-of-epoch flush must agree; the launch is repeated with several seeds.
 
-Run as a script (``python test_core_trainable_ddp.py RANK PORT``) this file is one rank.
+Run as a script (``python test_trainable_ddp.py RANK PORT``) this file is one rank.
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from spt_core import TrainableCallback, distributed
+from spt_core import distributed
+from spt_trainable import TrainableCallback
 
 # One tensor of each dtype; the dtypes of parameters and buffers come in the order given.
 DTYPES = (torch.float32, torch.float64, torch.int64, torch.int32, torch.float16, torch.bool)

@@ -8,8 +8,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.optim import lr_scheduler as schedulers
 
-from spt_core import create_scheduler
-from spt_core.optim import SCHEDULER_DEFAULTS, _schedulers, check_scheduler
+from spt_trainable import create_scheduler
+from spt_trainable.scheduler_defaults import SCHEDULER_DEFAULTS
+from spt_trainable.schedulers import _schedulers, check_scheduler
 
 LR = 0.4
 
@@ -30,7 +31,7 @@ def lrs_over(config, steps):
     return used
 
 
-# The documented defaults (spt_core.optim's table), written out for a run of n steps.
+# The documented defaults (the table of spt_trainable.scheduler_defaults), for a run of n steps.
 DOCUMENTED = {
     schedulers.CosineAnnealingLR: lambda n: {"T_max": n},
     schedulers.CosineAnnealingWarmRestarts: lambda n: {"T_0": math.ceil(n / 4)},

@@ -1,0 +1,106 @@
+"""How a :class:`~spt_trainable.TrainableCallback` steps: its arguments, its window of
+accumulated losses, the run's length for schedulers and the gradients before a step."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from lightning.pytorch import Trainer
+from torch import nn
+
+from spt_core import distributed
+
+__all__ = [
+    "CLIP_ALGORITHMS",
+    "check_stepping",
+    "prepare_gradients",
+    "run_length",
+    "window_size",
+]
+
+CLIP_ALGORITHMS = ("norm", "value")
+
+
+def check_stepping(
+    accumulate_grad_batches: Any, gradient_clip_val: Any, gradient_clip_algorithm: Any
+) -> None:
+    """Raise a ``ValueError`` naming the argument and its value when one is out of range.
+
+    Example:
+        >>> check_stepping(2, None, "norm")
+        >>> check_stepping(0, None, "norm")
+        Traceback (most recent call last):
+        ...
+        ValueError: accumulate_grad_batches must be an int >= 1, got 0
+    """
+    if (
+        isinstance(accumulate_grad_batches, bool)
+        or not isinstance(accumulate_grad_batches, int)
+        or accumulate_grad_batches < 1
+    ):
+        raise ValueError(
+            f"accumulate_grad_batches must be an int >= 1, got {accumulate_grad_batches!r}"
+        )
+    if gradient_clip_val is not None and (
+        isinstance(gradient_clip_val, bool)
+        or not isinstance(gradient_clip_val, (int, float))
+        or not gradient_clip_val > 0
+    ):
+        raise ValueError(
+            f"gradient_clip_val must be a number > 0 or None, got {gradient_clip_val!r}"
+        )
+    if gradient_clip_algorithm not in CLIP_ALGORITHMS:
+        raise ValueError(
+            f"gradient_clip_algorithm must be one of {CLIP_ALGORITHMS}, "
+            f"got {gradient_clip_algorithm!r}"
+        )
+
+
+def window_size(accumulate: int, trainer: Trainer, batch_idx: int | None) -> int:
+    """How many losses the window that starts at ``batch_idx`` will hold: ``accumulate``, or
+    fewer for the epoch's last window when the epoch's length and ``batch_idx`` are known."""
+    total = trainer.num_training_batches
+    if batch_idx is None or not math.isfinite(total):
+        return accumulate
+    return max(1, min(accumulate, int(total) - batch_idx))
+
+
+def run_length(trainer: Trainer, interval: str, accumulate: int) -> int | None:
+    """How many times a scheduler with this ``interval`` will step during the fit, for a
+    callback that steps once per ``accumulate`` training batches (``None`` when unknown)."""
+    stepping = trainer.estimated_stepping_batches  # sets the train loader up if needed
+    per_epoch = trainer.num_training_batches
+    if not (math.isfinite(stepping) and math.isfinite(per_epoch)) or per_epoch < 1:
+        return None
+    batches = int(stepping) * trainer.accumulate_grad_batches
+    if interval == "epoch":
+        return math.ceil(batches / per_epoch)
+    epochs, rest = divmod(batches, int(per_epoch))
+    return epochs * math.ceil(per_epoch / accumulate) + math.ceil(rest / accumulate)
+
+
+def prepare_gradients(
+    params: Sequence[nn.Parameter],
+    rescale: float,
+    clip_val: float | None,
+    clip_algorithm: str,
+) -> None:
+    """Ready the gradients for a step: scaled by ``rescale``, averaged over the ranks (a
+    parameter without a gradient takes part with zeros) and clipped, in that order."""
+    if rescale != 1.0:
+        for p in params:
+            if p.grad is not None:
+                p.grad.mul_(rescale)
+    if distributed.is_distributed():
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        distributed.all_reduce_mean([p.grad for p in params])
+    if clip_val is not None:
+        if clip_algorithm == "norm":
+            nn.utils.clip_grad_norm_(params, clip_val)
+        else:
+            nn.utils.clip_grad_value_(params, clip_val)
