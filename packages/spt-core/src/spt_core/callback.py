@@ -80,21 +80,18 @@ class SPTCallback(Callback):
         Only rank 0 speaks, so a DDP run prints the line once. A callback reused with a new
         Trainer speaks again.
         """
-        mark = (topic, trainer.current_epoch, id(trainer))
-        if mark in self._said:
-            return
-        self._said.add(mark)
-        if trainer.is_global_zero:
-            logger.info(f"{self.state_key}: {message}")
+        self._say_once(trainer, topic, message, "INFO")
 
     def warn_once(self, trainer: Trainer, topic: str, message: str) -> None:
         """Like :meth:`info_once`, at warning level."""
+        self._say_once(trainer, topic, message, "WARNING")
+
+    def _say_once(self, trainer: Trainer, topic: str, message: str, level: str) -> None:
         mark = (topic, trainer.current_epoch, id(trainer))
-        if mark in self._said:
-            return
-        self._said.add(mark)
-        if trainer.is_global_zero:
-            logger.warning(f"{self.state_key}: {message}")
+        if mark not in self._said:
+            self._said.add(mark)
+            if trainer.is_global_zero:
+                logger.log(level, f"{self.state_key}: {message}")
 
     def info_if_no_validation(self, trainer: Trainer, what: str) -> None:
         """Say once per fit that ``what`` will not be logged when the fit runs no validation
