@@ -53,9 +53,29 @@ def test_ddp_checkpoint_holds_every_ranks_part_of_the_open_window(run_scenario, 
     score, _ = ranks[0]["train"]
     exact = callbacks["MetricsCallback[name=exact]"]["train_window"]
     assert exact["batches"] == 3  # 3 steps per rank, a window of 4: still open
-    assert sorted(exact["rows"][0].tolist()) == pytest.approx(sorted(score.tolist()))
-    assert sorted(exact["torchmetrics"]["auroc"]["preds"].tolist()) == pytest.approx(
-        sorted(score.tolist())
-    )
+    (rows,) = exact["metrics"]["gap"]["kwarg_score"]  # the function's rows, every rank's
+    assert sorted(rows.tolist()) == pytest.approx(sorted(score.tolist()))
+    (preds,) = exact["metrics"]["auroc"]["preds"]  # the torchmetric's list state, the same
+    assert sorted(preds.tolist()) == pytest.approx(sorted(score.tolist()))
     per_step = callbacks["MetricsCallback[name=per_step]"]["train_window"]
-    assert per_step["sums"]["hit"][1] == pytest.approx(25.0)  # every rank's rows weigh in
+    assert per_step["metrics"]["hit"]["weight"] == pytest.approx(25.0)  # every rank's rows
+    # state_dict() alone, on the last rank only (a collective in it would hang the run),
+    # holds that rank's 11 rows; gathering is on_save_checkpoint's job.
+    assert [result["local_window_rows"] for result in ranks] == [None, 11]
+
+
+@pytest.mark.ddp
+def test_ddp_resume_from_an_open_window_logs_what_the_uninterrupted_fit_does(
+    run_scenario, tmp_path
+):
+    # 3 steps per rank and epoch, a window of 4: the checkpoint after epoch 2 holds batches
+    # 5-6 of every rank (restored onto rank 0), which the value at batch 8 must include.
+    path = str(tmp_path / "epoch2.ckpt")
+    straight = run_scenario("metrics_ddp", devices=2, every_n_train_steps=4, epochs=3)
+    run_scenario("metrics_ddp", devices=2, every_n_train_steps=4, epochs=2, save=path)
+    resumed = run_scenario("metrics_ddp", devices=2, every_n_train_steps=4, epochs=3, resume=path)
+    for done, again in zip(straight, resumed, strict=True):
+        assert again["logged"].keys() == done["logged"].keys()
+        assert {"auroc/train", "gap/train", "hit/train"} <= done["logged"].keys()
+        for name, value in done["logged"].items():
+            assert again["logged"][name] == pytest.approx(value, abs=1e-6), name

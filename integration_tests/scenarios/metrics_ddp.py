@@ -7,9 +7,10 @@ empty on rank 1. One process sees
 every row.
 
 params: every_n_train_steps (default: values per epoch), epochs, save (checkpoint path
-written after fit), bad_label (put this label on validation row 12, rank 1's only in loader
-0, in a ``label`` column that only a third callback, ``classes``, reads with a
-``MulticlassAUROC(num_classes=2)``).
+written after fit; before it, the last rank alone reads ``state_dict()``, which must not
+communicate), resume (checkpoint path to resume the fit from), bad_label (put this label on
+validation row 12, rank 1's only in loader 0, in a ``label`` column that only a third
+callback, ``classes``, reads with a ``MulticlassAUROC(num_classes=2)``).
 """
 
 import lightning as L
@@ -137,8 +138,12 @@ fit = trainer(
     callbacks=callbacks,
     use_distributed_sampler=False,
 )
-fit.fit(Scores(train, val, splits, labels))
+fit.fit(Scores(train, val, splits, labels), ckpt_path=p.get("resume"))
+local_rows = None
 if p.get("save"):
+    if fit.global_rank == fit.world_size - 1:
+        window = exact.state_dict()["train_window"]["metrics"]
+        local_rows = sum(len(rows) for rows in window["gap"]["kwarg_score"])
     fit.save_checkpoint(p["save"])
 save(
     args,
@@ -147,5 +152,6 @@ save(
         "logged": {key: float(value) for key, value in fit.callback_metrics.items()},
         "train": [t.numpy() for t in train],
         "val": [t.numpy() for t in val],
+        "local_window_rows": local_rows,
     },
 )

@@ -485,6 +485,24 @@ def test_live_torchmetrics_copies_are_exposed_per_stage(harness):
     assert "callbacks_metrics" not in dict(module.named_modules())
 
 
+def test_copies_are_exposed_as_soon_as_they_exist(harness):
+    from spt_core import callbacks_metrics
+
+    data = harness.classification(12, 3, correct=0.5, seed=42)
+    callback = MetricsCallback(
+        {"acc": MulticlassAccuracy(num_classes=3), "hits": hit_rate},
+        compute_per_training_step=False,
+        every_n_train_steps=100,  # nothing is computed during this fit
+        every_n_val_epochs=None,
+    )
+    module = harness.OutputsModule(outputs_for_preds)
+    loader = harness.loader(harness.DictDataset(**data), 4)
+    harness.make_trainer([callback]).fit(module, loader)
+    exposed = callbacks_metrics(module)["metrics"]["train/0"]
+    assert exposed["acc"].update_count == 3
+    assert [len(rows) for rows in exposed["hits"].kwarg_preds] == [4, 4, 4]
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_on_cuda_torchmetrics_stay_on_the_device_and_functions_get_numpy(harness):
     data = harness.classification(20, 3, correct=0.6, seed=30)
@@ -504,12 +522,15 @@ def test_on_cuda_torchmetrics_stay_on_the_device_and_functions_get_numpy(harness
     )
     per_step = MetricsCallback({"hits": hit_rate}, every_n_train_epochs=1, name="per_step")
     trainer = harness.make_trainer([exact, per_step], accelerator="gpu")
-    trainer.fit(
-        harness.OutputsModule(half_precision), harness.loader(harness.DictDataset(**data), 8)
-    )
+    module = harness.OutputsModule(half_precision)
+    trainer.fit(module, harness.loader(harness.DictDataset(**data), 8))
     assert set(devices) == {"cuda"}
-    window = exact._windows[("train", 0)]  # still open: 3 batches of a window of 100
-    assert {rows.device.type for chunks in window.rows.values() for rows in chunks} == {"cpu"}
+    from spt_core import callbacks_metrics
+
+    hits = callbacks_metrics(module)["metrics"]["train/0"]["hits"]  # open: 3 of 100 batches
+    chunks = [*hits.kwarg_preds, *hits.kwarg_target]
+    assert len(chunks) == 6 and {rows.device.type for rows in chunks} == {"cpu"}
+    assert callbacks_metrics(module)["metrics"]["train/0"]["probe"].device.type == "cuda"
     expected = offline_accuracy(data, range(20))
     assert trainer.logger.values("hits/train") == pytest.approx([expected], abs=1e-6)
 
@@ -558,3 +579,36 @@ def test_scikit_learn_metrics_with_inferred_needs_match_scikit_learn_offline(har
     assert logger.values("accuracy_score/train") == pytest.approx(
         [metrics.accuracy_score(train_true, train_pred)], abs=1e-6
     )
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_cuda_a_training_batch_of_torchmetrics_makes_no_host_sync(harness):
+    from torchmetrics import Metric
+
+    class RowSum(Metric):  # no input validation of its own that could sync
+        def __init__(self):
+            super().__init__()
+            self.num_classes = 3  # the callback checks its labels, on the device
+            self.add_state("total", torch.zeros(()), dist_reduce_fx="sum")
+
+        def update(self, preds, target):
+            self.total += preds.sum() + target.sum()
+
+        def compute(self):
+            return self.total
+
+    class Strict(MetricsCallback):  # the first batch creates the copies: every later one
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            torch.cuda.set_sync_debug_mode("error" if batch_idx else "default")
+            try:
+                super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+
+    data = harness.classification(12, 3, correct=0.5, seed=41)
+    callback = Strict({"sum": RowSum()}, every_n_train_epochs=1)
+    trainer = harness.make_trainer([callback], accelerator="gpu")
+    loader = harness.loader(harness.DictDataset(**data), 4)
+    trainer.fit(harness.OutputsModule(outputs_for_preds), loader)
+    expected = float(data["logits"].sum() + data["target"].sum())
+    assert trainer.logger.values("sum/train") == pytest.approx([expected], rel=1e-5)

@@ -60,8 +60,9 @@ def test_resume_continues_counters_and_the_open_window(harness, tmp_path):
     state = saved["MetricsCallback[name=metrics]"]
     assert (state["train_batches"], state["train_epochs"], state["val_runs"]) == (3, 1, 1)
     assert state["train_window"]["batches"] == 3
-    assert set(state["train_window"]["torchmetrics"]) == {"acc"}
-    assert saved["MetricsCallback[name=exact]"]["train_window"]["rows"][0].shape == (10, 3)
+    assert set(state["train_window"]["metrics"]) == {"acc", "hits"}  # every metric's states
+    exact = saved["MetricsCallback[name=exact]"]["train_window"]["metrics"]["hits"]
+    assert [rows.shape for rows in exact["kwarg_preds"]] == [(10, 3)]
     assert first.logger.names() & {"acc/train", "acc/val"} == set()
 
     resumed, resumed_callbacks = fit(harness, epochs=3, ckpt_path=path)

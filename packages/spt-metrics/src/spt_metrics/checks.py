@@ -20,9 +20,7 @@ __all__ = [
     "LabelCheck",
     "LabelReport",
     "batch_label_report",
-    "describe_source",
     "label_position",
-    "labels_message",
     "out_of_range",
 ]
 
@@ -124,36 +122,6 @@ def batch_label_report(check: LabelCheck, target: Any, metric: Any) -> LabelRepo
     if not outside.numel():
         return None
     return LabelReport(check, outside.numel(), int(outside.min()), int(outside.max()), ignore_index)
-
-
-def describe_source(source: Any) -> str:
-    """How an error names a source: ``key 'target'`` or ``source name_of_the_callable``.
-
-    Example:
-        >>> describe_source("target"), describe_source(len)
-        ("key 'target'", 'source len')
-    """
-    if isinstance(source, str):
-        return f"key {source!r}"
-    return f"source {getattr(source, '__name__', repr(source))}"
-
-
-def labels_message(owner: str, report: LabelReport, source: Any, where: str) -> str:
-    """The error for labels outside a metric's classes.
-
-    Example:
-        >>> report = LabelReport(LabelCheck("acc", 1, 2), 1, 5, 5, ignore_index=-1)
-        >>> labels_message("MetricsCallback[name=m]", report, "y", "val")[:80]
-        "MetricsCallback[name=m]: metric 'acc' got 1 val label(s) of key 'y' outside 0..1"
-    """
-    check = report.check
-    ignored = "" if report.ignore_index is None else f" or ignore_index={report.ignore_index}"
-    return (
-        f"{owner}: metric {check.metric!r} got {report.count} {where} label(s) of "
-        f"{describe_source(source)} outside 0..{check.num_classes - 1}{ignored} (num_classes="
-        f"{check.num_classes}): smallest {report.smallest}, largest {report.largest}; give the "
-        "metric enough classes, or mark unlabelled rows with -1"
-    )
 
 
 def _is_label_tensor(value: Any) -> bool:
