@@ -160,7 +160,7 @@ class StageMetrics:
         if device is not None:
             for metric in live.values():
                 mover = getattr(metric, "to", None)
-                if callable(mover):
+                if callable(mover) and getattr(metric, "device", None) != device:
                     mover(device)
         return live
 
