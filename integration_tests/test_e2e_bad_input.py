@@ -190,8 +190,8 @@ def test_nan_rows_in_the_knn_bank_are_left_out_with_a_warning(tmp_path, lines):
     trainer = fit(pick("knn", tmp_path=tmp_path), model)
     (line,) = [line for line in lines if "OnlineKNN[name=knn]: left out" in line]
     assert "left out 1 queue rows of 'embedding' with non-finite values" in line
-    bank = find_queue(trainer, "embedding").buffer.last(32)
-    labels = find_queue(trainer, "label").buffer.last(32)
+    bank = find_queue(trainer, "embedding").read(32)
+    labels = find_queue(trainer, "label").read(32)
     finite = torch.isfinite(bank).all(dim=1)
     assert finite.sum() == 31
     validation = e2e.Rows().validation

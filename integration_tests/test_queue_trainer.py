@@ -1,4 +1,4 @@
-"""OnlineQueue inside real Trainers: fill, checkpoint + resume, DDP gathering."""
+"""OnlineQueue inside real Trainers: fill, checkpoint + resume, a reader gathering under DDP."""
 
 import torch
 
@@ -8,7 +8,9 @@ def test_queue_holds_the_last_training_rows_of_an_epoch(run_scenario):
     seen = torch.cat(result["seen"])
     assert result["rows"].tolist() == seen[-20:].tolist()
     assert result["snapshot"].tolist() == seen[-20:].tolist()
-    assert not result["snapshot_held_after_validation"]  # released when the evaluation ended
+    # A passive store: its buffer and who reads it, no copy of the rows and no gather flag.
+    assert "buffer" in result["queue_state"]
+    assert not [name for name in result["queue_state"] if "snapshot" in name or "gather" in name]
     assert result["embeddings"].shape == (20, 8)
     assert result["appended"] == 60
 
@@ -23,7 +25,7 @@ def test_checkpoint_and_resume_round_trip_the_rows(run_scenario, tmp_path):
     assert resumed["appended"] == straight["appended"] == 128
 
 
-def test_ddp_snapshot_holds_every_ranks_rows_once(run_scenario):
+def test_ddp_reader_gathers_every_ranks_rows_once(run_scenario):
     ranks = run_scenario("queue_fill", devices=2, n=64, batch_size=4, queue_length=12)
     own_rows = [torch.cat(result["seen"])[-12:].tolist() for result in ranks]
     for result, rows in zip(ranks, own_rows, strict=True):

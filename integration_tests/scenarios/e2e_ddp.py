@@ -5,8 +5,8 @@ batches of ``8 // W`` rows see the global batches one process sees with batches 
 queues of ``32 // W`` rows hold the rows of one queue of 32.
 
 Saves, per rank: the logged values, every validation row's predictions (by row index) from
-the last validation epoch, the backbone, probe and projection weights, the kNN bank with the
-row index of each bank row, and the LatentViz snapshot with its projection.
+the last validation epoch, the backbone, probe and projection weights, every rank's queue rows
+(the kNN bank, with the row index of each bank row) and their LatentViz projection.
 
 params: epochs, seed, checkpoints (a folder: a checkpoint after every epoch), resume (a
 checkpoint to resume from), faults: on the last rank only, a NaN feature in a validation row in
@@ -19,6 +19,7 @@ from _common import parse, save
 from e2e_setup import Backbone, Faulty, Rows, callbacks, logged, make_trainer, nan_row, relabel
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from spt_core import distributed
 from spt_queue import OnlineQueue, find_queue
 
 args = parse()
@@ -48,7 +49,7 @@ class KeepPredictions(L.Callback):
 
 spt = callbacks(queue_length, save_dir=args.out / "maps")
 keep = KeepPredictions()
-indices = OnlineQueue("index", queue_length, gather_distributed=True)
+indices = OnlineQueue("index", queue_length)
 
 
 def last_rank_faults(model, stage, batch, out):
@@ -80,10 +81,12 @@ if p.get("faults"):
     raise AssertionError("the bad label did not stop the fit")
 fit.fit(model, datamodule=Rows(batch_size), ckpt_path=p.get("resume"))
 knn, linear, mlp, viz, metrics = spt
-# The evaluation's snapshots are released when it ends: take them again (collective, the same
-# queues in the same order on every rank).
-for queue in (find_queue(fit, "embedding"), find_queue(fit, "label"), indices):
-    queue.take_snapshots()
+# Every rank's rows, gathered by the reader (collective: the same queues in the same order on
+# every rank).
+bank, bank_labels, bank_index = (
+    distributed.gather_uneven(queue.read(queue_length))
+    for queue in (find_queue(fit, "embedding"), find_queue(fit, "label"), indices)
+)
 save(
     args,
     fit,
@@ -97,11 +100,11 @@ save(
         },
         "probe_steps": [linear.optimizer_steps, mlp.optimizer_steps],
         # kNN and LatentViz share these queues: the bank is also the drawn map's rows.
-        "bank": find_queue(fit, "embedding").snapshot(queue_length),
-        "bank_labels": find_queue(fit, "label").snapshot(queue_length),
-        "bank_index": indices.snapshot(),
+        "bank": bank,
+        "bank_labels": bank_labels,
+        "bank_index": bank_index,
         "projection": {k: v.clone() for k, v in viz.projection.state_dict().items()},
-        "projected_bank": viz.project(find_queue(fit, "embedding").snapshot(queue_length)),
+        "projected_bank": viz.project(bank),
         "viz_steps": viz.optimizer_steps,
         "counters": [metrics.train_batches, metrics.train_epochs, metrics.val_runs],
     },

@@ -1,9 +1,9 @@
 """OnlineKNNs in both distributed modes in one DDP fit.
 
 "gather" (gather mode) and "shared" (shard mode) share the "embedding" and "label" queues,
-which gather for the first, so the second reads each rank's own rows from the buffers;
+which never gather: the first gathers what it reads, the second keeps each rank's own rows;
 "shard" (shard mode) has queues of its own ("local_embedding", "local_label", the same
-values), which never gather. Each rank trains on its own rows (rank r gets
+values). Each rank trains on its own rows (rank r gets
 rows r, r + W, ...) and validates on its own, unevenly sized, slice of the validation rows
 (20 rows on rank 0, 17 on rank 1: batches of 8, 8, 4 and 8, 8, 1).
 
@@ -16,6 +16,7 @@ from _common import DictDataset, Encoder, blobs, parse, save, trainer
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 from torchmetrics.classification import MulticlassAccuracy
 
+from spt_core import distributed
 from spt_knn import OnlineKNN
 from spt_queue import OnlineQueue, find_queue
 
@@ -64,13 +65,13 @@ class Keep(L.Callback):
             self.preds[mode].append(batch[f"{mode}_preds"])
 
     def on_validation_epoch_end(self, trainer, pl_module):
-        # Snapshots live until the evaluation ends: read them here, not after the fit.
+        # What gather mode searched: every rank's rows, gathered by the reader (collective).
         n = p["queue_length"]
         self.snapshots = {
-            "bank": find_queue(trainer, "embedding").snapshot(n),
-            "bank_labels": find_queue(trainer, "label").snapshot(n),
-            "local_snapshot": find_queue(trainer, "local_embedding").snapshot(n),
-            "index_snapshot": find_queue(trainer, "index").snapshot(),
+            "bank": distributed.gather_uneven(find_queue(trainer, "embedding").read(n)),
+            "bank_labels": distributed.gather_uneven(find_queue(trainer, "label").read(n)),
+            "local_snapshot": find_queue(trainer, "local_embedding").read(n),
+            "index_snapshot": distributed.gather_uneven(find_queue(trainer, "index").read()),
         }
 
     def on_validation_end(self, trainer, pl_module):
@@ -94,7 +95,7 @@ def knn(name, mode, prefix=""):
     )
 
 
-indices = OnlineQueue("index", p["queue_length"], gather_distributed=True)
+indices = OnlineQueue("index", p["queue_length"])
 keep = Keep()
 model = Model(in_dim=4)
 fit = trainer(
@@ -121,8 +122,7 @@ save(
         "preds": keep.preds,
         "logged": keep.logged,
         **keep.snapshots,
-        "own_rows": find_queue(fit, "embedding").buffer.last(),
-        "local_gathers": find_queue(fit, "local_label").gather_distributed,
+        "own_rows": find_queue(fit, "embedding").read(),
         "seen": torch.cat(model.seen),
         "embeddings": embeddings,
         "labels": validation.labels[list(val_rows[fit.global_rank])],

@@ -42,10 +42,9 @@ class Logged(L.Callback):
         self.epochs = []
 
     def on_validation_epoch_end(self, trainer, pl_module):
-        # Snapshots live until the evaluation ends: read them here, not after the fit.
         n = p["queue_length"]
-        self.bank = find_queue(trainer, "embedding").snapshot(n)
-        self.bank_labels = find_queue(trainer, "label").snapshot(n)
+        self.bank = find_queue(trainer, "embedding").read(n)
+        self.bank_labels = find_queue(trainer, "label").read(n)
 
     def on_validation_end(self, trainer, pl_module):
         logged = trainer.callback_metrics

@@ -26,6 +26,7 @@ from _common import DictDataset, Encoder, blobs, parse, save, trainer
 from torch.utils.data import DataLoader, DistributedSampler, IterableDataset
 from torchmetrics.classification import MulticlassAccuracy
 
+from spt_core import distributed
 from spt_knn import OnlineKNN
 from spt_queue import find_queue
 
@@ -96,8 +97,9 @@ class Keep(L.Callback):
             self.preds[-1][(mode, idx)].append(batch.get(f"{mode}_preds"))
 
     def on_validation_epoch_end(self, trainer, pl_module):
-        self.bank = find_queue(trainer, "embedding").snapshot(p["queue_length"])
-        self.bank_labels = find_queue(trainer, "label").snapshot(p["queue_length"])
+        n = p["queue_length"]  # gather mode's bank: every rank's rows (collective)
+        self.bank = distributed.gather_uneven(find_queue(trainer, "embedding").read(n))
+        self.bank_labels = distributed.gather_uneven(find_queue(trainer, "label").read(n))
 
     def on_validation_end(self, trainer, pl_module):
         logged = trainer.callback_metrics
@@ -145,6 +147,6 @@ save(
         "bank_labels": keep.bank_labels,
         "embeddings": embeddings,
         "labels": {lo: [b["label"] for b in batches(lo, fit.global_rank)] for lo in SIZES},
-        "knn_holds_a_bank": [getattr(cb, "_bank", None) is not None for cb in fit.callbacks],
+        "knn_holds_a_bank": [getattr(cb, "_epoch", None) is not None for cb in fit.callbacks],
     },
 )

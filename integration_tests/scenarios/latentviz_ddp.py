@@ -10,6 +10,7 @@ from pathlib import Path
 from _common import DictDataset, Encoder, blobs, loader, parse, save, trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from spt_core import distributed
 from spt_latentviz import LatentViz, load_map, projection_mlp
 
 args = parse()
@@ -68,9 +69,9 @@ model = Encoder(in_dim=4)
 batches = loader(data, p["batch_size"])
 fit.fit(model, batches, loader(data, p["batch_size"]), ckpt_path=p.get("resume"))
 queue, label_queue = viz._input_queue, viz._target_queue
-for frozen in (queue, label_queue):
-    frozen.take_snapshots()  # the evaluation's snapshots are gone once it ended (collective)
-snapshot = queue.snapshot(p["queue_length"])
+# Every rank's rows, gathered by the reader (collective: the same order on every rank).
+snapshot = distributed.gather_uneven(queue.read(p["queue_length"]))
+label_snapshot = distributed.gather_uneven(label_queue.read(p["queue_length"]))
 last = p["epochs"] - 1
 saved = load_map(maps / f"epoch_{last:04d}.npz") if fit.is_global_zero else None
 save(
@@ -80,9 +81,9 @@ save(
         "projection": {k: v.clone() for k, v in viz.projection.state_dict().items()},
         "optimizer_steps": viz.optimizer_steps,
         "train_batches": viz.train_batches,
-        "own_rows": queue.buffer.last(p["queue_length"]),
+        "own_rows": queue.read(p["queue_length"]),
         "snapshot": snapshot,
-        "label_snapshot": label_queue.snapshot(p["queue_length"]),
+        "label_snapshot": label_snapshot,
         "projected_snapshot": viz.project(snapshot),
         "logged": {k: float(v) for k, v in fit.callback_metrics.items() if "viz" in k},
         "losses": viz.losses,

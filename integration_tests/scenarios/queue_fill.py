@@ -7,6 +7,7 @@ fit), resume (checkpoint path to resume from).
 import lightning as L
 from _common import DictDataset, Encoder, blobs, loader, parse, save, trainer
 
+from spt_core import distributed
 from spt_queue import OnlineQueue
 
 args = parse()
@@ -14,15 +15,15 @@ p = {"n": 64, "batch_size": 8, "queue_length": 20, "epochs": 1, "shuffle": False
 features, labels = blobs(p["n"], dim=4, classes=3)
 data = DictDataset(features, labels)
 model = Encoder(in_dim=4)
-indices = OnlineQueue("index", p["queue_length"], gather_distributed=True)
+indices = OnlineQueue("index", p["queue_length"])
 embeddings = OnlineQueue("embedding", p["queue_length"], dim=8)
 
 
 class Snapshot(L.Callback):
-    """The index snapshot of the last validation epoch (released when the evaluation ends)."""
+    """Every rank's index rows at the last validation epoch, gathered by the reader."""
 
     def on_validation_epoch_end(self, trainer, pl_module):
-        self.rows = indices.snapshot()
+        self.rows = distributed.gather_uneven(indices.read())
 
 
 snapshot = Snapshot()
@@ -39,11 +40,11 @@ save(
     args,
     fit,
     {
-        "rows": indices.buffer.last(),
+        "rows": indices.read(),
         "snapshot": snapshot.rows,
-        "snapshot_held_after_validation": bool(indices._snapshots),
-        "embeddings": embeddings.buffer.last(),
-        "appended": indices.buffer.appended,
+        "queue_state": sorted(vars(indices)),
+        "embeddings": embeddings.read(),
+        "appended": indices.appended,
         "seen": model.seen,
     },
 )

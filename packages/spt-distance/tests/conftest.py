@@ -9,7 +9,7 @@ import pytest
 import torch
 from hypothesis import strategies as st
 
-from spt_distance import knn
+from spt_distance import _plan
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
@@ -98,7 +98,7 @@ def tile(monkeypatch: pytest.MonkeyPatch) -> Callable[[int], None]:
     """Set the keys-per-product tile, so that small tests see many tiles and chunks."""
 
     def set_tile(size: int) -> None:
-        monkeypatch.setattr(knn, "TILE", size)
+        monkeypatch.setattr(_plan, "TILE", size)
 
     return set_tile
 

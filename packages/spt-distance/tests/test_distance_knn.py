@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from spt_distance import DEFAULT_MEMORY_BUDGET, METRICS, knn, knn_search, plan_chunks
+from spt_distance import DEFAULT_MEMORY_BUDGET, METRICS, _plan, _select, knn_search, plan_chunks
 from spt_distance.testing import HostSyncError, forbid_host_sync
 
 SETTINGS = settings(
@@ -21,7 +21,7 @@ TILES = st.sampled_from([1, 2, 3, 4, 7, 1024])
 def selection(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Every test runs with the CPU's selection and with the sync-free one used off the CPU."""
     if request.param == "device":
-        monkeypatch.setattr(knn, "_sync_free", lambda device: True)
+        monkeypatch.setattr(_plan, "sync_free", lambda device: True)
     return request.param
 
 
@@ -305,7 +305,7 @@ def test_knn_sync_free_selection_equals_the_host_selection(
 
     def search(sync_free: bool) -> tuple[torch.Tensor, torch.Tensor]:
         with pytest.MonkeyPatch.context() as patch:  # undone before the next example
-            patch.setattr(knn, "_sync_free", lambda device: sync_free)
+            patch.setattr(_plan, "sync_free", lambda device: sync_free)
             return knn_search(queries, keys, k, metric, chunk_size, memory_budget=budget)
 
     ref.assert_identical(search(True), search(False))
@@ -313,8 +313,8 @@ def test_knn_sync_free_selection_equals_the_host_selection(
 
 def test_keys_order_by_score_then_index_with_signed_zeros_equal():
     scores = torch.tensor([[0.0], [-0.0], [-1.5], [2.0], [-0.0], [0.0]])
-    keys = knn._lowest_keys(scores.clone(), 10, 6)
-    values, index = knn._decode_keys(keys.sort(dim=1).values)
+    keys = _select.lowest_keys(scores.clone(), 10, 6)
+    values, index = _select.decode_keys(keys.sort(dim=1).values)
     assert index.tolist() == [[12, 10, 11, 14, 15, 13]]
     assert values.tolist() == [[-1.5, 0.0, 0.0, 0.0, 0.0, 2.0]]
     assert not bool(values.signbit()[0, 1:5].any())

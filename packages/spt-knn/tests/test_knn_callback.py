@@ -10,8 +10,8 @@ import torchmetrics
 from loguru import logger
 from torchmetrics.classification import MulticlassAccuracy
 
-import spt_distance.knn
 from spt_core import callbacks_metrics
+from spt_distance import _plan
 from spt_distance.testing import forbid_host_sync
 from spt_knn import OnlineKNN, knn_predict
 from spt_queue import find_queue
@@ -64,10 +64,15 @@ class Recorder(L.Callback):
         ({"weighting": "gaussian"}, ValueError, r"weighting must be one of \('inverse'"),
         ({"distributed": "ring"}, ValueError, r"distributed must be one of \('gather', 'shard'\)"),
         ({"queue_length": 0}, ValueError, "queue_length must be a positive integer, got 0"),
-        ({"input_dim": (4, 0)}, ValueError, r"input_dim must be .* got \(4, 0\)"),
+        ({"input_dim": (4, 0)}, ValueError, r"input_dim must hold positive sizes, got \(4, 0\)"),
+        ({"input_dim": 2.5}, TypeError, r"input_dim must be None, an int or a tuple/list"),
+        ({"queue_length": 8.0}, TypeError, "queue_length must be a positive integer, got 8.0"),
+        ({"k": 2.0}, TypeError, "k must be a positive integer, got 2.0"),
+        ({"num_classes": "3"}, TypeError, "num_classes must be a positive integer, got '3'"),
+        ({"target": 3}, TypeError, "target must be a non-empty string"),
         ({"target_dim": 3}, ValueError, "target_dim must be None or 1"),
         ({"num_classes": 0}, ValueError, "num_classes must be a positive integer, got 0"),
-        ({"input": ""}, TypeError, "input must be a non-empty string"),
+        ({"input": ""}, ValueError, "input must be a non-empty string"),
         ({"name": "a/b"}, ValueError, "name"),
         ({"metrics": {"acc": len}}, TypeError, r"metrics\['acc'\] must be a torchmetrics Metric"),
     ],
@@ -267,7 +272,7 @@ class _Hits(torchmetrics.Metric):
 def test_validation_batches_after_the_first_do_not_sync(tiny, monkeypatch, distributed):
     counter = _Counting(monkeypatch)
     # The search as it runs off the CPU, where it never waits for the device.
-    monkeypatch.setattr(spt_distance.knn, "_sync_free", lambda device: True)
+    monkeypatch.setattr(_plan, "sync_free", lambda device: True)
 
     class Watched(OnlineKNN):
         def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, idx=0):
@@ -300,7 +305,9 @@ def test_validation_batches_after_the_first_do_not_sync(tiny, monkeypatch, distr
     assert counter.calls == ["item"]  # the counter does see syncs when they happen
 
 
-def test_queues_gather_in_gather_mode_only_and_a_registered_queue_is_shared(tiny):
+def test_consumers_share_passive_queues_that_never_gather(tiny):
+    """Gather and shard consumers share a registered queue; neither changes it for the other
+    (each gathers or shards what it reads), and its capacity is the largest request."""
     from spt_queue import OnlineQueue
 
     registered = OnlineQueue("label", queue_length=64)
@@ -309,12 +316,15 @@ def test_queues_gather_in_gather_mode_only_and_a_registered_queue_is_shared(tiny
     trainer = tiny.trainer([registered, shard])
     shard.setup(trainer, tiny.model(), "fit")
     assert find_queue(trainer, "label") is registered
-    assert not registered.gather_distributed
-    assert not find_queue(trainer, "x").gather_distributed
+    state = registered.state_dict()
     gather.setup(trainer, tiny.model(), "fit")
     assert find_queue(trainer, "label") is registered
-    assert registered.gather_distributed  # shard mode then reads each rank's own rows
     assert registered.queue_length == 64
+    assert registered.state_dict().keys() == state.keys()
+    for queue in (registered, find_queue(trainer, "x"), find_queue(trainer, "embedding")):
+        assert not hasattr(queue, "gather_distributed")
+    assert find_queue(trainer, "x").consumers == ["OnlineKNN[name=s]"]
+    assert registered.consumers == ["OnlineKNN[name=s]", "OnlineKNN[name=g]"]
 
 
 def test_shard_and_gather_modes_agree_in_one_process(tiny):

@@ -14,6 +14,7 @@ from torch.utils._pytree import tree_leaves
 from torchmetrics.classification import MulticlassAccuracy
 
 from spt_knn import OnlineKNN
+from spt_knn.bank import finite_rows
 
 ROWS, DIM = 8192, 128
 BANK_BYTES = ROWS * DIM * 4  # 4 MiB of float32 features
@@ -72,7 +73,7 @@ def test_a_validation_epoch_holds_one_copy_of_the_bank_and_releases_it(tiny, fil
     # until the next one, through every training epoch).
     del trainer
     assert tracked.now < 0.1 * BANK_BYTES
-    assert knn._bank is None
+    assert knn._epoch is None
 
 
 def _resident_peak() -> int:
@@ -126,8 +127,6 @@ def test_the_resident_peak_of_a_validation_epoch_is_about_one_bank(tiny):
     data=st.data(),
 )
 def test_finite_rows_equals_the_elementwise_check(rows, dim, dtype, data):
-    from spt_knn.functional import finite_rows
-
     features = torch.randn(rows, dim, generator=torch.Generator().manual_seed(rows * dim))
     cells = st.tuples(st.integers(0, max(rows - 1, 0)), st.integers(0, max(dim - 1, 0)))
     values = st.sampled_from([float("nan"), float("inf"), -float("inf"), 1e30])
@@ -139,8 +138,6 @@ def test_finite_rows_equals_the_elementwise_check(rows, dim, dtype, data):
 
 
 def test_finite_rows_allocates_two_values_per_row():
-    from spt_knn.functional import finite_rows
-
     features = torch.randn(ROWS, DIM)
     features[3, 0], features[4000, 5], features[-1, -1] = float("nan"), float("inf"), -1e38
     with StorageTracker() as tracked:

@@ -4,9 +4,14 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from spt_knn import merge_candidates, sharded_neighbours, sharded_neighbours_uneven
-from spt_knn.functional import search_neighbours
-from spt_knn.sharded import pad_candidates
+from spt_knn import (
+    RoundShape,
+    agree_on_rounds,
+    knn_neighbours,
+    merge_candidates,
+    sharded_neighbours,
+)
+from spt_knn.search import pad_candidates
 
 METRICS = ("euclidean", "squared_euclidean", "cosine", "manhattan")
 
@@ -14,7 +19,7 @@ METRICS = ("euclidean", "squared_euclidean", "cosine", "manhattan")
 def _shard_search(queries, bank, labels, sizes, k, metric):
     """Search every shard, then merge the candidates as the ranks of shard mode do."""
     candidates = [
-        pad_candidates(*search_neighbours(queries, shard, shard_labels, k, metric), k)
+        pad_candidates(*knn_neighbours(queries, shard, shard_labels, k, metric), k)
         for shard, shard_labels in zip(bank.split(sizes), labels.split(sizes), strict=True)
     ]
     return merge_candidates(
@@ -40,7 +45,7 @@ def test_exact_ties_across_shards_go_to_the_lower_global_row(sizes, dim, k, seed
     queries = torch.randint(-2, 3, (6, dim), generator=generator).float()
     labels = torch.randperm(total, generator=generator)  # a label identifies its row
     k = min(k, total)
-    whole = pad_candidates(*search_neighbours(queries, bank, labels, k, "manhattan"), k)
+    whole = pad_candidates(*knn_neighbours(queries, bank, labels, k, "manhattan"), k)
     merged = _shard_search(queries, bank, labels, sizes, k, "manhattan")
     assert torch.equal(merged[1], whole[1])
     assert torch.equal(merged[0], whole[0])
@@ -62,7 +67,7 @@ def test_merged_shard_candidates_equal_the_search_of_the_concatenated_bank(sizes
     queries = torch.randn(5, 8, generator=generator)
     labels = torch.arange(total)
     k = min(k, total)
-    whole = pad_candidates(*search_neighbours(queries, bank, labels, k, metric), k)
+    whole = pad_candidates(*knn_neighbours(queries, bank, labels, k, metric), k)
     merged = _shard_search(queries, bank, labels, sizes, k, metric)
     assert torch.equal(merged[1], whole[1])
     assert torch.equal(merged[0], whole[0])
@@ -72,7 +77,7 @@ def test_without_a_process_group_the_sharded_search_is_the_local_search():
     generator = torch.Generator().manual_seed(0)
     bank, queries = torch.randn(12, 4, generator=generator), torch.randn(3, 4, generator=generator)
     labels = torch.arange(12)
-    local = search_neighbours(queries, bank, labels, 5)
+    local = knn_neighbours(queries, bank, labels, 5)
     sharded = sharded_neighbours(queries, bank, labels, k=5, rows=3)
     assert torch.equal(sharded[0], local[0])
     assert torch.equal(sharded[1], local[1])
@@ -81,12 +86,19 @@ def test_without_a_process_group_the_sharded_search_is_the_local_search():
     assert padded[0][:, 2:].isinf().all()
 
 
-def test_the_uneven_search_without_a_process_group_is_the_local_search():
+def test_rounds_cut_each_ranks_queries_and_without_a_process_group_search_locally():
     generator = torch.Generator().manual_seed(1)
     bank, queries = torch.randn(12, 4, generator=generator), torch.randn(5, 4, generator=generator)
     labels = torch.arange(12)
-    local = search_neighbours(queries, bank, labels, 3)
-    uneven = sharded_neighbours_uneven(queries, bank, labels, k=3, rows=2)
-    assert torch.equal(uneven[0], local[0]) and torch.equal(uneven[1], local[1])
-    distances, found = sharded_neighbours_uneven(None, bank, labels, k=3, rows=2)
-    assert distances.shape == found.shape == (0, 3)
+    shape = agree_on_rounds(queries, 2, bank.device)
+    assert shape == RoundShape(queries=5, rows=2, dim=4, dtype=torch.float32)
+    parts = shape.parts(queries, bank.device)
+    assert [len(p) for p in parts] == [2, 2, 1]
+    rounds = [sharded_neighbours(p, bank, labels, 3, shape.rows) for p in parts]
+    local = knn_neighbours(queries, bank, labels, 3)
+    assert torch.equal(torch.cat([d for d, _ in rounds]), local[0])
+    assert torch.equal(torch.cat([y for _, y in rounds]), local[1])
+    # A rank without queries sends empty parts of the agreed width and dtype, one per round.
+    wider = RoundShape(queries=5, rows=2, dim=4, dtype=torch.float64)
+    assert [p.shape for p in wider.parts(None, bank.device)] == [(0, 4)] * 3
+    assert all(p.dtype == torch.float64 for p in wider.parts(queries, bank.device))

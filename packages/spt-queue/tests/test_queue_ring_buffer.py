@@ -74,10 +74,15 @@ def test_last_is_a_copy_and_empty_buffer_reads_empty():
     assert snapshot.tolist() == [1.0, 2.0]
 
 
-@pytest.mark.parametrize("capacity", [0, -1, 1.5, True])
-def test_bad_capacity_names_the_argument(capacity):
-    with pytest.raises(ValueError, match="capacity"):
+@pytest.mark.parametrize(
+    ("capacity", "error"), [(0, ValueError), (-1, ValueError), (1.5, TypeError), (True, TypeError)]
+)
+def test_bad_capacity_names_the_argument(capacity, error):
+    """A value out of range is a ValueError, a value of the wrong type a TypeError."""
+    with pytest.raises(error, match="capacity must be a positive integer"):
         RingBuffer(capacity)
+    with pytest.raises(error, match="capacity must be a positive integer"):
+        RingBuffer(3).resize(capacity)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -44,21 +44,23 @@ def check_pair(x: object, y: object, x_name: str, y_name: str) -> None:
 
 
 def check_k(k: object, n_keys: int) -> int:
-    if isinstance(k, bool) or not isinstance(k, int):
-        raise TypeError(f"k must be an int, got {type(k).__name__} {k!r}")
+    k = _require_int(k, "k must be an int")
     if not 1 <= k <= n_keys:
         raise ValueError(f"k must satisfy 1 <= k <= number of keys ({n_keys}), got k={k}")
     return k
 
 
+def _require_int(value: object, what: str) -> int:
+    """``value`` if it is an int (a bool is not); else a ``TypeError`` saying ``what``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{what}, got {type(value).__name__} {value!r}")
+    return value
+
+
 def check_chunk_size(chunk_size: object) -> int | None:
     if chunk_size is None:
         return None
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int):
-        raise TypeError(
-            f"chunk_size must be None, -1 or a positive int, got {type(chunk_size).__name__} "
-            f"{chunk_size!r}"
-        )
+    chunk_size = _require_int(chunk_size, "chunk_size must be None, -1 or a positive int")
     if chunk_size == 0 or chunk_size < -1:
         raise ValueError(
             f"chunk_size must be None (from the memory budget), -1 (one block) or a positive "
@@ -70,11 +72,9 @@ def check_chunk_size(chunk_size: object) -> int | None:
 def check_memory_budget(memory_budget: object) -> int:
     if memory_budget is None:
         return DEFAULT_MEMORY_BUDGET
-    if isinstance(memory_budget, bool) or not isinstance(memory_budget, int):
-        raise TypeError(
-            f"memory_budget must be None or a positive int (bytes), got "
-            f"{type(memory_budget).__name__} {memory_budget!r}"
-        )
+    memory_budget = _require_int(
+        memory_budget, "memory_budget must be None or a positive int (bytes)"
+    )
     if memory_budget < 1:
         raise ValueError(f"memory_budget must be a positive number of bytes, got {memory_budget}")
     return memory_budget

@@ -228,6 +228,18 @@ def exact_distances(
     return difference.abs_().sum(dim=1)
 
 
+def exact_metric(
+    left: Tensor, left_index: Tensor, right: Tensor, right_index: Tensor, metric: str
+) -> Tensor:
+    """The metric's distance of each pair, in float64 from `exact_distances` (the square root
+    of euclidean taken in float64 too), so that rounding it to the output dtype is the only
+    rounding after the float64 arithmetic."""
+    values = exact_distances(left, left_index, right, right_index, metric)
+    if metric == "cosine":
+        return values.clamp_(0, 2)
+    return values.sqrt_() if metric == "euclidean" else values
+
+
 def refine_near_zero(
     values: Tensor,
     near_zero: Tensor,

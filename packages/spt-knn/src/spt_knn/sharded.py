@@ -5,14 +5,14 @@ are gathered (``W x B x D``), each rank finds the ``k`` nearest rows of its shar
 them, and each query's owner merges the ``W x k`` candidates (distance and label) it gets
 back. The merge keeps the result of a search over the concatenated bank, ties included.
 
-The search runs in collective rounds: one per validation batch when every rank runs the
-same batches, or, when ranks hold different numbers of queries (or none), as many as the
-largest needs, agreed on first (:func:`sharded_neighbours_uneven`).
+The search runs in collective rounds of a shape every rank agrees on first
+(:func:`agree_on_rounds`): one round per validation batch when every rank runs the same
+batches, or, when ranks hold different numbers of queries (or none), as many as the largest
+needs (:meth:`RoundShape.parts` cuts a rank's queries into them).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -20,52 +20,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from spt_core import distributed
-from spt_knn.functional import search_neighbours
-
-
-def pad_candidates(distances: Tensor, labels: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """Pad ``(B, j)`` candidates to ``(B, k)`` with infinite distances and label ``-1``.
-
-    Example:
-        >>> d, y = pad_candidates(torch.tensor([[0.5]]), torch.tensor([[3]]), 3)
-        >>> d.tolist(), y.tolist()
-        ([[0.5, inf, inf]], [[3, -1, -1]])
-    """
-    missing = k - distances.shape[1]
-    if missing <= 0:
-        return distances, labels
-    batch = distances.shape[0]
-    filler = distances.new_full((batch, missing), math.inf)
-    return (
-        torch.cat((distances, filler), dim=1),
-        torch.cat((labels, labels.new_full((batch, missing), -1)), dim=1),
-    )
-
-
-def merge_candidates(distances: Tensor, labels: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """The ``k`` nearest of several shards' candidate lists, concatenated shard by shard.
-
-    Each shard's list must be sorted nearest first, with ties in row order (as
-    :func:`spt_distance.knn_search` returns them). The sort is stable, so equal distances
-    keep the earlier shard and then the earlier row: the order ``(distance, global row)`` of
-    one search over the shards concatenated in the same order.
-
-    Args:
-        distances: ``(B, S * j)`` candidate distances, shard-major.
-        labels: ``(B, S * j)`` their labels.
-        k: How many to keep (at most ``S * j``).
-
-    Returns:
-        ``(distances, labels)`` of shape ``(B, k)``, nearest first.
-
-    Example:
-        >>> d = torch.tensor([[0.1, 0.7, 0.3, 0.7]])  # shard 0: 0.1, 0.7; shard 1: 0.3, 0.7
-        >>> y = torch.tensor([[1, 2, 3, 4]])
-        >>> merge_candidates(d, y, 3)[1].tolist()
-        [[1, 3, 2]]
-    """
-    order = torch.sort(distances, dim=1, stable=True).indices[:, :k]
-    return distances.gather(1, order), labels.gather(1, order)
+from spt_knn.search import knn_neighbours, merge_candidates, pad_candidates
 
 
 def _gather_rows(tensor: Tensor) -> Tensor:
@@ -94,7 +49,7 @@ def _round(
     padded = queries.new_zeros((rows, dim))
     padded[:batch] = queries
     everyone = _gather_rows(padded)
-    found = search_neighbours(everyone, shard, shard_labels, k, distance_metric, chunk_size)
+    found = knn_neighbours(everyone, shard, shard_labels, k, distance_metric, chunk_size)
     distances, labels = pad_candidates(*found, k)
     # One message: fp32 distances beside int32 labels carried bit for bit as fp32.
     packed = torch.stack((distances.float(), labels.to(torch.int32).view(torch.float32)), dim=-1)
@@ -108,20 +63,15 @@ def _round(
 
 
 def sharded_neighbours(
-    queries: Tensor,
-    shard: Tensor,
-    shard_labels: Tensor,
-    k: int,
-    rows: int,
-    distance_metric: str = "euclidean",
-    chunk_size: int | None = -1,
-) -> tuple[Tensor, Tensor]:
+    queries: Tensor, shard: Tensor, shard_labels: Tensor, k: int, rows: int,
+    distance_metric: str = "euclidean", chunk_size: int | None = -1,
+) -> tuple[Tensor, Tensor]:  # fmt: skip
     """The ``k`` nearest rows, over every rank's shard, of this rank's queries.
 
     One call is one collective round: every rank must call it together (as many times as
-    the others), with the same ``k``, ``rows``, query dtype and feature count. When ranks
-    hold different numbers of queries, use :func:`sharded_neighbours_uneven`. Without a
-    process group it is a plain search of the local shard.
+    the others), with the same ``k``, ``rows``, query dtype and feature count: the shape
+    that :func:`agree_on_rounds` settles. Without a process group it is a plain search of the
+    local shard.
 
     Args:
         queries: ``(B, D)`` this rank's queries, ``B <= rows``.
@@ -130,8 +80,8 @@ def sharded_neighbours(
         k: Neighbours per query, at most the total number of rows over all shards.
         rows: Query rows every rank sends (this rank's are zero-padded up to it); the same
             on every rank, so no host sync is needed to agree on shapes.
-        distance_metric: See :func:`spt_distance.knn_search`.
-        chunk_size: See :func:`spt_distance.knn_search`.
+        distance_metric: See :func:`knn_neighbours`.
+        chunk_size: See :func:`knn_neighbours`.
 
     Returns:
         ``(distances, labels)`` of shape ``(B, k)``, nearest first; ties go to the lower
@@ -141,7 +91,7 @@ def sharded_neighbours(
         ValueError: If ``B > rows``.
     """
     if not distributed.is_distributed():
-        found = search_neighbours(queries, shard, shard_labels, k, distance_metric, chunk_size)
+        found = knn_neighbours(queries, shard, shard_labels, k, distance_metric, chunk_size)
         return pad_candidates(*found, k)
     if queries.shape[0] > rows:
         raise ValueError(
@@ -190,48 +140,13 @@ class RoundShape:
 
     @property
     def rounds(self) -> int:
+        """Rounds every rank runs: enough for the most queries any rank holds."""
         return -(-self.queries // self.rows)
 
-
-def sharded_neighbours_uneven(
-    queries: Tensor | None,
-    shard: Tensor,
-    shard_labels: Tensor,
-    k: int,
-    rows: int,
-    distance_metric: str = "euclidean",
-    chunk_size: int | None = -1,
-) -> tuple[Tensor, Tensor]:
-    """:func:`sharded_neighbours` for ranks that hold different numbers of queries, or none.
-
-    Every rank calls it once, together: the ranks first agree on the number of rounds (one
-    small gather, one host sync), then run them, each rank sending its next ``rows`` queries
-    (none once its own are done).
-
-    Args:
-        queries: ``(B_rank, D)`` this rank's queries, or ``None`` when it has none.
-        shard, shard_labels, k, distance_metric, chunk_size: As for
-            :func:`sharded_neighbours`.
-        rows: This rank's wish for the query rows per round; the largest wish wins.
-
-    Returns:
-        ``(distances, labels)`` of shape ``(B_rank, k)`` (``(0, k)`` for ``None``).
-    """
-    if not distributed.is_distributed():
-        queries = shard.new_zeros((0, shard.shape[1])) if queries is None else queries
-        return sharded_neighbours(queries, shard, shard_labels, k, 1, distance_metric, chunk_size)
-    shape = agree_on_rounds(queries, rows, shard.device)
-    if queries is None:
-        queries = torch.zeros((0, shape.dim), dtype=shape.dtype, device=shard.device)
-    queries = queries.to(shape.dtype)
-    parts = [
-        _round(
-            queries[i * shape.rows : (i + 1) * shape.rows], shard, shard_labels, k,
-            shape.rows, distance_metric, chunk_size,
-        )
-        for i in range(shape.rounds)
-    ]  # fmt: skip
-    if not parts:  # no rank holds a query
-        nothing = torch.empty((0, 0), device=shard.device)
-        return pad_candidates(nothing, nothing.long(), k)
-    return torch.cat([d for d, _ in parts]), torch.cat([y for _, y in parts])
+    def parts(self, queries: Tensor | None, device: torch.device) -> list[Tensor]:
+        """This rank's ``queries`` (``None``: none) cut into the :attr:`rounds` it sends, in
+        the wire dtype; the parts after its last query are empty."""
+        if queries is None:
+            queries = torch.zeros((0, self.dim), dtype=self.dtype, device=device)
+        queries = queries.to(self.dtype)
+        return [queries[i * self.rows : (i + 1) * self.rows] for i in range(self.rounds)]

@@ -51,9 +51,8 @@ class LatentViz(TrainableCallback):
     ``e >= warmup_epochs`` (the seed's rule: epochs 0, 10, 20... for ``plot_interval=10``;
     with ``warmup_epochs=3`` the first map is drawn at epoch 10; never in the sanity check;
     in ``trainer.validate`` after a fit, at the epoch the fit reached, if it has no map yet),
-    the projection maps the queue gathered from every rank (the snapshot of the validation
-    epoch, or a fresh one at the end of the training epoch when no validation ran) and the
-    callback
+    the projection maps the queue rows of every rank, gathered by this callback at the end of
+    the validation epoch (or of the training epoch when no validation ran), and the callback
 
     - logs ``eval/{name}_trustworthiness`` and ``eval/{name}_knn_recall`` at ``k_neighbors``;
     - on rank 0 writes ``epoch_XXXX.npz`` (``coordinates``, ``labels`` when ``target`` is set,
@@ -212,7 +211,6 @@ class LatentViz(TrainableCallback):
             self.input,
             self.queue_length,
             self.input_dim,
-            gather_distributed=True,
             previous=self._input_queue,
             consumer=self.state_key,
         )
@@ -221,7 +219,6 @@ class LatentViz(TrainableCallback):
                 trainer,
                 self.target,
                 self.queue_length,
-                gather_distributed=True,
                 previous=self._target_queue,
                 consumer=self.state_key,
             )
@@ -261,23 +258,13 @@ class LatentViz(TrainableCallback):
             )
             return
         if self._plot_due(trainer):
-            if trainer.state.fn != TrainerFn.FITTING:
-                # trainer.validate after a fit: queues that are not on this Trainer (the fit's
-                # own Trainer created them) took no snapshot at the epoch start (collective).
-                for queue in (self._input_queue, self._target_queue):
-                    if queue is not None and queue not in trainer.callbacks:
-                        queue.take_snapshots()
-            self.visualize(trainer, pl_module, *self._snapshots())
+            self.visualize(trainer, pl_module, *self._gathered_rows())
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._log_epoch_loss(pl_module)
         super().on_train_epoch_end(trainer, pl_module)
-        if self._plot_due(trainer):
-            # No validation epoch drew this epoch's map: freeze the queues now (collective).
-            for queue in (self._input_queue, self._target_queue):
-                if queue is not None:
-                    queue.take_snapshots()
-            self.visualize(trainer, pl_module, *self._snapshots())
+        if self._plot_due(trainer):  # no validation epoch drew this epoch's map
+            self.visualize(trainer, pl_module, *self._gathered_rows())
 
     # ------------------------------------------------------------------ the work
 
@@ -466,8 +453,8 @@ class LatentViz(TrainableCallback):
         ``None`` while the queue is short (the same on every rank); a ``None`` graph when too
         few of this rank's rows are finite.
         """
-        buffer = self._queue().buffer
-        available = min(len(buffer), self.queue_length)
+        queue = self._queue()
+        available = min(len(queue), self.queue_length)
         if available <= self.k_neighbors:
             self.info_once(
                 trainer,
@@ -478,9 +465,9 @@ class LatentViz(TrainableCallback):
             return None
         if self._graph is not None:
             built_at, rows, neighbors = self._graph
-            if buffer.appended - built_at < self.graph_refresh * available:
+            if queue.appended - built_at < self.graph_refresh * available:
                 return rows, neighbors
-        rows = self.prepare_input(buffer.last(self.queue_length))
+        rows = self.prepare_input(queue.read(self.queue_length))
         rows = rows.reshape(len(rows), -1)
         self.check_input_width(rows, self.input)
         finite = torch.isfinite(rows).all(dim=1)
@@ -495,7 +482,7 @@ class LatentViz(TrainableCallback):
         neighbors = None
         if len(rows) > self.k_neighbors:
             neighbors = neighbor_graph(rows, self.k_neighbors, metric=self.distance_metric)
-        self._graph = (buffer.appended, rows, neighbors)
+        self._graph = (queue.appended, rows, neighbors)
         self.debug(f"rebuilt the neighbour graph of {len(rows)} rows")
         return rows, neighbors
 
@@ -508,14 +495,14 @@ class LatentViz(TrainableCallback):
             and self.last_plot_epoch != epoch
         )
 
-    def _snapshots(self) -> tuple[Tensor, Tensor | None]:
-        queue = self._queue()
-        if self._target_queue is None:
-            return queue.snapshot(self.queue_length), None
-        features, labels = read_aligned(
-            [queue, self._target_queue], self.queue_length, self.state_key
-        )
-        return features, labels
+    def _gathered_rows(self) -> tuple[Tensor, Tensor | None]:
+        """Every rank's queue rows (and labels), each once in rank order: the queues hold this
+        rank's rows, this callback gathers them (collective: every rank calls it together)."""
+        queues = [self._queue(), self._target_queue]
+        if queues[1] is None:
+            return distributed.gather_uneven(queues[0].read(self.queue_length)), None
+        features, labels = read_aligned(queues, self.queue_length, self.state_key)
+        return distributed.gather_uneven(features), distributed.gather_uneven(labels)
 
     def _folder(self, trainer: Trainer) -> str:
         if self.save_dir is not None:

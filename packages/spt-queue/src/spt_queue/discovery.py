@@ -8,7 +8,8 @@ import torch
 from lightning.pytorch import Trainer
 from torch import Tensor
 
-from spt_queue.online_queue import OnlineQueue, _flat_dim
+from spt_queue._checks import flat_dim
+from spt_queue.online_queue import OnlineQueue
 
 
 def find_queue(trainer: Trainer, key: str) -> OnlineQueue | None:
@@ -25,7 +26,6 @@ def find_or_create_queue(
     queue_length: int,
     dim: int | Sequence[int] | None = None,
     dtype: torch.dtype | None = None,
-    gather_distributed: bool = False,
     *,
     previous: OnlineQueue | None = None,
     consumer: str | None = None,
@@ -35,7 +35,8 @@ def find_or_create_queue(
 
     Discovery scans ``trainer.callbacks`` only: there is no registry, so a second Trainer
     in the same process starts clean. A found queue is shared: its capacity grows to
-    ``queue_length`` if that is larger, and it gathers across ranks if any consumer asks.
+    ``queue_length`` if that is larger, and nothing else about it changes (it never gathers:
+    each consumer gathers or shards what it reads).
 
     Args:
         trainer: The Trainer whose callbacks are searched (and extended).
@@ -43,7 +44,6 @@ def find_or_create_queue(
         queue_length: Rows this consumer reads per rank.
         dim: Expected feature size (see :class:`OnlineQueue`).
         dtype: Storage dtype for a new queue.
-        gather_distributed: Whether this consumer needs every rank's rows.
         previous: A queue this consumer used with an earlier Trainer; when ``trainer`` has
             no queue for ``key`` it is registered again instead of a new, empty one.
         consumer: The asking callback's name (its ``state_key``), added to the queue's
@@ -66,17 +66,16 @@ def find_or_create_queue(
         queue = previous
         trainer.callbacks.append(queue)
     if queue is None:
-        queue = OnlineQueue(key, queue_length, dim, dtype, gather_distributed)
+        queue = OnlineQueue(key, queue_length, dim=dim, dtype=dtype)
         trainer.callbacks.append(queue)
     else:
-        wanted = _flat_dim(dim)
+        wanted = flat_dim(dim)
         if wanted is not None and queue.dim is not None and wanted != queue.dim:
             raise ValueError(
                 f"the queue of '{key}' holds rows of dim={queue.dim}, a consumer asks for "
                 f"dim={wanted}; use one feature size per key"
             )
         queue.request(queue_length)
-        queue.gather_distributed = queue.gather_distributed or gather_distributed
     if consumer is not None and consumer not in queue.consumers:
         queue.consumers.append(consumer)
     if class_labels:
@@ -85,18 +84,32 @@ def find_or_create_queue(
 
 
 def read_aligned(queues: Sequence[OnlineQueue], n: int, owner: str) -> list[Tensor]:
-    """Snapshots of several queues that must describe the same rows (features, labels...).
+    """:meth:`OnlineQueue.read` of several queues that must hold the same rows (features and
+    their labels, say): this rank's ``n`` most recent rows of each.
+
+    Args:
+        queues: The queues, read in this order.
+        n: Rows to read from each.
+        owner: Who reads (a ``state_key``), named in the error.
+
+    Returns:
+        One tensor per queue, with the same number of rows.
 
     Raises:
         RuntimeError: If the queues did not receive the same rows (different append counts or
-            snapshot lengths), which would pair a feature with another sample's label.
+            lengths), which would pair a feature with another sample's label.
+
+    Example:
+        >>> features, labels = OnlineQueue("z", 4), OnlineQueue("y", 4)
+        >>> features.append(torch.ones(3, 2)); labels.append(torch.arange(3))
+        >>> [rows.shape[0] for rows in read_aligned([features, labels], 2, owner="knn")]
+        [2, 2]
     """
-    snapshots = [queue.snapshot(n) for queue in queues]
-    counts = {(q.snapshot_appended, len(s)) for q, s in zip(queues, snapshots, strict=True)}
-    if len(counts) > 1:
+    rows = [queue.read(n) for queue in queues]
+    if len({(q.appended, len(r)) for q, r in zip(queues, rows, strict=True)}) > 1:
         detail = ", ".join(
-            f"'{q.key}': {q.snapshot_appended} appended, {len(s)} in snapshot"
-            for q, s in zip(queues, snapshots, strict=True)
+            f"'{q.key}': {q.appended} appended, {len(r)} read"
+            for q, r in zip(queues, rows, strict=True)
         )
         raise RuntimeError(f"{owner}: its queues are not aligned ({detail})")
-    return snapshots
+    return rows

@@ -1,4 +1,4 @@
-"""OnlineQueue: a callback that keeps the most recent training values of one key."""
+"""OnlineQueue: a passive store of the most recent training values of one key, per rank."""
 
 from __future__ import annotations
 
@@ -11,58 +11,48 @@ from lightning.pytorch import LightningModule, Trainer
 from torch import Tensor
 
 from spt_core import SPTCallback, distributed, lookup
+from spt_queue._checks import check_count, flat_dim
 from spt_queue.ring_buffer import RingBuffer
 
 
-def _flat_dim(dim: int | Sequence[int] | None, argument: str = "dim") -> int | None:
-    if dim is None:
-        return None
-    dims = [dim] if isinstance(dim, int) else list(dim)
-    if not dims or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in dims):
-        raise ValueError(f"{argument} must be a positive int or a tuple of them, got {dim!r}")
-    return math.prod(dims)
-
-
 class OnlineQueue(SPTCallback):
-    """Appends ``key`` from every training batch to a ring buffer that consumers read.
+    """A passive store: appends this rank's values of ``key`` from every training batch.
 
     The value is looked up in the step outputs first, then in the batch, detached, and
-    appended to :attr:`buffer`. Consumers (kNN, LatentViz...) share one queue per key: each
-    calls :meth:`request` with the number of rows it wants, the capacity grows to the
-    largest request, and each reads its own most recent rows through :meth:`snapshot`.
-
-    Snapshots are taken once at the start of every validation and test epoch and released
-    when that evaluation ends (after every callback's epoch-end hook), so that training never
-    holds a copy of the queue. With ``gather_distributed=True`` a snapshot holds every rank's
-    rows exactly once, in rank order; otherwise this rank's rows only.
+    appended to a :class:`RingBuffer`. Consumers (kNN, LatentViz...) share one queue per key:
+    each calls :meth:`request` with the number of rows it wants, the capacity is the largest
+    request, and each reads its own most recent rows with :meth:`read`, the one read path.
+    The queue never gathers and never changes for a consumer: under DDP a consumer gathers
+    (or shards) what it read itself, through :mod:`spt_core.distributed`.
 
     A consumer that reads the rows as class labels says so with :meth:`expect_class_labels`;
     every training batch is then checked (without a host sync) to hold one integer per row.
     A value that is not a tensor and cannot become one (strings, for example) is a
     ``TypeError`` for any queue, naming the queue, its consumers and the key.
 
-    The buffer is callback state: it goes into checkpoints through :meth:`state_dict` (under
-    DDP every rank's rows, each once) and is never a buffer of the LightningModule.
+    The rows are callback state: :meth:`state_dict` holds this rank's (it never communicates),
+    and a checkpoint holds every rank's once (gathered by :meth:`gather_checkpoint_state` while
+    it is saved). They are never a buffer of the LightningModule.
 
     Args:
         key: Entry of the step outputs or batch to queue.
-        queue_length: Rows kept per rank (grows if a consumer requests more).
+        queue_length: Rows kept per rank (grows to the largest consumer request).
         dim: Feature size; an int or a shape whose product is used. Rows are then flattened
             to ``(batch, prod(dim))`` and checked. ``None`` keeps rows as they come.
         dtype: Storage dtype; ``None`` keeps the first batch's dtype.
-        gather_distributed: Snapshots gather every rank's rows.
         verbose: See :class:`spt_core.SPTCallback`.
 
     Raises:
-        ValueError: If ``queue_length`` or ``dim`` is not positive, or ``key`` is empty.
-        TypeError: If ``dtype`` is not a ``torch.dtype``.
+        ValueError: If ``queue_length`` or a size of ``dim`` is not positive, or ``key`` is
+            empty.
+        TypeError: If ``key`` is not a string, ``queue_length`` not an int or ``dtype`` not
+            a ``torch.dtype``.
 
     Example:
         >>> queue = OnlineQueue("embedding", queue_length=4, dim=2)
-        >>> queue.state_key
-        'OnlineQueue[name=embedding]'
-        >>> queue.buffer.capacity
-        4
+        >>> queue.append(torch.arange(10.0).reshape(5, 2))
+        >>> queue.read(2).tolist(), queue.appended, queue.state_key
+        ([[6.0, 7.0], [8.0, 9.0]], 5, 'OnlineQueue[name=embedding]')
     """
 
     unique_name = False
@@ -71,40 +61,42 @@ class OnlineQueue(SPTCallback):
         self,
         key: str,
         queue_length: int,
+        *,
         dim: int | Sequence[int] | None = None,
         dtype: torch.dtype | None = None,
-        gather_distributed: bool = False,
         verbose: bool | None = None,
     ) -> None:
-        if not isinstance(key, str) or not key:
+        if not isinstance(key, str):
+            raise TypeError(f"key must be a non-empty string, got {key!r}")
+        if not key:
             raise ValueError(f"key must be a non-empty string, got {key!r}")
-        if isinstance(queue_length, bool) or not isinstance(queue_length, int) or queue_length < 1:
-            raise ValueError(f"queue_length must be a positive integer, got {queue_length!r}")
+        check_count(queue_length, "queue_length")
         if dtype is not None and not isinstance(dtype, torch.dtype):
             raise TypeError(f"dtype must be a torch.dtype or None, got {dtype!r}")
         super().__init__(name=key.replace("/", "."), verbose=verbose)
         self.key = key
-        self.dim = _flat_dim(dim)
-        self.gather_distributed = bool(gather_distributed)
-        shape = None if self.dim is None else (self.dim,)
-        self.buffer = RingBuffer(queue_length, shape=shape, dtype=dtype)
-        self._requests: set[int] = {queue_length}
+        self.dim = flat_dim(dim)
+        self.buffer = RingBuffer(queue_length, shape=self.dim, dtype=dtype)
         self.consumers: list[str] = []  # callbacks that read this queue, named in its errors
         self.class_label_consumers: list[str] = []
-        self._snapshots: dict[int, Tensor] = {}
-        self._snapshots_taken = False  # since the last release
-        self._snapshot_appended = 0
 
     @property
     def queue_length(self) -> int:
+        """The capacity: the largest length requested."""
         return self.buffer.capacity
 
+    @property
+    def appended(self) -> int:
+        """Rows this rank appended so far (with those of a resumed checkpoint)."""
+        return self.buffer.appended
+
+    def __len__(self) -> int:
+        return len(self.buffer)
+
     def request(self, n: int) -> None:
-        """Register a consumer that reads ``n`` rows; the capacity becomes the largest request."""
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"queue_length must be a positive integer, got {n!r}")
-        self._requests.add(n)
-        self.buffer.resize(max(self._requests))
+        """Register a consumer that reads ``n`` rows; the capacity grows to the largest request."""
+        if check_count(n, "queue_length") > self.buffer.capacity:
+            self.buffer.resize(n)
 
     def expect_class_labels(self, consumer: str) -> None:
         """Register ``consumer`` (a ``state_key``) as reading the rows as integer class labels.
@@ -115,15 +107,19 @@ class OnlineQueue(SPTCallback):
         if consumer not in self.class_label_consumers:
             self.class_label_consumers.append(consumer)
 
-    def on_train_batch_end(
-        self,
-        trainer: Trainer,
-        pl_module: LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-    ) -> None:
-        rows = self._as_rows(lookup(self.key, outputs, batch, owner=self._owner()))
+    def read(self, n: int | None = None) -> Tensor:
+        """A copy of this rank's ``n`` most recent rows (all when ``None``), oldest first."""
+        return self.buffer.last(n)
+
+    def append(self, value: Any) -> None:
+        """Check ``value`` (a tensor or a sequence of numbers) and append it as rows.
+
+        Raises:
+            TypeError: If it cannot become a tensor, or is not one integer per row for a
+                class-label consumer.
+            ValueError: If its rows do not have ``dim`` features or the rows' shape changed.
+        """
+        rows = self._as_rows(value)
         if self.class_label_consumers:
             self._check_class_labels(rows)
         if self.dim is not None:
@@ -133,12 +129,18 @@ class OnlineQueue(SPTCallback):
                     f"{self._owner()}: '{self.key}' has {rows.shape[1]} features per row, "
                     f"expected dim={self.dim}"
                 )
-        if self.buffer.device != pl_module.device:
-            self.buffer.to(pl_module.device)
         try:
             self.buffer.append(rows)
         except ValueError as error:
             raise ValueError(f"{self._owner()}: '{self.key}': {error}") from error
+
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
+        batch_idx: int,
+    ) -> None:  # fmt: skip
+        if self.buffer.device != pl_module.device:
+            self.buffer.to(pl_module.device)
+        self.append(lookup(self.key, outputs, batch, owner=self._owner()))
 
     def _as_rows(self, value: Any) -> Tensor:
         if isinstance(value, Tensor):
@@ -173,87 +175,27 @@ class OnlineQueue(SPTCallback):
             return self.state_key
         return f"{self.state_key} (filled for {', '.join(self.consumers)})"
 
-    def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self.ensure_snapshots()
-
-    def on_test_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self.ensure_snapshots()
-
-    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self.release_snapshots()
-
-    def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self.release_snapshots()
-
-    def on_exception(
-        self, trainer: Trainer, pl_module: LightningModule, exception: BaseException
-    ) -> None:
-        self.release_snapshots()
-
-    def ensure_snapshots(self) -> None:
-        """Take the snapshots unless this evaluation already has them.
-
-        A consumer whose epoch-start hook runs before the queue's (the queue is registered
-        after it) calls this to read the snapshots at once; the queue's own hook then finds
-        them taken. Every rank calls it at the same hooks, so the gather stays collective.
-        """
-        if not self._snapshots_taken:
-            self.take_snapshots()
-
-    def release_snapshots(self) -> None:
-        """Drop the snapshots (called when an evaluation ends; their memory goes back as soon
-        as no consumer holds them)."""
-        self._snapshots = {}
-        self._snapshots_taken = False
-
-    def take_snapshots(self) -> None:
-        """Freeze every requested view of the buffer (collective when gathering)."""
-        self._snapshot_appended = self.buffer.appended
-        self._snapshots = {}
-        self._snapshots_taken = True
-        for n in sorted(self._requests):
-            rows = self.buffer.last(n)
-            self._snapshots[n] = (
-                distributed.gather_uneven(rows) if self.gather_distributed else rows
-            )
-
-    def snapshot(self, n: int | None = None) -> Tensor:
-        """The rows frozen at the start of the current evaluation epoch (oldest first).
-
-        Args:
-            n: The consumer's request (rows per rank); ``None`` for the full queue.
-        """
-        n = self.queue_length if n is None else n
-        if n not in self._snapshots:
-            raise RuntimeError(
-                f"{self.state_key}: no snapshot of {n} rows. Snapshots exist from the start "
-                "of a validation/test epoch to the end of that evaluation: call "
-                f"request({n}) before it starts and read them in the epoch's hooks, or call "
-                "take_snapshots() outside a Trainer"
-            )
-        return self._snapshots[n]
-
-    @property
-    def snapshot_appended(self) -> int:
-        """How many rows this rank had appended when the current snapshots were taken."""
-        return self._snapshot_appended
-
     def state_dict(self) -> dict[str, Any]:
-        rows = self.buffer.last()
-        counts = torch.tensor([len(rows)])
+        """This rank's rows (oldest first), capacity, row shape, dtype and append counter."""
         state = self.buffer.state_dict()
-        if distributed.is_distributed():
-            # Every rank calls state_dict while a checkpoint is dumped, only rank 0's is
-            # written: gather every rank's rows so none is lost and none is duplicated.
-            device = rows.device
-            state["rows"] = distributed.gather_uneven(rows)
-            counts = distributed.gather_uneven(counts.to(device)).cpu()
-            appended = torch.tensor([self.buffer.appended], device=device)
-            state["appended_per_rank"] = distributed.gather_uneven(appended).cpu().tolist()
-        else:
-            state["appended_per_rank"] = [self.buffer.appended]
-        state["rows_per_rank"] = counts.tolist()
+        state["rows_per_rank"] = [len(state["rows"])]
+        state["appended_per_rank"] = [state["appended"]]
         return state
+
+    def gather_checkpoint_state(self, state: dict[str, Any]) -> dict[str, Any]:
+        """Every rank's rows, each once in rank order, with the row and append counts of each
+        rank (a checkpoint is written by rank 0 alone; every rank calls this together)."""
+        if not distributed.is_distributed():
+            return state
+        rows = state["rows"]
+        counts = torch.tensor([[len(rows), state["appended"]]], device=rows.device)
+        per_rank = distributed.gather_uneven(counts).tolist()
+        return {
+            **state,
+            "rows": distributed.gather_uneven(rows),
+            "rows_per_rank": [count for count, _ in per_rank],
+            "appended_per_rank": [appended for _, appended in per_rank],
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore this rank's rows; ranks of the writing run map onto ``rank % world_size``.
@@ -269,12 +211,11 @@ class OnlineQueue(SPTCallback):
                 f"{self._owner()}: the checkpoint holds rows of '{self.key}' shaped "
                 f"{tuple(shape)}, this queue is declared with dim={self.dim}"
             )
-        counts = state_dict["rows_per_rank"]
-        appended = state_dict["appended_per_rank"]
         me, world = distributed.rank(), distributed.world_size()
-        pieces = state_dict["rows"].split(counts)
+        pieces = state_dict["rows"].split(state_dict["rows_per_rank"])
         mine = [p for r, p in enumerate(pieces) if r % world == me]
         rows = torch.cat(mine) if mine else state_dict["rows"][:0]
+        appended = state_dict["appended_per_rank"]
         mine_appended = sum(a for r, a in enumerate(appended) if r % world == me)
         self.buffer.load_state_dict({**state_dict, "rows": rows, "appended": mine_appended})
 

@@ -8,6 +8,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from spt_queue._checks import check_count
+
 
 class RingBuffer:
     """Keeps the most recent ``capacity`` rows appended to it.
@@ -27,9 +29,9 @@ class RingBuffer:
         device: Storage device. ``None``: the first append's device.
 
     Raises:
-        ValueError: If ``capacity`` is not a positive integer, or ``shape`` holds a negative
-            size.
-        TypeError: If ``shape`` is neither ``None``, an int nor a sequence of ints.
+        ValueError: If ``capacity`` is below 1, or ``shape`` holds a negative size.
+        TypeError: If ``capacity`` is not an int, or ``shape`` is neither ``None``, an int nor
+            a sequence of ints.
 
     Example:
         >>> buffer = RingBuffer(3)
@@ -50,9 +52,7 @@ class RingBuffer:
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
     ) -> None:
-        if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
-            raise ValueError(f"capacity must be a positive integer, got {capacity!r}")
-        self.capacity = capacity
+        self.capacity = check_count(capacity, "capacity")
         self.shape = _row_shape(shape)
         self.dtype = dtype
         self.device = None if device is None else torch.device(device)
@@ -139,7 +139,7 @@ class RingBuffer:
 
     def resize(self, capacity: int) -> None:
         """Change the capacity, keeping the newest rows that fit."""
-        if capacity == self.capacity:
+        if check_count(capacity, "capacity") == self.capacity:
             return
         rows = self.last()
         self.capacity = capacity
