@@ -36,6 +36,13 @@ def check(rank: int, port: int) -> None:
     weights = [torch.full((2,), float(rank + 1)), torch.tensor([rank], dtype=torch.int64)]
     distributed.broadcast_(weights, src=1)
     assert weights[0].tolist() == [2.0, 2.0] and weights[1].tolist() == [1]
+    same = torch.full((2, 1), float(rank), dtype=torch.float16)
+    assert distributed.gather_equal(same).tolist() == [[0.0], [0.0], [1.0], [1.0]]
+    assert distributed.gather_equal(same).dtype == torch.float16
+    blocks = torch.tensor([10 * rank, 10 * rank + 1])  # block r goes to rank r
+    assert distributed.exchange(blocks).tolist() == [rank, 10 + rank]
+    assert distributed.all_reduce_max_(torch.tensor([rank, 1 - rank])).tolist() == [1, 1]
+
     # Rank 0 saw nothing of loader 1: the totals are still every rank's.
     checks = DataChecks()
     checks.update("val", 0, torch.ones(rank + 1, 2), torch.full((rank + 1,), 2 - rank))

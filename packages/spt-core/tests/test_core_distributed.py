@@ -28,3 +28,12 @@ def test_collectives_in_two_gloo_processes():
         [sys.executable, str(script), str(port)], capture_output=True, text=True, timeout=180
     )
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_single_process_gather_exchange_and_max_are_identities():
+    rows = torch.arange(6.0).reshape(3, 2)
+    assert distributed.gather_equal(rows) is rows
+    assert distributed.exchange(rows) is rows
+    flags = torch.tensor([0.0, 1.0])
+    assert distributed.all_reduce_max_(flags) is flags
+    assert flags.tolist() == [0.0, 1.0]

@@ -18,9 +18,12 @@ import torch.distributed as dist
 from torch import Tensor
 
 __all__ = [
+    "all_reduce_max_",
     "all_reduce_mean",
     "any_rank",
     "broadcast_",
+    "exchange",
+    "gather_equal",
     "gather_uneven",
     "is_distributed",
     "rank",
@@ -101,6 +104,48 @@ def gather_uneven(tensor: Tensor) -> Tensor:
     dist.all_gather(slots, padded.contiguous())
     rows = [slot[:count] for slot, count in zip(slots, counts, strict=True)]
     return torch.cat(rows).to(tensor.dtype)
+
+
+def gather_equal(tensor: Tensor) -> Tensor:
+    """Concatenate every rank's equally shaped ``tensor`` in rank order (no host sync).
+
+    Example:
+        >>> gather_equal(torch.arange(3)).tolist()
+        [0, 1, 2]
+    """
+    if not is_distributed():
+        return tensor
+    wire = tensor.to(_wire_dtype(tensor.dtype)).contiguous()
+    slots = [torch.empty_like(wire) for _ in range(dist.get_world_size())]
+    dist.all_gather(slots, wire)
+    return torch.cat(slots).to(tensor.dtype)
+
+
+def exchange(tensor: Tensor) -> Tensor:
+    """Send block ``r`` of ``tensor``'s rows to rank ``r`` and receive every rank's block for
+    this rank, in rank order (an all-to-all; the rows must divide evenly by the world size).
+
+    Example:
+        >>> exchange(torch.arange(4)).tolist()
+        [0, 1, 2, 3]
+    """
+    if not is_distributed():
+        return tensor
+    received = torch.empty_like(tensor)
+    dist.all_to_all_single(received, tensor.contiguous())
+    return received
+
+
+def all_reduce_max_(tensor: Tensor) -> Tensor:
+    """Replace ``tensor``, in place, by its elementwise maximum over all ranks; returns it.
+
+    Example:
+        >>> all_reduce_max_(torch.tensor([1.0, 0.0])).tolist()
+        [1.0, 0.0]
+    """
+    if is_distributed():
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return tensor
 
 
 def _by_dtype(tensors: Sequence[Tensor]) -> list[list[Tensor]]:

@@ -238,8 +238,7 @@ class StageMetrics:
             dtype=torch.float32,
             device=device,
         )
-        if distributed.is_distributed():
-            torch.distributed.all_reduce(updated, op=torch.distributed.ReduceOp.MAX)
+        distributed.all_reduce_max_(updated)
         results: dict[str, Tensor] = {}
         for idx, flag in enumerate(updated.tolist()):
             if not flag:

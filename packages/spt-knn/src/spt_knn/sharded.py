@@ -16,21 +16,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
 from torch import Tensor
 
 from spt_core import distributed
 from spt_knn.search import knn_neighbours, merge_candidates, pad_candidates
-
-
-def _gather_rows(tensor: Tensor) -> Tensor:
-    """All ranks' equally shaped tensors, concatenated in rank order (no host sync)."""
-    wire = tensor
-    if dist.get_backend() == "gloo" and tensor.dtype in (torch.float16, torch.bfloat16):
-        wire = tensor.float()  # gloo has no 16-bit float collectives
-    slots = [torch.empty_like(wire) for _ in range(distributed.world_size())]
-    dist.all_gather(slots, wire.contiguous())
-    return torch.cat(slots).to(tensor.dtype)
 
 
 def _round(
@@ -48,13 +37,12 @@ def _round(
     batch, dim = queries.shape
     padded = queries.new_zeros((rows, dim))
     padded[:batch] = queries
-    everyone = _gather_rows(padded)
+    everyone = distributed.gather_equal(padded)
     found = knn_neighbours(everyone, shard, shard_labels, k, distance_metric, chunk_size)
     distances, labels = pad_candidates(*found, k)
     # One message: fp32 distances beside int32 labels carried bit for bit as fp32.
     packed = torch.stack((distances.float(), labels.to(torch.int32).view(torch.float32)), dim=-1)
-    received = torch.empty_like(packed)
-    dist.all_to_all_single(received, packed)  # block r of rows goes to rank r
+    received = distributed.exchange(packed)  # block r of rows goes to rank r
     received = received.view(world, rows, k, 2).transpose(0, 1).reshape(rows, world * k, 2)
     merged_d = received[..., 0]
     merged_y = received[..., 1].contiguous().view(torch.int32).long()
