@@ -5,6 +5,7 @@ import csv
 import inspect
 import pickle
 import re
+from pathlib import Path
 
 import lightning as L
 import pytest
@@ -13,7 +14,8 @@ from lightning.pytorch.loggers import CSVLogger, Logger
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from spt_core import callbacks_metrics, callbacks_modules
+import spt_probe
+from spt_core import SPTCallback, callbacks_metrics, callbacks_modules
 from spt_probe import OnlineProbe
 from spt_trainable import LARS, TrainableCallback
 
@@ -66,6 +68,21 @@ def test_signature_is_the_reference_one_plus_verbose():
     assert defaults["metrics"] is None and defaults["verbose"] is None
 
 
+def test_the_seed_order_is_positional_and_every_extra_parameter_keyword_only():
+    parameters = inspect.signature(OnlineProbe).parameters.values()
+    positional = [p.name for p in parameters if p.kind is p.POSITIONAL_OR_KEYWORD]
+    assert positional == [
+        "module", "name", "input", "target", "probe", "loss_fn", "optimizer", "scheduler",
+        "accumulate_grad_batches", "gradient_clip_val", "gradient_clip_algorithm", "metrics",
+    ]  # fmt: skip
+    assert [p.name for p in parameters if p.kind is p.KEYWORD_ONLY] == ["verbose"]
+    seed = (None, "p", "x", "y", nn.Linear(2, 2), None, None, None, 1, None, "norm", None)
+    assert OnlineProbe(*seed).gradient_clip_algorithm == "norm"
+    with pytest.raises(TypeError, match="positional"):
+        OnlineProbe(*seed, True)
+    assert OnlineProbe(*seed, verbose=True).verbose is True
+
+
 def test_positional_call_with_the_module_first(backbone):
     model = backbone()
     probe = OnlineProbe(model, "lin", "embedding", "label", nn.Linear(5, 3))
@@ -79,7 +96,13 @@ def test_positional_call_with_the_module_first(backbone):
         ({"input": None}, TypeError, "'input'"),
         ({"target": None}, TypeError, "'target'"),
         ({"probe": None}, TypeError, "'probe'"),
-        ({"input": ""}, TypeError, "input must be a non-empty str"),
+        # One rule with SPTCallback's name: a wrong type is a TypeError, an empty key a
+        # ValueError; both name the probe.
+        ({"input": ""}, ValueError, r"OnlineProbe\[name=p\]: input must be a non-empty str"),
+        ({"target": ""}, ValueError, r"OnlineProbe\[name=p\]: target must be a non-empty str"),
+        ({"input": 3}, TypeError, r"OnlineProbe\[name=p\]: input must be a non-empty str"),
+        ({"name": ""}, ValueError, "non-empty"),
+        ({"name": 3}, TypeError, "name must be"),
         ({"probe": 3}, TypeError, "probe must be"),
         ({"module": "lin"}, TypeError, "module must be the LightningModule"),
         ({"loss_fn": 2.0}, TypeError, "loss_fn"),
@@ -90,7 +113,7 @@ def test_positional_call_with_the_module_first(backbone):
         ({"accumulate_grad_batches": 0}, ValueError, "accumulate_grad_batches"),
         ({"gradient_clip_val": -1.0}, ValueError, "gradient_clip_val"),
         ({"gradient_clip_algorithm": "l1"}, ValueError, "gradient_clip_algorithm"),
-        ({"metrics": [object()]}, TypeError, "update/compute/reset"),
+        ({"metrics": [object()]}, TypeError, r"OnlineProbe\[name=p\]: .*update/compute/reset"),
         ({"name": "a/b"}, ValueError, "without '/'"),
     ],
 )
@@ -340,3 +363,22 @@ def test_the_docstring_lists_exactly_what_a_csv_logger_receives(
         "train/linear_loss", "train/linear_loss_step", "train/linear_accuracy",
         "eval/linear_accuracy",
     }  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- structure
+
+
+@pytest.mark.parametrize("what", ["start", "epoch_start", "batch_end", "epoch_end", "end"])
+def test_validation_and_test_run_one_implementation(what):
+    # Lightning's validation and test hooks stay SPTCallback's, which route both stages to
+    # the probe's single _eval_* method: no copy-pasted pair of hooks.
+    for stage in ("validation", "test"):
+        hook = f"on_{stage}_{what}"
+        assert getattr(OnlineProbe, hook) is getattr(SPTCallback, hook), hook
+
+
+def test_no_module_of_the_package_exceeds_300_lines():
+    source = Path(spt_probe.__file__).parent
+    sizes = {path.name: len(path.read_text().splitlines()) for path in source.glob("*.py")}
+    assert "functional.py" in sizes
+    assert {name: size for name, size in sizes.items() if size > 300} == {}

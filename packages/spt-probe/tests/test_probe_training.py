@@ -12,7 +12,7 @@ from torch.optim.lr_scheduler import ConstantLR, StepLR
 from torchmetrics.classification import MulticlassAccuracy
 
 from spt_core import callbacks_modules
-from spt_probe import OnlineProbe
+from spt_probe import OnlineProbe, probe_step
 
 
 class FeatureRecorder(L.Callback):
@@ -166,6 +166,42 @@ def test_linear_probe_on_digits_is_within_two_points_of_logistic_regression(trai
     fit.fit(FixedFeatures(), loader(train, 64, shuffle=True), loader(test, 540))
     online = fit.callback_metrics["eval/linear_accuracy"].item()
     assert online >= reference - 0.02, (online, reference)
+
+
+# ----------------------------------------------------------------------------- thin callback
+
+
+def test_the_callback_trains_exactly_like_a_hand_loop_over_probe_step(
+    backbone, trainer, loader, make_data
+):
+    """The batch hook is lookup -> probe_step -> step: on batches with unlabelled rows and
+    NaN features its probe is bit for bit the one a plain loop over the public
+    ``probe_step`` trains."""
+
+    class Poisoned(backbone):
+        def training_step(self, batch, batch_idx):
+            out = super().training_step(batch, batch_idx)
+            bad = (batch["index"] % 7 == 3)[:, None]
+            out["embedding"] = torch.where(bad, float("nan"), out["embedding"])
+            return out
+
+    data = make_data(n=48)
+    data.labels = torch.where(torch.arange(48) % 5 == 1, -1, data.labels)
+    torch.manual_seed(0)
+    start = nn.Linear(5, 3)
+    probe = probe_on(probe=copy.deepcopy(start), optimizer={"type": "SGD", "lr": 0.5})
+    recorder = FeatureRecorder()
+    trainer(callbacks=[recorder, probe]).fit(Poisoned(), loader(data))
+
+    by_hand = copy.deepcopy(start)
+    optimizer = torch.optim.SGD(by_hand.parameters(), lr=0.5)
+    for features, labels in recorder.batches:
+        probe_step(by_hand, features, labels).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    assert any(not torch.isfinite(x).all() for x, _ in recorder.batches)
+    for key, value in by_hand.state_dict().items():
+        assert torch.equal(probe.module.state_dict()[key], value), key
 
 
 # ----------------------------------------------------------------------------- accumulation

@@ -1,44 +1,52 @@
-"""spt-all: every spt package in one import.
+"""spt-all: every spt package in one install; the callbacks and the main functions in one import.
+
+``import spt_all as spt`` gives the callbacks and the functions a user calls most (the list
+is ``spt.__all__``, documented in the README). Everything else stays in its package, which is
+an attribute: ``spt.core``, ``spt.distance``, ``spt.queue``, ``spt.trainable``, ``spt.knn``,
+``spt.probe``, ``spt.latentviz``, ``spt.metrics`` (``spt.knn`` *is* ``spt_knn``).
 
 Example:
     >>> import spt_all as spt
+    >>> spt.OnlineKNN is spt.knn.OnlineKNN
+    True
+    >>> hasattr(spt, "lookup"), spt.core.lookup.__name__  # a helper stays in its package
+    (False, 'lookup')
     >>> sorted(spt.versions())[:2]
     ['spt-all', 'spt-core']
 """
 
 from importlib import metadata
 
-import spt_core
-import spt_distance
-import spt_knn
-import spt_latentviz
-import spt_metrics
-import spt_probe
-import spt_queue
-import spt_trainable
-from spt_all import __about__
-from spt_core import *  # noqa: F403
-from spt_distance import *  # noqa: F403
-from spt_knn import *  # noqa: F403
-from spt_latentviz import *  # noqa: F403
-from spt_metrics import *  # noqa: F403
-from spt_probe import *  # noqa: F403
-from spt_queue import *  # noqa: F403
-from spt_trainable import *  # noqa: F403
-
-PACKAGES = (
-    spt_core,
-    spt_distance,
-    spt_queue,
-    spt_trainable,
-    spt_knn,
-    spt_probe,
-    spt_latentviz,
-    spt_metrics,
+import spt_core as core
+import spt_distance as distance
+import spt_knn as knn
+import spt_latentviz as latentviz
+import spt_metrics as metrics
+import spt_probe as probe
+import spt_queue as queue
+import spt_trainable as trainable
+from spt_all.__about__ import __version__
+from spt_core import SPTCallback, set_verbosity
+from spt_distance import knn_search, pairwise_distances
+from spt_knn import OnlineKNN, knn_predict
+from spt_latentviz import LatentViz, neighbor_embedding_loss
+from spt_metrics import (
+    Alignment,
+    DimsForEnergy,
+    EffectiveRank,
+    EmbeddingStd,
+    LiDAR,
+    MeanCosineSimilarity,
+    MetricsCallback,
+    RankMe,
+    Uniformity,
 )
+from spt_probe import OnlineProbe, probe_step
+from spt_queue import OnlineQueue, RingBuffer, find_or_create_queue
+from spt_trainable import LARS, TrainableCallback
 
-# After the star imports, which bring each package's own ``__version__``.
-__version__ = __about__.__version__
+#: Every spt package, in dependency order (each is also an attribute: ``spt.knn``, ...).
+PACKAGES = (core, distance, queue, trainable, knn, probe, latentviz, metrics)
 
 
 def versions() -> dict[str, str]:
@@ -47,7 +55,31 @@ def versions() -> dict[str, str]:
     return {name: metadata.version(name) for name in names}
 
 
-__all__ = sorted(
-    {name for package in PACKAGES for name in package.__all__ if name != "__version__"}
-    | {"__version__", "versions"}
-)
+__all__ = [
+    "LARS",
+    "Alignment",
+    "DimsForEnergy",
+    "EffectiveRank",
+    "EmbeddingStd",
+    "LatentViz",
+    "LiDAR",
+    "MeanCosineSimilarity",
+    "MetricsCallback",
+    "OnlineKNN",
+    "OnlineProbe",
+    "OnlineQueue",
+    "RankMe",
+    "RingBuffer",
+    "SPTCallback",
+    "TrainableCallback",
+    "Uniformity",
+    "__version__",
+    "find_or_create_queue",
+    "knn_predict",
+    "knn_search",
+    "neighbor_embedding_loss",
+    "pairwise_distances",
+    "probe_step",
+    "set_verbosity",
+    "versions",
+]

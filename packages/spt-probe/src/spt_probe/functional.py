@@ -1,10 +1,52 @@
-"""The probe's default loss, as a pure function."""
+"""The probe's step, loss and prediction as plain functions.
+
+:class:`~spt_probe.OnlineProbe` runs exactly these on every batch (inside its own training or
+evaluation context, which adds the optimizer, accumulation, DDP and logging); they work on
+their own for a probe trained by hand. Nothing here waits on the device.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
+
+from spt_probe._targets import (
+    check_label_range,
+    check_targets,
+    ignore_index_of,
+    is_class_labels,
+)
+
+__all__ = [
+    "ProbeStep",
+    "check_label_range",
+    "check_targets",
+    "finite_rows",
+    "is_class_labels",
+    "masked_cross_entropy",
+    "prepare_features",
+    "probe_loss",
+    "probe_predict",
+    "probe_step",
+]
+
+LossFn = Callable[[Tensor, Tensor], Tensor]  # (logits, target) -> a scalar
+
+
+class ProbeStep(NamedTuple):
+    """What :func:`probe_step` computed for one batch."""
+
+    logits: Tensor
+    """The probe's outputs, attached to its graph."""
+    loss: Tensor
+    """The scalar loss to call ``backward`` on."""
+    rows: Tensor
+    """How many rows ``loss`` averages (a 0-d integer tensor): the labelled rows with finite
+    features when unlabelled rows are left out, else every row."""
 
 
 def masked_cross_entropy(logits: Tensor, target: Tensor) -> Tensor:
@@ -43,3 +85,150 @@ def masked_cross_entropy(logits: Tensor, target: Tensor) -> Tensor:
     per_row = F.cross_entropy(logits, target.clamp(0, logits.shape[1] - 1).long(), reduction="none")
     count = labelled.sum().clamp(min=1)
     return torch.where(labelled, per_row, torch.zeros_like(per_row)).sum() / count
+
+
+def prepare_features(features: Tensor, probe: nn.Module) -> Tensor:
+    """``features`` detached, on the probe's device, floating values in the probe's dtype.
+
+    Example:
+        >>> x = torch.ones(2, 3, dtype=torch.bfloat16, requires_grad=True)
+        >>> prepare_features(x, torch.nn.Linear(3, 2)).dtype
+        torch.float32
+    """
+    features = features.detach()
+    weight = next((p for p in probe.parameters() if p.is_floating_point()), None)
+    if weight is None:
+        return features
+    dtype = weight.dtype if features.is_floating_point() else features.dtype
+    return features.to(device=weight.device, dtype=dtype)
+
+
+def finite_rows(features: Tensor) -> Tensor:
+    """A ``(N,)`` bool tensor: which rows of ``features`` (rows first) hold finite values only.
+
+    Example:
+        >>> finite_rows(torch.tensor([[1.0, float("nan")], [0.0, 1.0]]))
+        tensor([False,  True])
+    """
+    finite = torch.isfinite(features)
+    return finite.flatten(1).all(dim=1) if finite.dim() > 1 else finite
+
+
+def probe_loss(
+    logits: Tensor, target: Tensor, loss_fn: LossFn | None = None, *, finite: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """The loss a probe steps on, and how many rows it averages.
+
+    With class labels (one integer per row, see :func:`is_class_labels`) and the default loss
+    or a ``loss_fn`` with an integer ``ignore_index`` (``nn.CrossEntropyLoss``), unlabelled
+    rows (``< 0``), labels without an output (``>= C``) and rows not ``finite`` are left out:
+    the default loss skips them, the other receives them as its ``ignore_index``, and a batch
+    without a labelled row gives a zero loss (no ``nan``). Any other target or ``loss_fn``
+    gets every row as it is.
+
+    Args:
+        logits: ``(N, C)`` outputs of the probe.
+        target: ``(N, ...)`` targets on ``logits``' device.
+        loss_fn: ``loss_fn(logits, target)`` returning a scalar; ``None`` (or
+            :func:`masked_cross_entropy`) is cross-entropy over the labelled rows.
+        finite: ``(N,)`` bool, the rows whose features were finite; ``None``: every row.
+
+    Returns:
+        ``(loss, rows)``: the scalar loss and a 0-d integer tensor, the rows it averages.
+
+    Example:
+        >>> logits = torch.tensor([[2.0, 0.0], [0.0, 2.0], [5.0, -5.0]])
+        >>> probe_loss(logits, torch.tensor([0, 1, -1]))
+        (tensor(0.1269), tensor(2))
+        >>> loss, rows = probe_loss(logits, torch.tensor([0, -1, -1]), torch.nn.CrossEntropyLoss(),
+        ...                         finite=torch.tensor([False, True, True]))
+        >>> loss, rows
+        (tensor(0.), tensor(0))
+    """
+    ignore = ignore_index_of(loss_fn)
+    default = loss_fn is None or loss_fn is masked_cross_entropy
+    if not is_class_labels(target) or not (default or ignore is not None):
+        return loss_fn(logits, target), torch.full((), target.shape[0], device=logits.device)
+    labelled = (target >= 0) & (target < logits.shape[-1])
+    if finite is not None:
+        labelled = finite & labelled
+    if default:
+        return masked_cross_entropy(logits, torch.where(labelled, target, -1)), labelled.sum()
+    loss = loss_fn(logits, torch.where(labelled, target, ignore))
+    # A mean over no row is 0/0: such a batch steps on a zero gradient, not a nan.
+    return torch.where(labelled.any(), loss, torch.zeros_like(loss)), labelled.sum()
+
+
+def probe_step(
+    probe: nn.Module,
+    features: Tensor,
+    target: Tensor,
+    loss_fn: LossFn | None = None,
+    *,
+    finite: Tensor | None = None,
+) -> ProbeStep:
+    """One training forward of a probe on frozen features: what to call ``backward`` on.
+
+    The features are prepared (:func:`prepare_features`: detached, so no gradient reaches the
+    backbone); rows with a non-finite feature are zeroed (one NaN would turn every weight of
+    the probe into NaN) and left out of the loss like unlabelled rows (:func:`probe_loss`).
+    The probe runs in the mode it is in; call ``probe.train()`` first.
+
+    Args:
+        probe: The probe module.
+        features: ``(N, ...)`` features, rows first.
+        target: ``(N, ...)`` targets (class indices, ``< 0`` for unlabelled rows, or
+            whatever ``loss_fn`` takes).
+        loss_fn: See :func:`probe_loss`.
+        finite: ``(N,)`` bool, which rows are finite, if already known; ``None`` computes it.
+
+    Returns:
+        A :class:`ProbeStep`: ``logits``, ``loss`` and the ``rows`` the loss averages.
+
+    Example:
+        >>> probe = torch.nn.Linear(2, 3)
+        >>> x = torch.tensor([[1.0, 0.0], [float("nan"), 1.0], [0.0, 1.0]])
+        >>> step = probe_step(probe, x, torch.tensor([0, 2, -1]))
+        >>> step.rows  # row 1 is not finite, row 2 is unlabelled
+        tensor(1)
+        >>> step.loss.backward()
+        >>> bool(probe.weight.grad.isfinite().all())
+        True
+    """
+    features = prepare_features(features, probe)
+    if finite is None:
+        finite = finite_rows(features)
+    features = torch.where(finite.view(-1, *[1] * (features.dim() - 1)), features, 0)
+    logits = probe(features)
+    loss, rows = probe_loss(logits, target.detach().to(logits.device), loss_fn, finite=finite)
+    return ProbeStep(logits, loss, rows)
+
+
+def probe_predict(probe: nn.Module, features: Tensor) -> Tensor:
+    """The probe's outputs for ``features`` in evaluation mode, without gradients.
+
+    The features are prepared (:func:`prepare_features`), not cleaned: a row with a
+    non-finite feature gets non-finite outputs. The mode of the probe (and of each of its
+    submodules) is restored after.
+
+    Args:
+        probe: The probe module.
+        features: ``(N, ...)`` features, rows first.
+
+    Returns:
+        ``(N, C)`` detached outputs.
+
+    Example:
+        >>> probe = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout(0.9))
+        >>> x = torch.ones(4, 2)
+        >>> torch.equal(probe_predict(probe, x), probe[0](x).detach()), probe.training
+        (True, True)
+    """
+    modes = [(module, module.training) for module in probe.modules()]
+    probe.eval()
+    try:
+        with torch.no_grad():
+            return probe(prepare_features(features, probe))
+    finally:
+        for module, training in modes:
+            module.training = training

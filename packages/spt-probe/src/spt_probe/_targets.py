@@ -1,0 +1,122 @@
+"""What the probe's targets are, and whether a loss can take them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = ["check_label_range", "check_targets", "ignore_index_of", "is_class_labels"]
+
+
+def is_class_labels(target: Tensor) -> bool:
+    """Whether ``target`` holds one integer class index per row (unlabelled rows: ``< 0``).
+
+    Example:
+        >>> is_class_labels(torch.tensor([0, 2, -1])), is_class_labels(torch.zeros(3))
+        (True, False)
+    """
+    return _is_integer(target) and target.dim() == 1
+
+
+def ignore_index_of(loss_fn: Any) -> int | None:
+    """The integer ``ignore_index`` of a loss (``nn.CrossEntropyLoss``, ``nn.NLLLoss``), else
+    ``None``.
+
+    Example:
+        >>> ignore_index_of(torch.nn.CrossEntropyLoss()), ignore_index_of(torch.nn.MSELoss())
+        (-100, None)
+    """
+    ignore = getattr(loss_fn, "ignore_index", None)
+    return ignore if isinstance(ignore, int) and not isinstance(ignore, bool) else None
+
+
+def check_targets(
+    target: Any,
+    rows: int,
+    *,
+    default_loss: bool = True,
+    name: str = "target",
+    rows_of: str = "the features",
+) -> Tensor:
+    """Check that ``target`` can train a probe on ``rows`` rows (shapes and dtypes only: no
+    host sync).
+
+    Args:
+        target: The batch's targets.
+        rows: How many rows the features have.
+        default_loss: Whether the loss is the default cross-entropy, which takes one integer
+            class index per row.
+        name: How messages call ``target``.
+        rows_of: How messages call the features.
+
+    Returns:
+        ``target``, now known to be a tensor.
+
+    Raises:
+        TypeError: If ``target`` is not a tensor, or holds no integers for the default loss.
+        ValueError: If it has no entry per row, or more than one for the default loss.
+
+    Example:
+        >>> check_targets(torch.tensor([0, 1]), rows=2)
+        tensor([0, 1])
+        >>> check_targets(torch.tensor([0.5, 1.0]), rows=2)
+        Traceback (most recent call last):
+        ...
+        TypeError: target holds torch.float32 values, but the default loss (cross-entropy) takes integer class indices (cast them with .long()); pass a loss_fn for regression, soft or multi-label targets
+    """  # noqa: E501
+    if not isinstance(target, Tensor):
+        items = {type(item).__name__ for item in target} if isinstance(target, list) else ()
+        hint = (
+            "; class names must be mapped to integer class indices first" if "str" in items else ""
+        )
+        raise TypeError(f"{name} holds a {type(target).__name__}, not a tensor{hint}")
+    if target.dim() == 0 or target.shape[0] != rows:
+        raise ValueError(
+            f"{name} has shape {tuple(target.shape)}, but {rows_of} has {rows} rows; the "
+            "targets need one entry per row, first"
+        )
+    if not default_loss:
+        return target
+    if not _is_integer(target):
+        raise TypeError(
+            f"{name} holds {target.dtype} values, but the default loss (cross-entropy) takes "
+            "integer class indices (cast them with .long()); pass a loss_fn for regression, "
+            "soft or multi-label targets"
+        )
+    if target.dim() != 1:
+        raise ValueError(
+            f"{name} has shape {tuple(target.shape)}, but the default loss (cross-entropy) "
+            "takes one class index per row, shape (rows,); pass a loss_fn for other targets"
+        )
+    return target
+
+
+def check_label_range(top: int, classes: int | None, *, name: str = "target") -> None:
+    """Raise if ``top``, the largest label seen, has no output among the probe's ``classes``.
+
+    Args:
+        top: The largest label (``-1`` when none was seen).
+        classes: How many outputs the probe has; ``None`` when unknown (nothing to check).
+        name: How the message calls the labels.
+
+    Raises:
+        ValueError: If ``top >= classes``.
+
+    Example:
+        >>> check_label_range(2, 3)
+        >>> check_label_range(3, 3)
+        Traceback (most recent call last):
+        ...
+        ValueError: target holds the label 3, but the probe outputs 3 classes (labels must be < 3; negative labels are ignored)
+    """  # noqa: E501
+    if classes is not None and top >= classes:
+        raise ValueError(
+            f"{name} holds the label {top}, but the probe outputs {classes} classes (labels must "
+            f"be < {classes}; negative labels are ignored)"
+        )
+
+
+def _is_integer(target: Tensor) -> bool:
+    return not (target.is_floating_point() or target.is_complex() or target.dtype == torch.bool)
