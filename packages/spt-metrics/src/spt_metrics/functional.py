@@ -4,24 +4,5 @@ Each has a :mod:`torchmetrics` counterpart in :mod:`spt_metrics` (``rankme`` and
 :class:`~spt_metrics.RankMe`, ...); see :mod:`spt_metrics.representation` for the formulas.
 """
 
-from spt_metrics.representation import (
-    alignment,
-    dims_for_energy,
-    effective_rank,
-    embedding_std,
-    lidar,
-    mean_cosine_similarity,
-    rankme,
-    uniformity,
-)
-
-__all__ = [
-    "alignment",
-    "dims_for_energy",
-    "effective_rank",
-    "embedding_std",
-    "lidar",
-    "mean_cosine_similarity",
-    "rankme",
-    "uniformity",
-]
+from spt_metrics.representation import *  # noqa: F403
+from spt_metrics.representation import __all__ as __all__
