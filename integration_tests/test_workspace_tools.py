@@ -336,5 +336,5 @@ def test_demo_table_shows_the_map_score_only_where_it_was_measured(monkeypatch, 
     rows = [line.split() for line in printed.getvalue().splitlines() if line[:5].strip().isdigit()]
     assert [row[0] for row in rows] == ["0", "1", "2"]
     assert [row[1] for row in rows] == ["0.500", "0.600", "0.700"]
-    assert [len(row) for row in rows] == [5, 4, 4]  # the map score in epoch 0 only
-    assert rows[0][4] == "0.900"
+    assert [len(row) for row in rows] == [8, 7, 7]  # the map score in epoch 0 only
+    assert rows[0][7] == "0.900"

@@ -3,8 +3,9 @@
 A small SimCLR convnet learns from two augmented views (shifts, noise, masking) of 8x8
 digits placed at random positions of a 12x12 canvas. While it trains, spt measures its
 representation: a kNN classifier over a queue of recent training embeddings, a linear and
-an MLP probe trained on detached embeddings, a live 2D map of the latent space, and the
-alignment/uniformity of the two views.
+an MLP probe trained on detached embeddings, a live 2D map of the latent space, and
+label-free measures: RankMe of the validation embeddings and the alignment/uniformity of the
+two training views.
 
     hatch run demo                      # about 30 s of training on 2 CPU cores
     hatch run demo --epochs 5 --out runs/quick
@@ -20,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import numpy as np
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
@@ -88,26 +88,6 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.2) -> tor
     n = len(z1)
     targets = torch.cat([torch.arange(n, 2 * n), torch.arange(n)]).to(z.device)
     return F.cross_entropy(logits, targets)
-
-
-def _unit(z: np.ndarray) -> torch.Tensor:
-    # MetricsCallback hands metrics numpy arrays; torch does the arithmetic (vectorised exp,
-    # and no second BLAS thread pool left spinning beside torch's).
-    return F.normalize(torch.from_numpy(z), dim=1)
-
-
-def alignment(z1: np.ndarray, z2: np.ndarray) -> float:
-    """Mean squared distance between the normalised embeddings of two views (lower is better)."""
-    return float((_unit(z1) - _unit(z2)).square().sum(1).mean())
-
-
-def uniformity(z: np.ndarray) -> float:
-    """log E exp(-2 |zi - zj|^2) over pairs i != j of normalised embeddings (lower is better)."""
-    u = _unit(z)
-    n = len(u)
-    # |zi - zj|^2 = 2 - 2 <zi, zj> for unit rows; the full matrix, less its diagonal.
-    gaussian = (u @ u.T).mul_(4).sub_(4).clamp_(max=0).exp_()
-    return float(torch.log((gaussian.sum() - gaussian.diagonal().sum()) / (n * (n - 1))))
 
 
 class SimCLR(L.LightningModule):
@@ -190,13 +170,21 @@ def callbacks(out: Path, latent_update_interval: int | None = 2) -> list[Callbac
             **latent_schedule,
             save_dir=str(out / "latent_map"),
         ),
-        spt.MetricsCallback(
-            metrics={"alignment": alignment, "uniformity": uniformity},
-            needs={"alignment": {"z1": "z1", "z2": "z2"}, "uniformity": {"z": "z1"}},
-            compute_per_training_step=False,  # once per epoch, on all its rows
+        spt.MetricsCallback(  # exact, once per epoch: the views exist in training steps only
+            {"alignment": spt.Alignment(), "uniformity": spt.Uniformity(num_features=64)},
+            needs={"alignment": ["z1", "z2"], "uniformity": ["z1", "z2"]},
             every_n_train_steps=None,
             every_n_train_epochs=1,
             every_n_val_epochs=None,
+            name="views",
+        ),
+        spt.MetricsCallback(  # the rank of the clean validation embeddings
+            {"rankme": spt.RankMe(num_features=EMBEDDING)},
+            needs={"rankme": ["embedding"]},
+            every_n_train_steps=None,
+            every_n_train_epochs=None,
+            every_n_val_epochs=1,
+            name="rank",
         ),
     ]
 
@@ -208,7 +196,14 @@ class History(Logger):
     would repeat the last map trustworthiness on the epochs where none was measured).
     """
 
-    KEYS = ("eval/knn_accuracy", "eval/linear_accuracy", "eval/mlp_accuracy")
+    KEYS = (
+        "eval/knn_accuracy",
+        "eval/linear_accuracy",
+        "eval/mlp_accuracy",
+        "rankme/val",
+        "alignment/train",
+        "uniformity/train",
+    )
 
     def __init__(self) -> None:
         super().__init__()
@@ -226,19 +221,22 @@ class History(Logger):
         """The table shows no hyperparameters: nothing to keep."""
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        values = {key: float(value) for key, value in metrics.items() if key.startswith("eval/")}
+        values = {key: float(value) for key, value in metrics.items() if key != "epoch"}
         if values and "epoch" in metrics:
             self.epochs.setdefault(int(metrics["epoch"]), {}).update(values)
 
 
 def report(history: History, out: Path, seconds: float) -> None:
-    """Print one row per validated epoch: the accuracies and, where the map was scored that
-    epoch, its trustworthiness."""
-    print(f"\n{'epoch':>5}  {'kNN':>6}  {'linear':>6}  {'MLP':>6}  {'map trust.':>10}")
+    """Print one row per validated epoch: the accuracies, the label-free measures and, where
+    the map was scored that epoch, its trustworthiness."""
+    names = ("kNN", "linear", "MLP", "RankMe", "align", "unif")
+    print(f"\n{'epoch':>5}  " + "  ".join(f"{n:>6}" for n in names) + f"  {'map trust.':>10}")
     for epoch, row in sorted(history.epochs.items()):
-        accuracies = "  ".join(f"{row.get(k, float('nan')):6.3f}" for k in History.KEYS)
+        if not any(k.startswith("eval/") for k in row):
+            continue  # an epoch without validation
+        values = "  ".join(f"{row.get(k, float('nan')):6.3f}" for k in History.KEYS)
         trust = row.get("eval/latent_trustworthiness")
-        print(f"{epoch:>5}  {accuracies}  {'' if trust is None else f'{trust:10.3f}'}".rstrip())
+        print(f"{epoch:>5}  {values}  {'' if trust is None else f'{trust:10.3f}'}".rstrip())
     print(
         f"\n{seconds:.0f} s. Outputs in {out}/: logs/ (CSV, TensorBoard), latent_map/, checkpoints/"
     )
