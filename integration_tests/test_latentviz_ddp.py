@@ -60,6 +60,12 @@ def test_ddp_shares_one_projection_draws_on_rank_0_and_resumes_exactly(run_scena
         "latentviz_ddp", devices=2, epochs=3, queue_length=32, checkpoint_dir=str(checkpoints)
     )
     check_one_projection_and_rank_0_draws_the_gathered_queue(straight)
+    # state_dict() holds this rank's generator; the checkpoint holds both ranks', gathered
+    # while it was saved.
+    assert straight[1]["own_generators"].shape[0] == 1
+    saved = torch.load(checkpoints / "epoch=1.ckpt", weights_only=False)
+    generators = saved["callbacks"]["RecordingViz[name=viz]"]["latent_viz"]["generators"]
+    assert generators.shape[0] == 2 and not torch.equal(generators[0], generators[1])
     resumed = run_scenario(
         "latentviz_ddp",
         devices=2,

@@ -72,6 +72,8 @@ queue, label_queue = viz._input_queue, viz._target_queue
 # Every rank's rows, gathered by the reader (collective: the same order on every rank).
 snapshot = distributed.gather_uneven(queue.read(p["queue_length"]))
 label_snapshot = distributed.gather_uneven(label_queue.read(p["queue_length"]))
+# state_dict() never communicates: one rank alone may call it (a collective would hang).
+own_generators = viz.state_dict()["latent_viz"]["generators"] if fit.global_rank == 1 else None
 last = p["epochs"] - 1
 saved = load_map(maps / f"epoch_{last:04d}.npz") if fit.is_global_zero else None
 save(
@@ -89,5 +91,6 @@ save(
         "losses": viz.losses,
         "files": sorted(p.name for p in maps.iterdir()) if maps.exists() else [],
         "saved": saved,
+        "own_generators": own_generators,
     },
 )

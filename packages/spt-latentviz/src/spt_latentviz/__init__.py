@@ -3,8 +3,10 @@
 from spt_latentviz.__about__ import __version__
 from spt_latentviz.functional import (
     knn_recall,
+    map_scores,
     neighbor_embedding_loss,
     neighbor_graph,
+    projection_loss,
     sample_negatives,
     trustworthiness,
 )
@@ -19,8 +21,10 @@ __all__ = [
     "draw_map",
     "knn_recall",
     "load_map",
+    "map_scores",
     "neighbor_embedding_loss",
     "neighbor_graph",
+    "projection_loss",
     "projection_mlp",
     "sample_negatives",
     "save_map",

@@ -7,6 +7,10 @@ import tempfile
 from collections.abc import Sequence
 from typing import Any
 
+from torch import Tensor
+
+from spt_distance import METRICS
+
 
 def check_int(value: Any, argument: str, minimum: int) -> int:
     """``value`` if it is an int >= ``minimum``, else a ``ValueError`` naming ``argument``."""
@@ -84,3 +88,100 @@ def unwritable_reason(folder: str) -> str | None:
     except (OSError, ValueError) as error:
         return f"{type(error).__name__}: {error}"
     return None
+
+
+def as_rows(x: Any, argument: str) -> Tensor:
+    """``x`` as an ``(N, D)`` tensor (trailing dimensions flattened), else an error naming it."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{argument} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() < 2:
+        raise ValueError(f"{argument} must have shape (N, D), got {tuple(x.shape)}")
+    return x.reshape(x.shape[0], -1)
+
+
+def check_k(k: Any, n: int, limit: int, allowed: str) -> None:
+    """A ``ValueError`` unless ``k`` is an int in ``[1, limit]`` (``allowed`` says why)."""
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be a positive int, got {k!r}")
+    if k > limit:
+        raise ValueError(f"k={k} is too large for {n} points; {allowed}")
+
+
+def check_map(z: Tensor, n: int, owner: str) -> None:
+    """A ``ValueError`` naming ``owner`` unless the projection mapped ``n`` rows to ``(n, 2)``."""
+    if z.shape != (n, 2):
+        raise ValueError(
+            f"{owner}: the projection must map {n} rows to shape ({n}, 2), got {tuple(z.shape)}"
+        )
+
+
+def check_labels(labels: Any, owner: str, key: str) -> None:
+    """Refuse string labels before a queue tries to turn them into a tensor (no host sync:
+    only Python objects are inspected).
+
+    Example:
+        >>> check_labels([0, 1], "LatentViz[name=map]", "label")
+        >>> try:
+        ...     check_labels(["cat"], "LatentViz[name=map]", "label")
+        ... except TypeError as error:
+        ...     print(str(error)[:50])
+        LatentViz[name=map]: target 'label' holds strings
+    """
+    if isinstance(labels, Tensor):
+        return
+    kind = getattr(getattr(labels, "dtype", None), "kind", None)
+    first = labels[0] if isinstance(labels, (list, tuple)) and labels else labels
+    if isinstance(first, (str, bytes)) or kind in ("U", "S"):
+        raise TypeError(
+            f"{owner}: target '{key}' holds strings (e.g. {first!r}), but the map is coloured "
+            "by numeric labels; map each class name to an index (e.g. with a dict) in the "
+            "dataset or the step"
+        )
+
+
+def check_arguments(
+    owner: str,
+    *,
+    name: str,
+    input: Any,
+    target: Any,
+    queue_length: Any,
+    k_neighbors: Any,
+    n_negatives: Any,
+    update_interval: Any,
+    warmup_epochs: Any,
+    distance_metric: Any,
+    plot_interval: Any,
+    save_dir: Any,
+    input_dim: Any,
+) -> None:
+    """Check LatentViz's own constructor arguments (``owner`` is its ``state_key``).
+
+    Raises:
+        TypeError: For a non-string ``input``/``target``/``save_dir``.
+        ValueError: For a count out of range, ``queue_length <= 2 * k_neighbors``, an
+            unknown metric, a bad ``input_dim`` or a name or folder no file system takes.
+    """
+    if not isinstance(input, str) or not input:
+        raise TypeError(f"input must be a non-empty str (a key), got {input!r}")
+    if target is not None and (not isinstance(target, str) or not target):
+        raise TypeError(f"target must be a non-empty str (a key) or None, got {target!r}")
+    check_int(k_neighbors, "k_neighbors", 1)
+    check_int(queue_length, "queue_length", 1)
+    if queue_length <= 2 * k_neighbors:
+        raise ValueError(
+            f"queue_length must exceed 2 * k_neighbors = {2 * k_neighbors} (trustworthiness "
+            f"at k needs more than 2k rows), got queue_length={queue_length}"
+        )
+    check_int(n_negatives, "n_negatives", 1)
+    check_int(update_interval, "update_interval", 1)
+    check_int(warmup_epochs, "warmup_epochs", 0)
+    check_int(plot_interval, "plot_interval", 1)
+    if distance_metric not in METRICS:
+        raise ValueError(f"distance_metric must be one of {METRICS}, got {distance_metric!r}")
+    if save_dir is not None and not isinstance(save_dir, (str, os.PathLike)):
+        raise TypeError(f"save_dir must be a str, a path or None, got {save_dir!r}")
+    check_name(name, owner, default_folder=save_dir is None)
+    if save_dir is not None and "\x00" in str(os.fspath(save_dir)):
+        raise ValueError(f"{owner}: save_dir must not contain a NUL character, got {save_dir!r}")
+    check_input_dim(input_dim)

@@ -1,78 +1,34 @@
-"""The math of LatentViz as pure functions: neighbour graph, loss, faithfulness scores.
+"""The math of LatentViz as pure functions: neighbour graph, negatives, loss, faithfulness.
 
-Nothing here builds an ``N x N`` matrix: neighbour lists come from
-:func:`spt_distance.knn_search`, and the ranks trustworthiness needs are computed a block of
-rows at a time.
+:func:`projection_loss` is the map's training step that :class:`~spt_latentviz.LatentViz`
+runs on its queue; the scores it logs are :func:`map_scores`. Both are built from the
+smaller functions here, which a user can call on any tensors.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
-from spt_distance import knn_search, pairwise_distances
+from spt_latentviz._checks import check_map
+from spt_latentviz._graph import neighbor_graph
+from spt_latentviz.scores import knn_recall, map_scores, trustworthiness
 
 __all__ = [
+    "drop_non_finite",
     "knn_recall",
+    "map_scores",
     "neighbor_embedding_loss",
     "neighbor_graph",
+    "projection_loss",
     "sample_negatives",
     "trustworthiness",
 ]
 
-# Distances held at once by the blocked rank computation (elements, about 16 MiB in fp32).
-_BLOCK_ELEMENTS = 1 << 22
 # Keeps -log(1 - q) finite when a negative lands on (or next to) its anchor.
 _REPULSION_EPS = 1e-3
-
-
-def _as_rows(x: Tensor, argument: str) -> Tensor:
-    if not isinstance(x, Tensor):
-        raise TypeError(f"{argument} must be a torch.Tensor, got {type(x).__name__}")
-    if x.dim() < 2:
-        raise ValueError(f"{argument} must have shape (N, D), got {tuple(x.shape)}")
-    return x.reshape(x.shape[0], -1)
-
-
-def _check_k(k: int, n: int, limit: int, allowed: str) -> None:
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"k must be a positive int, got {k!r}")
-    if k > limit:
-        raise ValueError(f"k={k} is too large for {n} points; {allowed}")
-
-
-def neighbor_graph(
-    x: Tensor, k: int, metric: str = "euclidean", chunk_size: int | None = None
-) -> Tensor:
-    """The ``k`` nearest other rows of every row of ``x``, nearest first.
-
-    A row is never its own neighbour, even when other rows coincide with it.
-
-    Args:
-        x: Points, shape ``(N, D)`` (more dimensions are flattened).
-        k: Neighbours per point, ``1 <= k <= N - 1``.
-        metric: Any metric of :func:`spt_distance.knn_search`.
-        chunk_size: Key chunk of :func:`spt_distance.knn_search` (``None``: automatic).
-
-    Returns:
-        int64 tensor of shape ``(N, k)`` on ``x``'s device.
-
-    Raises:
-        ValueError: If ``x`` is not 2-D or ``k`` is out of range.
-
-    Example:
-        >>> x = torch.tensor([[0.0], [1.0], [3.0], [7.0]])
-        >>> neighbor_graph(x, 2).tolist()
-        [[1, 2], [0, 2], [1, 0], [2, 1]]
-    """
-    x = _as_rows(x, "x")
-    n = x.shape[0]
-    _check_k(k, n, n - 1, "it must be at most N - 1")
-    _, indices = knn_search(x, x, min(k + 1, n), metric=metric, chunk_size=chunk_size)
-    others = indices != torch.arange(n, device=indices.device).unsqueeze(1)
-    # Stable sort moves each row's self-match (if found) to the end, keeping the order.
-    order = torch.argsort((~others).to(torch.uint8), dim=1, stable=True)
-    return indices.gather(1, order[:, :k])
 
 
 def sample_negatives(
@@ -160,103 +116,63 @@ def neighbor_embedding_loss(z: Tensor, neighbors: Tensor, negatives: Tensor) -> 
     return (torch.log1p(d2).sum() - torch.log(d2[:, k:] + _REPULSION_EPS).sum()) / (n * k)
 
 
-def trustworthiness(
-    high: Tensor,
-    low: Tensor,
-    k: int,
-    metric: str = "euclidean",
-    chunk_size: int | None = None,
+def projection_loss(
+    projection: Callable[[Tensor], Tensor],
+    rows: Tensor,
+    neighbors: Tensor,
+    n_negatives: int,
+    generator: torch.Generator | None = None,
+    *,
+    owner: str = "projection_loss",
 ) -> Tensor:
-    """How much the ``k`` nearest neighbours of the low-dimensional map can be trusted.
+    """The map's loss for one update: project ``rows``, draw negatives, score the embedding.
 
-    Venna and Kaski's trustworthiness, as in ``sklearn.manifold.trustworthiness``::
-
-        T(k) = 1 - 2 / (N k (2N - 3k - 1)) * sum_i sum_{j in U_i} (r(i, j) - k)
-
-    where ``U_i`` holds the map's ``k`` nearest neighbours of ``i`` that are not among its
-    ``k`` nearest in the original space, and ``r(i, j)`` is the rank of ``j`` among ``i``'s
-    neighbours in the original space. Low-dimensional neighbours come from
-    :func:`spt_distance.knn_search` (euclidean); ranks are computed on blocks of rows, so the
-    memory is ``O(block * N)``, never ``O(N^2)``. Tied distances rank by index, as in
-    scikit-learn.
+    The training step of :class:`~spt_latentviz.LatentViz` is this loss followed by a
+    backward pass and an optimizer step.
 
     Args:
-        high: Original points, shape ``(N, D)``.
-        low: Their embedding, shape ``(N, d)``.
-        k: Neighbourhood size, ``1 <= k < N / 2``.
-        metric: Metric of the original space (any of :func:`spt_distance.pairwise_distances`).
-        chunk_size: Rows per block for the ranks (``None``: from a 16 MiB budget).
+        projection: Maps ``(N, D)`` rows to ``(N, 2)`` points (usually an ``nn.Module``).
+        rows: The points, shape ``(N, D)``.
+        neighbors: Their neighbour graph, shape ``(N, k)`` (from :func:`neighbor_graph`).
+        n_negatives: Negatives per neighbour pair (see :func:`sample_negatives`).
+        generator: Random source of the negatives; ``None`` uses the global generator.
+        owner: Who asks, named in the error message.
 
     Returns:
-        Scalar fp64 tensor in ``[0, 1]`` (1: every map neighbour is a true neighbour).
+        Scalar :func:`neighbor_embedding_loss` (differentiable with respect to the
+        projection's parameters).
 
     Raises:
-        ValueError: If the shapes disagree or ``k`` is out of range.
+        ValueError: If the projection does not map the rows to shape ``(N, 2)``.
 
     Example:
-        >>> x = torch.tensor([[0.0], [1.0], [2.0], [3.0], [4.0], [5.0]])
-        >>> trustworthiness(x, x, k=2).item()
-        1.0
-        >>> shuffled = torch.tensor([[0.0], [5.0], [1.0], [4.0], [2.0], [3.0]])
-        >>> round(trustworthiness(x, shuffled, k=2).item(), 4)
-        0.5667
+        >>> rows = torch.tensor([[0.0, 0.0], [0.0, 1.0], [5.0, 5.0], [5.0, 6.0]])
+        >>> g = torch.Generator().manual_seed(0)
+        >>> loss = projection_loss(torch.nn.Identity(), rows, neighbor_graph(rows, 1), 2, g)
+        >>> loss.shape, bool(loss > 0)
+        (torch.Size([]), True)
     """
-    high, low = _as_rows(high, "high"), _as_rows(low, "low")
-    n = high.shape[0]
-    if low.shape[0] != n:
-        raise ValueError(f"high and low must have the same rows, got {n} and {low.shape[0]}")
-    _check_k(k, n, (n - 1) // 2, "trustworthiness needs k < N / 2")
-    low_neighbors = neighbor_graph(low, k, chunk_size=chunk_size).to(high.device)
-    block = chunk_size or max(1, _BLOCK_ELEMENTS // n)
-    penalty = torch.zeros((), dtype=torch.float64, device=high.device)
-    positions = torch.arange(n, device=high.device).unsqueeze(0)
-    for start in range(0, n, block):
-        rows = torch.arange(start, min(start + block, n), device=high.device)
-        distances = pairwise_distances(high[rows], high, metric=metric)
-        distances[torch.arange(len(rows), device=high.device), rows] = torch.inf
-        order = torch.argsort(distances, dim=1, stable=True)
-        rank_of = torch.empty_like(order).scatter_(1, order, positions.expand_as(order))
-        ranks = rank_of.gather(1, low_neighbors[rows]) + 1
-        penalty += (ranks - k).clamp(min=0).sum()
-    return 1.0 - penalty * (2.0 / (n * k * (2.0 * n - 3.0 * k - 1.0)))
+    z = projection(rows)
+    check_map(z, len(rows), owner)
+    negatives = sample_negatives(len(rows), neighbors, n_negatives, generator)
+    return neighbor_embedding_loss(z, neighbors, negatives)
 
 
-def knn_recall(
-    high: Tensor,
-    low: Tensor,
-    k: int,
-    metric: str = "euclidean",
-    chunk_size: int | None = None,
-) -> Tensor:
-    """Fraction of each point's ``k`` nearest neighbours that stay among its ``k`` nearest in
-    the embedding, averaged over points.
+def drop_non_finite(rows: Tensor) -> tuple[Tensor, Tensor | None]:
+    """The rows of ``rows`` (shape ``(N, D)``) without a NaN or infinite value.
 
-    Args:
-        high: Original points, shape ``(N, D)``.
-        low: Their embedding, shape ``(N, d)`` (euclidean).
-        k: Neighbourhood size, ``1 <= k <= N - 1``.
-        metric: Metric of the original space.
-        chunk_size: Key chunk of :func:`spt_distance.knn_search`.
+    One host sync decides whether any row goes.
 
     Returns:
-        Scalar fp32 tensor in ``[0, 1]``; a random embedding scores about ``k / (N - 1)``.
-
-    Raises:
-        ValueError: If the shapes disagree or ``k`` is out of range.
+        The finite rows and the boolean mask of the kept rows, or ``rows`` itself and
+        ``None`` when every row is finite.
 
     Example:
-        >>> x = torch.tensor([[0.0], [1.0], [3.0], [10.0]])
-        >>> knn_recall(x, x, k=1).item()
-        1.0
-        >>> knn_recall(x, torch.tensor([[0.0], [1.0], [9.0], [3.0]]), k=1).item()
-        0.5
+        >>> kept, mask = drop_non_finite(torch.tensor([[1.0], [float("nan")], [2.0]]))
+        >>> kept.tolist(), mask.tolist()
+        ([[1.0], [2.0]], [True, False, True])
     """
-    high, low = _as_rows(high, "high"), _as_rows(low, "low")
-    n = high.shape[0]
-    if low.shape[0] != n:
-        raise ValueError(f"high and low must have the same rows, got {n} and {low.shape[0]}")
-    _check_k(k, n, n - 1, "it must be at most N - 1")
-    true = neighbor_graph(high, k, metric=metric, chunk_size=chunk_size)
-    kept = neighbor_graph(low, k, chunk_size=chunk_size).to(true.device)
-    shared = (true.unsqueeze(2) == kept.unsqueeze(1)).any(dim=2)
-    return shared.float().mean()
+    finite = torch.isfinite(rows).all(dim=1)
+    if bool(finite.all()):
+        return rows, None
+    return rows[finite], finite

@@ -1,0 +1,210 @@
+"""The training half of LatentViz: its queues, the neighbour graph, the projection's updates
+and what a checkpoint keeps of them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningModule, Trainer
+from torch import Tensor
+
+from spt_core import distributed, logger_writes_this_step
+from spt_latentviz.functional import drop_non_finite, neighbor_graph, projection_loss
+from spt_queue import OnlineQueue, find_or_create_queue, read_aligned
+from spt_trainable import TrainableCallback
+
+
+class MapTraining(TrainableCallback):
+    """Trains :class:`~spt_latentviz.LatentViz`'s projection on this rank's queue rows.
+
+    Each update reads the queue, rebuilds the neighbour graph when enough rows are new, and
+    takes one optimizer step on :func:`~spt_latentviz.functional.projection_loss`. The
+    negative-sampling generator is per rank; :meth:`state_dict` holds this rank's and
+    :meth:`gather_checkpoint_state` writes every rank's.
+    """
+
+    graph_refresh: float = 0.1
+    """Rebuild the neighbour graph once this fraction of the queue's rows is new."""
+
+    input: str
+    target: str | None
+    input_dim: Any
+    queue_length: int
+    k_neighbors: int
+    n_negatives: int
+    distance_metric: str
+    train_batches: int
+    last_plot_epoch: int | None
+    _input_queue: OnlineQueue | None
+    _target_queue: OnlineQueue | None
+    _generator: torch.Generator | None
+    _graph: tuple[int, Tensor, Tensor | None] | None
+    _non_finite_epoch: int | None
+    _loss_total: Tensor | None  # (sum of the update losses, updates) this epoch
+
+    def _find_queues(self, trainer: Trainer) -> None:
+        """Find (or create) the queues of ``input`` and ``target``; seed the generator."""
+        self._input_queue = find_or_create_queue(
+            trainer,
+            self.input,
+            self.queue_length,
+            self.input_dim,
+            previous=self._input_queue,
+            consumer=self.state_key,
+        )
+        if self.target is not None:
+            self._target_queue = find_or_create_queue(
+                trainer,
+                self.target,
+                self.queue_length,
+                previous=self._target_queue,
+                consumer=self.state_key,
+            )
+        if self._generator is None:
+            seed = (torch.initial_seed() + distributed.rank()) % (1 << 63)
+            self._generator = torch.Generator().manual_seed(seed)
+
+    def update_projection(self, trainer: Trainer, pl_module: LightningModule) -> Tensor | None:
+        """One training step of the projection on this rank's queue (run every
+        ``update_interval`` batches); every rank must call it together.
+
+        Returns:
+            The loss, or ``None`` when the queue holds too few rows yet.
+        """
+        graph = self._current_graph(trainer)
+        if graph is None:
+            return None
+        rows, neighbors = graph
+        with self.training_context() as projection:
+            if neighbors is None:
+                # Too few finite rows here: a zero gradient keeps the ranks' steps in lockstep.
+                loss = sum(p.sum() for p in projection.parameters()) * 0.0
+            else:
+                loss = projection_loss(
+                    projection, rows, neighbors, self.n_negatives, self._generator,
+                    owner=self.state_key,
+                )  # fmt: skip
+        self.backward_and_step(loss, trainer)
+        loss = loss.detach()
+        update = torch.stack((loss.float(), torch.ones_like(loss, dtype=torch.float32)))
+        total = self._loss_total
+        self._loss_total = update if total is None else total.to(update.device) + update
+        if logger_writes_this_step(trainer):
+            pl_module.log(
+                f"train/{self.name}_loss_step",
+                loss,
+                on_step=True,
+                on_epoch=False,
+                sync_dist=True,
+                batch_size=len(rows),
+            )
+        return loss
+
+    def state_dict(self) -> dict[str, Any]:
+        """This rank's state; never communicates (see :meth:`gather_checkpoint_state`)."""
+        state = super().state_dict()
+        generator = None if self._generator is None else self._generator.get_state()
+        state["latent_viz"] = {
+            "train_batches": self.train_batches,
+            "last_plot_epoch": self.last_plot_epoch,
+            "generators": None if generator is None else generator.unsqueeze(0),
+            "loss_total": self._loss_total,
+        }
+        return state
+
+    def gather_checkpoint_state(self, state: dict[str, Any]) -> dict[str, Any]:
+        """Every rank's negative-sampling generator state, one row per rank, in the checkpoint
+        (collective under DDP: every rank saves the checkpoint together)."""
+        own = state.get("latent_viz")
+        if own is None or own["generators"] is None or not distributed.is_distributed():
+            return state
+        device = self._device or torch.device("cpu")  # NCCL gathers CUDA tensors only
+        generators = distributed.gather_uneven(own["generators"].to(device)).cpu()
+        return {**state, "latent_viz": {**own, "generators": generators}}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state = dict(state_dict)
+        own = state.pop("latent_viz", None)
+        if own is not None:
+            self.train_batches = own["train_batches"]
+            self.last_plot_epoch = own["last_plot_epoch"]
+            self._loss_total = own.get("loss_total")
+            states = own["generators"]
+            if states is not None:
+                # A run on another number of processes takes the states round-robin. clone():
+                # Generator.set_state reads a row view from its storage's start (torch 2.x).
+                self._generator = self._generator or torch.Generator()
+                self._generator.set_state(states[distributed.rank() % len(states)].clone())
+        self._graph = None
+        super().load_state_dict(state)
+
+    # ------------------------------------------------------------------ internals
+
+    def _log_epoch_loss(self, pl_module: LightningModule) -> None:
+        """Log ``train/{name}_loss``, the mean of this epoch's update losses over every rank.
+
+        Under DDP every rank joins one all-reduce per epoch, with or without updates; one
+        host sync per epoch decides whether there was any update to log.
+        """
+        total, self._loss_total = self._loss_total, None
+        if total is None:
+            if not distributed.is_distributed():
+                return
+            total = torch.zeros(2)
+        total = total.to(pl_module.device)
+        distributed.all_reduce_mean([total])  # sums over ranks, up to a common factor
+        if total[1] > 0:
+            self.log_values(
+                pl_module, {f"train/{self.name}_loss": total[0] / total[1]}, sync_dist=True
+            )
+
+    def _current_graph(self, trainer: Trainer) -> tuple[Tensor, Tensor | None] | None:
+        """The rows to train on and their neighbour graph, rebuilt when enough rows are new.
+
+        ``None`` while the queue is short (the same on every rank); a ``None`` graph when too
+        few of this rank's rows are finite.
+        """
+        queue = self._input_queue
+        if queue is None:
+            raise RuntimeError(f"{self.state_key}: the queues are found when fit starts")
+        available = min(len(queue), self.queue_length)
+        if available <= self.k_neighbors:
+            self.info_once(
+                trainer,
+                "short-queue",
+                f"the queue holds {available} rows, the neighbour graph needs more than "
+                f"k_neighbors={self.k_neighbors}: the projection waits",
+            )
+            return None
+        if self._graph is not None:
+            built_at, rows, neighbors = self._graph
+            if queue.appended - built_at < self.graph_refresh * available:
+                return rows, neighbors
+        rows = self.prepare_input(queue.read(self.queue_length))
+        rows = rows.reshape(len(rows), -1)
+        self.check_input_width(rows, self.input)
+        rows, kept = drop_non_finite(rows)  # one sync per rebuild
+        if kept is not None and self._non_finite_epoch != trainer.current_epoch:
+            self._non_finite_epoch = trainer.current_epoch
+            self.info(
+                f"rank {distributed.rank()}: left out {len(kept) - len(rows)} rows of "
+                f"'{self.input}' with non-finite values"
+            )
+        neighbors = None
+        if len(rows) > self.k_neighbors:
+            neighbors = neighbor_graph(rows, self.k_neighbors, metric=self.distance_metric)
+        self._graph = (queue.appended, rows, neighbors)
+        self.debug(f"rebuilt the neighbour graph of {len(rows)} rows")
+        return rows, neighbors
+
+    def _gathered_rows(self) -> tuple[Tensor, Tensor | None]:
+        """Every rank's queue rows (and labels), each once in rank order: the queues hold this
+        rank's rows, this callback gathers them (collective: every rank calls it together)."""
+        queue, labels = self._input_queue, self._target_queue
+        if queue is None:
+            raise RuntimeError(f"{self.state_key}: the queues are found when fit starts")
+        if labels is None:
+            return distributed.gather_uneven(queue.read(self.queue_length)), None
+        features, labels = read_aligned([queue, labels], self.queue_length, self.state_key)
+        return distributed.gather_uneven(features), distributed.gather_uneven(labels)
