@@ -1,15 +1,16 @@
-"""Shared pieces of the spt-knn tests: a float64 reference kNN and a tiny Lightning setup."""
+"""Shared pieces of the spt-knn tests: a float64 reference kNN, blob data, and the tiny
+Lightning setup of `spt_core.testing` (the backbone's embedding is its input)."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
 
-import lightning as L
 import pytest
 import torch
-from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
+
+from spt_core.testing import Backbone, DictDataset, quiet_trainer
 
 
 def reference_distances(queries: torch.Tensor, bank: torch.Tensor, metric: str) -> torch.Tensor:
@@ -65,44 +66,6 @@ def knn_reference() -> Callable:
     return reference_scores
 
 
-class _Rows(Dataset):
-    def __init__(self, features: torch.Tensor, labels: torch.Tensor) -> None:
-        self.features, self.labels = features, labels
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return {"x": self.features[i], "label": self.labels[i]}
-
-
-class _Identity(L.LightningModule):
-    """Its "embedding" is the input itself (reshaped to ``shape``), so results are exact."""
-
-    def __init__(self, shape: tuple[int, ...] | None = None) -> None:
-        super().__init__()
-        self.shape = shape
-        self.weight = nn.Parameter(torch.zeros(1))
-
-    def _step(self, batch: dict) -> dict:
-        x = batch["x"]
-        embedding = x if self.shape is None else x.reshape(len(x), *self.shape)
-        loss = self.weight.pow(2).sum() + 0 * x.sum()
-        return {"loss": loss, "embedding": embedding, "label": batch["label"]}
-
-    def training_step(self, batch, batch_idx):
-        return self._step(batch)
-
-    def validation_step(self, batch, batch_idx, dataloader_idx=0):
-        return self._step(batch)
-
-    def test_step(self, batch, batch_idx, dataloader_idx=0):
-        return self._step(batch)
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.1)
-
-
 def _blobs(n: int, dim: int, classes: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
     centers = torch.randn(classes, dim, generator=generator) * 3
@@ -121,26 +84,14 @@ def tiny():
 
         @staticmethod
         def loader(features, labels, batch_size=8):
-            return DataLoader(_Rows(features, labels), batch_size=batch_size)
+            return DataLoader(DictDataset(x=features, label=labels), batch_size=batch_size)
 
         @staticmethod
         def model(shape=None):
-            return _Identity(shape)
+            return Backbone(shape=shape)
 
         @staticmethod
         def trainer(callbacks, **kwargs):
-            settings = {
-                "accelerator": "cpu",
-                "devices": 1,
-                "max_epochs": 1,
-                "logger": False,
-                "enable_progress_bar": False,
-                "enable_model_summary": False,
-                "enable_checkpointing": False,
-                "num_sanity_val_steps": 0,
-                "callbacks": callbacks,
-            }
-            settings.update(kwargs)
-            return L.Trainer(**settings)
+            return quiet_trainer(callbacks=callbacks, **kwargs)
 
     return Tiny

@@ -1,5 +1,5 @@
-"""Shared harness of the spt-metrics tests: dict-batch data, a module whose step outputs are
-chosen by the test, a logger that records every logged value, and a quiet CPU Trainer."""
+"""Shared harness of the spt-metrics tests, built on `spt_core.testing`: dict-batch data, a
+module whose step outputs are chosen by the test, a recording logger, a quiet CPU Trainer."""
 
 from __future__ import annotations
 
@@ -10,90 +10,18 @@ from typing import Any
 import lightning as L
 import pytest
 import torch
-from lightning.pytorch.loggers import Logger
-from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-
-class RecordingLogger(Logger):
-    """Keeps every ``log_metrics`` call as ``(step, {name: value})``."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.records: list[tuple[int | None, dict[str, float]]] = []
-
-    @property
-    def name(self) -> str:
-        return "recording"
-
-    @property
-    def version(self) -> int:
-        return 0
-
-    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        self.records.append((step, dict(metrics)))
-
-    def values(self, name: str) -> list[float]:
-        """Every value logged under ``name``, in order."""
-        return [metrics[name] for _, metrics in self.records if name in metrics]
-
-    def names(self) -> set[str]:
-        return {name for _, metrics in self.records for name in metrics}
+from spt_core.testing import Backbone, DictDataset, RecordingLogger, quiet_trainer
 
 
-class DictDataset(Dataset):
-    """Rows of several equally long tensors, served as dict batches (plus ``index``)."""
-
-    def __init__(self, **columns: torch.Tensor) -> None:
-        lengths = {len(c) for c in columns.values()}
-        assert len(lengths) == 1, lengths
-        self.columns = columns
-        self.length = lengths.pop()
-
-    def __len__(self) -> int:
-        return self.length
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        row = {key: column[i] for key, column in self.columns.items()}
-        row["index"] = torch.tensor(i)
-        return row
+def outputs_module(outputs: Callable[[dict, Any], dict] | None = None, lr: float = 0.1) -> Backbone:
+    """A `Backbone` whose steps return ``outputs(batch, module)`` (default: the batch as is)."""
+    return Backbone(outputs=outputs or _batch, lr=lr)
 
 
-class OutputsModule(L.LightningModule):
-    """A module with one trainable weight whose steps return ``outputs(batch, module)``.
-
-    The loss is ``weight * mean(x)`` so that the optimizer has something to step; what the
-    metrics see is whatever ``outputs`` returns (by default the batch without its ``x``).
-    Every step's batch indices are recorded per stage in ``seen``.
-    """
-
-    def __init__(self, outputs: Callable[[dict, Any], dict] | None = None, lr: float = 0.1):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(()))
-        self.outputs = outputs or (lambda batch, module: dict(batch))
-        self.lr = lr
-        self.seen: dict[str, list[torch.Tensor]] = {"train": [], "val": [], "test": []}
-
-    def _step(self, stage: str, batch: dict) -> dict:
-        self.seen[stage].append(batch["index"])
-        out = self.outputs(batch, self)
-        out["loss"] = self.weight * batch["index"].float().mean()
-        return out
-
-    def training_step(self, batch: dict, batch_idx: int) -> dict:
-        return self._step("train", batch)
-
-    def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict:
-        return self._step("val", batch)
-
-    def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict:
-        return self._step("test", batch)
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.SGD(self.parameters(), lr=self.lr)
+def _batch(batch: dict, module: Any) -> dict:
+    return dict(batch)
 
 
 def loader(dataset: Dataset, batch_size: int) -> DataLoader:
@@ -102,20 +30,8 @@ def loader(dataset: Dataset, batch_size: int) -> DataLoader:
 
 def make_trainer(callbacks: list, **kwargs: Any) -> L.Trainer:
     """A quiet single-process CPU Trainer that records every logged value."""
-    settings: dict[str, Any] = {
-        "accelerator": "cpu",
-        "devices": 1,
-        "max_epochs": 1,
-        "logger": RecordingLogger(),
-        "log_every_n_steps": 1,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
-        "enable_checkpointing": False,
-        "num_sanity_val_steps": 0,
-        "callbacks": callbacks,
-    }
-    settings.update(kwargs)
-    return L.Trainer(**settings)
+    settings = {"callbacks": callbacks, "logger": RecordingLogger(), "log_every_n_steps": 1}
+    return quiet_trainer(**{**settings, **kwargs})
 
 
 def classification(n: int, classes: int, correct: float, seed: int) -> dict[str, torch.Tensor]:
@@ -136,7 +52,7 @@ def harness() -> SimpleNamespace:
     return SimpleNamespace(
         RecordingLogger=RecordingLogger,
         DictDataset=DictDataset,
-        OutputsModule=OutputsModule,
+        OutputsModule=outputs_module,
         loader=loader,
         make_trainer=make_trainer,
         classification=classification,

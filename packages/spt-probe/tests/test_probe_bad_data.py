@@ -101,7 +101,7 @@ def test_a_loader_with_non_finite_rows_logs_nothing_that_epoch(
     backbone, trainer, loader, make_data, lines
 ):
     first, second = make_data(n=24, seed=1), make_data(n=24, seed=2)
-    second.features[5, 0] = float("nan")  # the embedding of that row is NaN
+    second.columns["x"][5, 0] = float("nan")  # the embedding of that row is NaN
     fit = trainer(callbacks=[probe()])
     fit.fit(backbone(), loader(make_data()), [loader(first), loader(second)])
     assert "eval/linear_accuracy/dataloader_idx_0" in fit.callback_metrics

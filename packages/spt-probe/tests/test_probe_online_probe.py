@@ -33,8 +33,8 @@ def linear_probe(name: str = "linear", **kwargs) -> OnlineProbe:
 def offline_accuracy(probe: nn.Module, model, dataset, top_k: int = 1) -> float:
     """Accuracy of the trained probe on the backbone's features of ``dataset``."""
     with torch.no_grad():
-        logits = probe(model.encoder(dataset.features))
-    hits = logits.topk(top_k, dim=1).indices.eq(dataset.labels[:, None]).any(dim=1)
+        logits = probe(model.encoder(dataset.columns["x"]))
+    hits = logits.topk(top_k, dim=1).indices.eq(dataset.columns["label"][:, None]).any(dim=1)
     return hits.float().mean().item()
 
 

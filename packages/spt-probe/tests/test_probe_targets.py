@@ -15,6 +15,7 @@ from torch.utils.data import Dataset
 from torchmetrics.classification import MulticlassAccuracy
 
 from spt_core import callbacks_metrics
+from spt_core.testing import DictDataset
 from spt_probe import OnlineProbe
 
 UNLABELLED = -1
@@ -46,18 +47,17 @@ def lines():
 def unlabel(dataset, every=4):
     """A copy of ``dataset`` where every ``every``-th row (from row ``every - 1``) is
     unlabelled."""
-    copied = copy.copy(dataset)
-    copied.labels = dataset.labels.clone()
-    copied.labels[every - 1 :: every] = UNLABELLED
-    return copied
+    labels = dataset.columns["label"].clone()
+    labels[every - 1 :: every] = UNLABELLED
+    return DictDataset(**{**dataset.columns, "label": labels})
 
 
 def labelled_accuracy(probe, model, dataset):
     """Macro accuracy (torchmetrics' default): the mean over classes of the share of each
     class's labelled rows predicted right."""
     with torch.no_grad():
-        predicted = probe(model.encoder(dataset.features)).argmax(dim=1)
-    labels = dataset.labels
+        predicted = probe(model.encoder(dataset.columns["x"])).argmax(dim=1)
+    labels = dataset.columns["label"]
     recalls = [(predicted[labels == c] == c).float().mean().item() for c in range(3)]
     return sum(recalls) / 3
 
@@ -113,8 +113,13 @@ def test_unlabelled_rows_never_reach_a_metric(backbone, trainer, loader, data):
     assert fit.callback_metrics["eval/linear_accuracy"].item() == pytest.approx(
         labelled_accuracy(probe.module, model, val), abs=1e-6
     )
-    assert fit.callback_metrics["eval/linear_rows"].item() == (val.labels >= 0).sum().item()
-    assert fit.callback_metrics["train/linear_rows"].item() == (train.labels >= 0).sum().item()
+    assert (
+        fit.callback_metrics["eval/linear_rows"].item() == (val.columns["label"] >= 0).sum().item()
+    )
+    assert (
+        fit.callback_metrics["train/linear_rows"].item()
+        == (train.columns["label"] >= 0).sum().item()
+    )
     copies = [m for live in callbacks_metrics(model)["linear"].values() for m in live.values()]
     assert all(m.negative == 0 for m in copies if isinstance(m, LabelledRows))
     assert torch.isfinite(fit.callback_metrics["train/linear_accuracy"])
@@ -130,7 +135,7 @@ def test_unlabelled_rows_are_left_out_of_the_training_loss(
     backbone, trainer, loader, make_data, loss_fn
 ):
     data = unlabel(make_data(n=48), every=3)
-    data.labels[:8] = UNLABELLED  # the first batch has no labelled row at all
+    data.columns["label"][:8] = UNLABELLED  # the first batch has no labelled row at all
     torch.manual_seed(0)
     start = nn.Linear(5, 3)
     probe = probe_on(
@@ -162,7 +167,7 @@ def test_one_batch_of_any_labelling_steps_like_the_reference(
     cross-entropy of the labelled rows (none logged without one) and the step is plain SGD
     on it (no step without one), for the default loss and for nn.CrossEntropyLoss."""
     data = make_data(n=8)
-    data.labels = torch.tensor(labels)
+    data.columns["label"] = torch.tensor(labels)
     for loss_fn in (None, nn.CrossEntropyLoss()):
         torch.manual_seed(0)
         start = nn.Linear(5, 3)
@@ -187,7 +192,7 @@ def test_one_batch_of_any_labelling_steps_like_the_reference(
 
 
 def test_an_epoch_without_a_labelled_row_says_so_once(backbone, trainer, loader, data, lines):
-    data.labels[:] = UNLABELLED
+    data.columns["label"][:] = UNLABELLED
     fit = trainer(callbacks=[probe_on()], max_epochs=2)
     fit.fit(backbone(), loader(data))
     assert "train/linear_loss" not in fit.callback_metrics

@@ -186,7 +186,7 @@ def test_the_callback_trains_exactly_like_a_hand_loop_over_probe_step(
             return out
 
     data = make_data(n=48)
-    data.labels = torch.where(torch.arange(48) % 5 == 1, -1, data.labels)
+    data.columns["label"] = torch.where(torch.arange(48) % 5 == 1, -1, data.columns["label"])
     torch.manual_seed(0)
     start = nn.Linear(5, 3)
     probe = probe_on(probe=copy.deepcopy(start), optimizer={"type": "SGD", "lr": 0.5})

@@ -10,9 +10,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from spt_core import SPTCallback, callbacks_modules
+from spt_core.testing import DictDataset, quiet_trainer
 from spt_trainable import TrainableCallback
 
 
@@ -24,17 +25,10 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-class Rows(Dataset):
-    def __init__(self, n: int, seed: int = 0):
-        generator = torch.Generator().manual_seed(seed)
-        self.x = torch.randn(n, 3, generator=generator)
-        self.y = self.x @ torch.tensor([[1.0], [-2.0], [0.5]]) + 0.1
-
-    def __len__(self):
-        return len(self.x)
-
-    def __getitem__(self, i):
-        return {"x": self.x[i], "y": self.y[i]}
+def rows(n: int, seed: int = 0) -> DictDataset:
+    """``n`` rows ``{"x", "y"}`` of a noiseless linear regression."""
+    x = torch.randn(n, 3, generator=torch.Generator().manual_seed(seed))
+    return DictDataset(x=x, y=x @ torch.tensor([[1.0], [-2.0], [0.5]]) + 0.1)
 
 
 class Model(L.LightningModule):
@@ -73,12 +67,8 @@ class Regressor(TrainableCallback):
 
 def fit(callbacks, n=56, batch_size=8, epochs=1, model=None, **kwargs):
     model = model if model is not None else Model()
-    trainer = L.Trainer(
-        accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
-        enable_model_summary=False, enable_checkpointing=False, num_sanity_val_steps=0,
-        max_epochs=epochs, callbacks=callbacks, **kwargs,
-    )  # fmt: skip
-    trainer.fit(model, DataLoader(Rows(n), batch_size=batch_size))
+    trainer = quiet_trainer(max_epochs=epochs, callbacks=callbacks, **kwargs)
+    trainer.fit(model, DataLoader(rows(n), batch_size=batch_size))
     return trainer, model
 
 
@@ -170,11 +160,9 @@ def test_defaults_are_adamw_and_a_constant_rate():
 
 def test_validate_alone_builds_the_module_but_no_optimizer():
     head = Regressor()
-    trainer = L.Trainer(
-        logger=False, enable_progress_bar=False, enable_model_summary=False, callbacks=[head]
-    )
+    trainer = quiet_trainer(callbacks=[head])
     model = Model()
-    trainer.validate(model, DataLoader(Rows(16), batch_size=8), verbose=False)
+    trainer.validate(model, DataLoader(rows(16), batch_size=8), verbose=False)
     assert callbacks_modules(model)["head"] is head.module
     with pytest.raises(RuntimeError, match="built when fit starts"):
         _ = head.optimizer
@@ -398,15 +386,8 @@ def test_resume_through_a_lightning_checkpoint(tmp_path):
     trainer.save_checkpoint(tmp_path / "one.ckpt")
     resumed = fresh()
     model = Model()
-    trainer = L.Trainer(
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        max_epochs=2,
-        callbacks=[resumed],
-    )
-    trainer.fit(model, DataLoader(Rows(56), batch_size=8), ckpt_path=tmp_path / "one.ckpt")
+    trainer = quiet_trainer(max_epochs=2, callbacks=[resumed])
+    trainer.fit(model, DataLoader(rows(56), batch_size=8), ckpt_path=tmp_path / "one.ckpt")
     torch.testing.assert_close(
         resumed.module.state_dict(), straight.module.state_dict(), rtol=0, atol=0
     )
@@ -432,12 +413,10 @@ def test_a_fit_without_validation_batches_is_said_once(val_rows, limit, said):
     lines = []
     sink = logger.add(lambda message: lines.append(str(message)), level="INFO")
     try:
-        trainer = L.Trainer(
-            accelerator="cpu", logger=False, enable_progress_bar=False,
-            enable_model_summary=False, enable_checkpointing=False, num_sanity_val_steps=0,
-            max_epochs=2, limit_val_batches=limit, callbacks=[Announcer("announcer")],
-        )  # fmt: skip
-        trainer.fit(Model(), DataLoader(Rows(16), batch_size=8), DataLoader(Rows(val_rows)))
+        trainer = quiet_trainer(
+            max_epochs=2, limit_val_batches=limit, callbacks=[Announcer("announcer")]
+        )
+        trainer.fit(Model(), DataLoader(rows(16), batch_size=8), DataLoader(rows(val_rows)))
     finally:
         logger.remove(sink)
     expected = "no validation batch (limit_val_batches=0 or an empty validation loader): "

@@ -1,0 +1,202 @@
+"""Lightning pieces for callback tests: a quiet Trainer, dict data, a tiny backbone, a logger."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import Logger
+from torch import nn
+from torch.utils.data import Dataset
+
+
+def quiet_trainer(**kwargs: Any) -> L.Trainer:
+    """A one-device CPU Trainer, one epoch, with no logger, checkpoints, progress bar, model
+    summary or sanity check. Every setting can be overridden.
+
+    Example:
+        >>> trainer = quiet_trainer(max_epochs=2)
+        >>> trainer.max_epochs, trainer.logger
+        (2, None)
+    """
+    settings: dict[str, Any] = {
+        "accelerator": "cpu",
+        "devices": 1,
+        "max_epochs": 1,
+        "logger": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "enable_checkpointing": False,
+        "num_sanity_val_steps": 0,
+    }
+    settings.update(kwargs)
+    return L.Trainer(**settings)
+
+
+class DictDataset(Dataset):
+    """Rows of equally long tensors served as dicts, plus the row's ``index``.
+
+    Args:
+        **columns: Tensors with the same first dimension.
+
+    Raises:
+        ValueError: When the columns differ in length.
+
+    Example:
+        >>> data = DictDataset(x=torch.zeros(3, 2), label=torch.tensor([0, 1, 2]))
+        >>> len(data), sorted(data[1]), data[1]["label"].item()
+        (3, ['index', 'label', 'x'], 1)
+    """
+
+    def __init__(self, **columns: torch.Tensor) -> None:
+        lengths = {name: len(column) for name, column in columns.items()}
+        if len(set(lengths.values())) != 1:
+            raise ValueError(f"DictDataset: columns must be equally long, got {lengths}")
+        self.columns = columns
+        self.length = next(iter(lengths.values()))
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        row = {name: column[i] for name, column in self.columns.items()}
+        row.setdefault("index", torch.tensor(i))
+        return row
+
+
+class Backbone(L.LightningModule):
+    """A tiny module whose steps return ``{**batch, feature_key: features, "loss": loss}``.
+
+    Without ``width`` the features are ``batch[input_key]`` itself (exact results) and the
+    loss only moves one spare weight; with ``width`` a linear encoder makes them and is
+    trained to reconstruct the input. ``outputs(batch, module)`` replaces what is returned
+    (``loss`` is added). Each stage's ``batch["index"]`` are kept in ``seen``.
+
+    Args:
+        dim: Input size (with ``width``).
+        width: Embedding size; ``None`` returns the input as the embedding.
+        input_key: Batch key of the input.
+        feature_key: Output key of the embedding.
+        shape: Shape each embedding row is reshaped to.
+        dropout: Dropout on the embedding.
+        manual: Use manual optimization.
+        feature_dtype: dtype the embedding is returned in.
+        detach: Return the embedding detached.
+        outputs: ``outputs(batch, module) -> dict`` returned instead (plus ``loss``).
+        lr: SGD learning rate.
+
+    Example:
+        >>> out = Backbone().training_step({"x": torch.ones(2, 3)}, 0)
+        >>> sorted(out), out["embedding"].shape
+        (['embedding', 'loss', 'x'], torch.Size([2, 3]))
+    """
+
+    def __init__(
+        self,
+        dim: int = 6,
+        width: int | None = None,
+        *,
+        input_key: str = "x",
+        feature_key: str = "embedding",
+        shape: tuple[int, ...] | None = None,
+        dropout: float = 0.0,
+        manual: bool = False,
+        feature_dtype: torch.dtype | None = None,
+        detach: bool = False,
+        outputs: Callable[[dict, Any], dict] | None = None,
+        lr: float = 0.05,
+    ) -> None:
+        super().__init__()
+        self.encoder = nn.Linear(dim, width) if width else None
+        self.decoder = nn.Linear(width, dim) if width else None
+        self.weight = nn.Parameter(torch.ones(()))
+        self.dropout = nn.Dropout(dropout)
+        self.automatic_optimization = not manual
+        self.input_key, self.feature_key, self.shape = input_key, feature_key, shape
+        self.feature_dtype, self.detach, self.outputs, self.lr = feature_dtype, detach, outputs, lr
+        self.seen: dict[str, list[torch.Tensor]] = {"train": [], "val": [], "test": []}
+
+    def _embed(self, batch: dict) -> tuple[dict, torch.Tensor]:
+        loss = self.weight.pow(2)
+        if self.input_key not in batch:
+            return dict(batch), loss
+        x = batch[self.input_key]
+        feature = x if self.encoder is None else self.dropout(self.encoder(x))
+        if self.decoder is not None:
+            loss = loss + (self.decoder(feature) - x).pow(2).mean()
+        feature = feature.detach() if self.detach else feature
+        if self.shape is not None:
+            feature = feature.reshape(len(feature), *self.shape)
+        if self.feature_dtype is not None:
+            feature = feature.to(self.feature_dtype)
+        return {**batch, self.feature_key: feature}, loss
+
+    def _step(self, batch: dict) -> dict:
+        out, loss = self._embed(batch)
+        if self.outputs is not None:
+            out = self.outputs(batch, self)
+        out["loss"] = loss
+        return out
+
+    def _record(self, stage: str, batch: dict) -> None:
+        if "index" in batch:
+            self.seen[stage].append(batch["index"])
+
+    def training_step(self, batch: dict, batch_idx: int) -> dict:
+        self._record("train", batch)
+        out = self._step(batch)
+        if not self.automatic_optimization:
+            optimizer = self.optimizers()
+            optimizer.zero_grad()
+            self.manual_backward(out["loss"])
+            optimizer.step()
+            out["loss"] = out["loss"].detach()
+        return out
+
+    def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict:
+        self._record("val", batch)
+        return self._step(batch)
+
+    def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict:
+        self._record("test", batch)
+        return self._step(batch)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=self.lr)
+
+
+class RecordingLogger(Logger):
+    """Keeps every ``log_metrics`` call as ``(step, {name: value})`` in ``records``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[tuple[int | None, dict[str, float]]] = []
+
+    @property
+    def name(self) -> str:
+        return "recording"
+
+    @property
+    def version(self) -> int:
+        return 0
+
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        """Ignored."""
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        """Record ``metrics`` as logged at ``step``."""
+        self.records.append((step, {name: float(value) for name, value in metrics.items()}))
+
+    def values(self, name: str) -> list[float]:
+        """Every value logged under ``name``, in order."""
+        return [metrics[name] for _, metrics in self.records if name in metrics]
+
+    def names(self) -> set[str]:
+        """Every name logged."""
+        return {name for _, metrics in self.records for name in metrics}
+
+    def logged(self) -> dict[str, list[float]]:
+        """``{name: every value logged under it, in order}``."""
+        return {name: self.values(name) for name in sorted(self.names())}
