@@ -180,13 +180,18 @@ def test_release_keeps_extras_and_markers_of_dependent_requirements(tools, tmp_p
         str(Requirement(f'spt-metrics{new_range}; sys_platform == "win32"')),
     }
     # A requirement that already admits the new version is left as it was.
-    assert "spt-core>=0.2,<0.3" in meta["dependencies"]
+    core_range = tools["release"].compatible_range(
+        tools["check_deps"].read_version(root / "packages/spt-core", "spt_core")
+    )
+    assert f"spt-core{core_range}" in meta["dependencies"]
 
 
 def test_release_leaves_a_dependent_whose_range_admits_the_new_version(tools, tmp_path):
     root = copy_packages(tmp_path, ["spt-core", "spt-queue"])
     pyproject = root / "packages/spt-queue/pyproject.toml"
-    edit(pyproject, '"spt-core>=0.2,<0.3"', '"spt-core>=0.2,<1"')
+    core = tools["check_deps"].read_version(root / "packages/spt-core", "spt_core")
+    floor = tools["release"].compatible_range(core).split(",")[0]
+    edit(pyproject, f'"spt-core{tools["release"].compatible_range(core)}"', f'"spt-core{floor},<1"')
     before = pyproject.read_text()
     _, dependents = tools["release"].release(root, "spt-core", "minor", [])
     assert dependents == []
