@@ -8,9 +8,12 @@ from collections.abc import Callable
 
 import pytest
 import torch
+from loguru import logger
 from torch.utils.data import DataLoader
+from torchmetrics.classification import MulticlassAccuracy
 
 from spt_core.testing import Backbone, DictDataset, quiet_trainer
+from spt_knn import OnlineKNN
 
 
 def reference_distances(queries: torch.Tensor, bank: torch.Tensor, metric: str) -> torch.Tensor:
@@ -95,3 +98,31 @@ def tiny():
             return quiet_trainer(callbacks=callbacks, **kwargs)
 
     return Tiny
+
+
+@pytest.fixture
+def make_knn() -> Callable[..., OnlineKNN]:
+    """``make_knn(**overrides)``: the tests' OnlineKNN (3 classes, k=5, a 32-row queue)."""
+
+    def make(**kwargs) -> OnlineKNN:
+        settings = {
+            "name": "knn",
+            "input": "embedding",
+            "target": "label",
+            "queue_length": 32,
+            "metrics": {"accuracy": MulticlassAccuracy(3, average="micro")},
+            "num_classes": 3,
+            "k": 5,
+        }
+        return OnlineKNN(**{**settings, **kwargs})
+
+    return make
+
+
+@pytest.fixture
+def messages():
+    """Every loguru line logged while the test runs."""
+    lines = []
+    sink = logger.add(lambda m: lines.append(str(m)), level="INFO")
+    yield lines
+    logger.remove(sink)

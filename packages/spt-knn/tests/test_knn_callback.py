@@ -7,7 +7,6 @@ import lightning as L
 import pytest
 import torch
 import torchmetrics
-from loguru import logger
 from torchmetrics.classification import MulticlassAccuracy
 
 from spt_core import callbacks_metrics
@@ -15,29 +14,6 @@ from spt_distance import _plan
 from spt_distance.testing import forbid_host_sync
 from spt_knn import OnlineKNN, knn_predict
 from spt_queue import find_queue
-
-
-def make_knn(**kwargs):
-    settings = {
-        "name": "knn",
-        "input": "embedding",
-        "target": "label",
-        "queue_length": 32,
-        "metrics": {"accuracy": MulticlassAccuracy(3, average="micro")},
-        "num_classes": 3,
-        "k": 5,
-    }
-    settings.update(kwargs)
-    return OnlineKNN(**settings)
-
-
-@pytest.fixture
-def messages():
-    """Every loguru line logged while the test runs."""
-    lines = []
-    sink = logger.add(lambda m: lines.append(str(m)), level="INFO")
-    yield lines
-    logger.remove(sink)
 
 
 class Recorder(L.Callback):
@@ -77,12 +53,12 @@ class Recorder(L.Callback):
         ({"metrics": {"acc": len}}, TypeError, r"metrics\['acc'\] must be a torchmetrics Metric"),
     ],
 )
-def test_bad_arguments_are_refused_at_construction(kwargs, error, match):
+def test_bad_arguments_are_refused_at_construction(kwargs, error, match, make_knn):
     with pytest.raises(error, match=match):
         make_knn(**kwargs)
 
 
-def test_logged_accuracy_and_predictions_equal_an_offline_recomputation(tiny):
+def test_logged_accuracy_and_predictions_equal_an_offline_recomputation(tiny, make_knn):
     features, labels = tiny.data(96, 4, 3, seed=0)
     val_x, val_y = tiny.data(24, 4, 3, seed=1)
     knn, recorder = make_knn(k=7, weighting="exp", temperature=0.5), Recorder()
@@ -104,7 +80,7 @@ def test_logged_accuracy_and_predictions_equal_an_offline_recomputation(tiny):
     assert exposed["val/0"]["accuracy"] is not knn.metrics.prototypes["accuracy"]
 
 
-def test_a_metric_collection_is_unpacked():
+def test_a_metric_collection_is_unpacked(make_knn):
     from torchmetrics import MetricCollection
     from torchmetrics.classification import MulticlassF1Score
 
@@ -113,7 +89,7 @@ def test_a_metric_collection_is_unpacked():
     assert sorted(knn.metrics.prototypes) == ["acc", "f1"]
 
 
-def test_features_are_flattened_to_the_product_of_input_dim(tiny):
+def test_features_are_flattened_to_the_product_of_input_dim(tiny, make_knn):
     features, labels = tiny.data(48, 6, 3)
     knn = make_knn(input_dim=(2, 3), k=3)
     trainer = tiny.trainer([knn])
@@ -128,7 +104,7 @@ def test_features_are_flattened_to_the_product_of_input_dim(tiny):
     assert "eval/knn_accuracy" in trainer.callback_metrics
 
 
-def test_empty_queue_skips_with_one_line_and_logs_nothing(tiny, messages):
+def test_empty_queue_skips_with_one_line_and_logs_nothing(tiny, messages, make_knn):
     knn = make_knn()
     trainer = tiny.trainer([knn])
     results = trainer.validate(tiny.model(), tiny.loader(*tiny.data(24, 4, 3)))
@@ -137,7 +113,7 @@ def test_empty_queue_skips_with_one_line_and_logs_nothing(tiny, messages):
     assert len(skipped) == 1
 
 
-def test_two_validation_loaders_get_their_own_metrics(tiny):
+def test_two_validation_loaders_get_their_own_metrics(tiny, make_knn):
     features, labels = tiny.data(96, 4, 3)
     clean, clean_y = tiny.data(24, 4, 3, seed=1)
     noisy = clean + 4 * torch.randn(clean.shape, generator=torch.Generator().manual_seed(5))
@@ -154,7 +130,7 @@ def test_two_validation_loaders_get_their_own_metrics(tiny):
     assert sorted(callbacks_metrics(trainer.lightning_module)["knn"]) == ["val/0", "val/1"]
 
 
-def test_test_stage_logs_under_eval(tiny):
+def test_test_stage_logs_under_eval(tiny, make_knn):
     features, labels = tiny.data(64, 4, 3)
     test_x, test_y = tiny.data(20, 4, 3, seed=2)
     knn = make_knn()
@@ -167,7 +143,7 @@ def test_test_stage_logs_under_eval(tiny):
     )
 
 
-def test_inferred_num_classes_warns_once_per_epoch(tiny, messages):
+def test_inferred_num_classes_warns_once_per_epoch(tiny, messages, make_knn):
     features, labels = tiny.data(64, 4, 3)
     knn, recorder = make_knn(num_classes=None, metrics={}), Recorder()
     trainer = tiny.trainer([knn, recorder], max_epochs=2)
@@ -177,7 +153,7 @@ def test_inferred_num_classes_warns_once_per_epoch(tiny, messages):
     assert all(p.shape == (8, 3) for p in recorder.preds)
 
 
-def test_explicit_num_classes_is_checked_against_the_queue(tiny):
+def test_explicit_num_classes_is_checked_against_the_queue(tiny, make_knn):
     features, labels = tiny.data(64, 4, 3)
     knn = make_knn(num_classes=2, metrics={})
     trainer = tiny.trainer([knn])
@@ -185,7 +161,7 @@ def test_explicit_num_classes_is_checked_against_the_queue(tiny):
         trainer.fit(tiny.model(), tiny.loader(features, labels), tiny.loader(features, labels))
 
 
-def test_k_beyond_the_bank_is_clipped_with_one_warning_per_epoch(tiny, messages):
+def test_k_beyond_the_bank_is_clipped_with_one_warning_per_epoch(tiny, messages, make_knn):
     features, labels = tiny.data(64, 4, 3)
     val_x, val_y = tiny.data(24, 4, 3, seed=1)
     knn = make_knn(k=500)
@@ -197,7 +173,7 @@ def test_k_beyond_the_bank_is_clipped_with_one_warning_per_epoch(tiny, messages)
     assert trainer.callback_metrics["eval/knn_accuracy"] == accuracy
 
 
-def test_unlabelled_queue_rows_are_left_out(tiny):
+def test_unlabelled_queue_rows_are_left_out(tiny, make_knn):
     features, labels = tiny.data(64, 4, 3)
     labels = torch.where(torch.arange(64) % 4 == 0, -1, labels)
     val_x, val_y = tiny.data(24, 4, 3, seed=1)
@@ -211,7 +187,7 @@ def test_unlabelled_queue_rows_are_left_out(tiny):
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_half_precision_features_are_scored_in_float32(tiny, dtype):
+def test_half_precision_features_are_scored_in_float32(tiny, dtype, make_knn):
     features, labels = tiny.data(64, 4, 3)
     val_x, val_y = tiny.data(24, 4, 3, seed=1)
     knn, recorder = make_knn(), Recorder()
@@ -305,7 +281,7 @@ def test_validation_batches_after_the_first_do_not_sync(tiny, monkeypatch, distr
     assert counter.calls == ["item"]  # the counter does see syncs when they happen
 
 
-def test_consumers_share_passive_queues_that_never_gather(tiny):
+def test_consumers_share_passive_queues_that_never_gather(tiny, make_knn):
     """Gather and shard consumers share a registered queue; neither changes it for the other
     (each gathers or shards what it reads), and its capacity is the largest request."""
     from spt_queue import OnlineQueue
@@ -327,7 +303,7 @@ def test_consumers_share_passive_queues_that_never_gather(tiny):
     assert registered.consumers == ["OnlineKNN[name=s]", "OnlineKNN[name=g]"]
 
 
-def test_shard_and_gather_modes_agree_in_one_process(tiny):
+def test_shard_and_gather_modes_agree_in_one_process(tiny, make_knn):
     features, labels = tiny.data(64, 4, 3)
     val_x, val_y = tiny.data(24, 4, 3, seed=1)
 
@@ -357,7 +333,9 @@ def test_shard_and_gather_modes_agree_in_one_process(tiny):
     ],
     ids=["silent", "torchmetrics-crash", "torchmetrics-check"],
 )
-def test_a_label_beyond_num_classes_after_the_first_batch_fails_before_logging(tiny, settings):
+def test_a_label_beyond_num_classes_after_the_first_batch_fails_before_logging(
+    tiny, settings, make_knn
+):
     features, labels = tiny.data(64, 4, 3)
     val_x, val_y = tiny.data(24, 4, 3, seed=1)
     val_y = val_y.clone()
@@ -370,7 +348,7 @@ def test_a_label_beyond_num_classes_after_the_first_batch_fails_before_logging(t
     assert "eval/knn_accuracy" not in trainer.callback_metrics
 
 
-def test_non_finite_queue_rows_are_left_out_with_a_warning(tiny, messages):
+def test_non_finite_queue_rows_are_left_out_with_a_warning(tiny, messages, make_knn):
     features, labels = tiny.data(64, 4, 3)
     features[[40, 41, 63], 1] = torch.tensor([float("nan"), float("inf"), float("nan")])
     val_x, val_y = tiny.data(24, 4, 3, seed=1)
@@ -383,7 +361,7 @@ def test_non_finite_queue_rows_are_left_out_with_a_warning(tiny, messages):
     assert len([m for m in messages if "left out 3 queue rows of 'embedding'" in m]) == 1
 
 
-def test_a_loader_with_non_finite_features_logs_nothing_that_epoch(tiny, messages):
+def test_a_loader_with_non_finite_features_logs_nothing_that_epoch(tiny, messages, make_knn):
     features, labels = tiny.data(64, 4, 3)
     clean, clean_y = tiny.data(24, 4, 3, seed=1)
     broken = clean.clone()
@@ -396,7 +374,7 @@ def test_a_loader_with_non_finite_features_logs_nothing_that_epoch(tiny, message
     assert "1 validation rows of 'embedding' (loader 1) had non-finite values" in line
 
 
-def test_a_fit_without_validation_batches_says_knn_logs_nothing(tiny, messages):
+def test_a_fit_without_validation_batches_says_knn_logs_nothing(tiny, messages, make_knn):
     features, labels = tiny.data(32, 4, 3)
     trainer = tiny.trainer([make_knn()], limit_val_batches=0)
     trainer.fit(tiny.model(), tiny.loader(features, labels), tiny.loader(features, labels))

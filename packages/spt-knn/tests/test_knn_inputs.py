@@ -4,33 +4,10 @@ a batch entry it would overwrite, empty batches."""
 import pytest
 import torch
 import torchmetrics
-from loguru import logger
 from torch.utils.data import DataLoader
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
-from spt_knn import OnlineKNN, knn_predict
-
-
-def make_knn(**kwargs):
-    settings = {
-        "name": "knn",
-        "input": "embedding",
-        "target": "label",
-        "queue_length": 32,
-        "metrics": {"accuracy": MulticlassAccuracy(3, average="micro")},
-        "num_classes": 3,
-        "k": 5,
-    }
-    settings.update(kwargs)
-    return OnlineKNN(**settings)
-
-
-@pytest.fixture
-def messages():
-    lines = []
-    sink = logger.add(lambda m: lines.append(str(m)), level="INFO")
-    yield lines
-    logger.remove(sink)
+from spt_knn import knn_predict
 
 
 class _Targets(torchmetrics.Metric):
@@ -53,7 +30,7 @@ def _labelled_accuracy(val_x, val_y, bank, bank_labels):
     return (scores.argmax(dim=1)[labelled] == val_y[labelled]).float().mean()
 
 
-def test_unlabelled_validation_rows_are_left_out_of_every_metric(tiny):
+def test_unlabelled_validation_rows_are_left_out_of_every_metric(tiny, make_knn):
     features, labels = tiny.data(64, 4, 3)
     val_x, val_y = tiny.data(40, 4, 3, seed=1)
     val_y = torch.where(torch.arange(40) % 4 == 1, -1, val_y)
@@ -76,7 +53,7 @@ def test_unlabelled_validation_rows_are_left_out_of_every_metric(tiny):
     assert logged["eval/knn_f1"] == pytest.approx(f1.item())
 
 
-def test_string_labels_are_refused_at_the_first_training_batch(tiny):
+def test_string_labels_are_refused_at_the_first_training_batch(tiny, make_knn):
     features, labels = tiny.data(32, 4, 3)
     names = ["cat", "dog", "owl"]
 
@@ -96,7 +73,7 @@ def test_string_labels_are_refused_at_the_first_training_batch(tiny):
 
 
 @pytest.mark.parametrize("labels", [[0.0, 0.7], [1.0, 2.0]], ids=["non-integral", "integral"])
-def test_float_labels_are_refused_at_the_first_training_batch(tiny, labels):
+def test_float_labels_are_refused_at_the_first_training_batch(tiny, labels, make_knn):
     features, _ = tiny.data(32, 4, 3)
     values = torch.tensor(labels).repeat(16)
     trainer = tiny.trainer([make_knn()])
@@ -117,7 +94,7 @@ def test_float_labels_are_refused_at_the_first_training_batch(tiny, labels):
     ],
     ids=["strings", "floats"],
 )
-def test_unusable_validation_labels_name_the_callback_and_key(tiny, value, match):
+def test_unusable_validation_labels_name_the_callback_and_key(tiny, value, match, make_knn):
     features, labels = tiny.data(64, 4, 3)
     model = tiny.model()
     plain = model.validation_step
@@ -130,7 +107,7 @@ def test_unusable_validation_labels_name_the_callback_and_key(tiny, value, match
         trainer.fit(model, tiny.loader(features, labels), tiny.loader(features, labels))
 
 
-def test_an_existing_preds_entry_is_overwritten_with_one_warning(tiny, messages):
+def test_an_existing_preds_entry_is_overwritten_with_one_warning(tiny, messages, make_knn):
     features, labels = tiny.data(64, 4, 3)
 
     class WithPreds(torch.utils.data.Dataset):
@@ -150,7 +127,7 @@ def test_an_existing_preds_entry_is_overwritten_with_one_warning(tiny, messages)
     assert not [m for m in messages if "already holds" in m]
 
 
-def test_an_empty_validation_batch_is_skipped_by_the_metrics(tiny):
+def test_an_empty_validation_batch_is_skipped_by_the_metrics(tiny, make_knn):
     features, labels = tiny.data(64, 4, 3)
     val_x, val_y = tiny.data(16, 4, 3, seed=1)
     batches = [
