@@ -3,7 +3,9 @@
 For every package (or those named): a fresh virtual environment, ``torch==2.13.0`` first
 (the CPU build on this machine's disk), then the package from a folder of wheels built from
 ``packages/`` (so its spt siblings resolve locally and nothing else of spt comes along), plus
-pytest and hypothesis, then ``pytest packages/<pkg>/tests``. A package with extras runs
+pytest, hypothesis and the package's ``test`` dependency group (``[dependency-groups]`` of its
+pyproject: spt-distance's tests use spt-core's test harness, which its users never install),
+then ``pytest packages/<pkg>/tests``. A package with extras runs
 twice: once bare (its optional paths must skip or degrade cleanly) and once with every
 extra installed (``spt-metrics[sklearn]``), so the tests of the optional paths run too.
 Prints a table; exits 1 if any run fails.
@@ -57,6 +59,12 @@ def extras(package: str) -> list[str]:
     return sorted(project.get("optional-dependencies", {}))
 
 
+def test_group(package: str) -> list[str]:
+    """The requirements of a package's ``test`` dependency group (PEP 735), if it has one."""
+    pyproject = ROOT / "packages" / package / "pyproject.toml"
+    return list(tomllib.loads(pyproject.read_text()).get("dependency-groups", {}).get("test", []))
+
+
 def variants(package: str, mode: str = "both") -> list[str]:
     """The installs to test: ``package`` bare and/or with all its extras, by ``mode``
     (``"both"``, ``"none"``, ``"only"``); a package without extras is always tested bare.
@@ -89,6 +97,7 @@ def check(install: str, wheels: Path, work: Path) -> tuple[bool, str, float]:
             install,
             "pytest",
             "hypothesis",
+            *test_group(package),
             TORCH,
         ],
         [

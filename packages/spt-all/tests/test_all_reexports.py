@@ -14,18 +14,8 @@ TOP_LEVEL = {
     "spt_trainable": ["LARS", "TrainableCallback"],
     "spt_knn": ["OnlineKNN", "knn_predict"],
     "spt_probe": ["OnlineProbe", "probe_step"],
-    "spt_latentviz": ["LatentViz", "neighbor_embedding_loss"],
-    "spt_metrics": [
-        "MetricsCallback",
-        "Alignment",
-        "DimsForEnergy",
-        "EffectiveRank",
-        "EmbeddingStd",
-        "LiDAR",
-        "MeanCosineSimilarity",
-        "RankMe",
-        "Uniformity",
-    ],
+    "spt_latentviz": ["LatentViz", "projection_loss"],
+    "spt_metrics": ["MetricsCallback"],
 }
 CALLBACKS = {
     "SPTCallback", "OnlineQueue", "TrainableCallback", "OnlineKNN", "OnlineProbe", "LatentViz",

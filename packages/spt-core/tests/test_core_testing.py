@@ -6,17 +6,13 @@ import functools
 
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from lightning.pytorch.callbacks import Callback
 
 from spt_core.testing import (
     Backbone,
     CallbackTester,
     DictDataset,
-    HostSyncError,
     RecordingLogger,
-    forbid_host_sync,
     quiet_trainer,
 )
 
@@ -67,38 +63,6 @@ def test_recording_logger_keeps_values_in_order():
     logger.log_metrics({"a": torch.tensor(2.0), "b": 3}, step=1)
     assert logger.logged() == {"a": [1.0, 2.0], "b": [3.0]}
     assert logger.names() == {"a", "b"}
-
-
-SYNCING = {
-    "item": lambda x: x.sum().item(),
-    "bool": lambda x: bool(x.any()),
-    "nonzero": lambda x: x.nonzero(),
-    "mask": lambda x: x[x > 0],
-    "mask_put": lambda x: x.clone().__setitem__(x > 0, 0.0),
-    "unique": lambda x: x.unique(),
-    "bincount": lambda x: x.long().abs().bincount(),
-    "masked_select": lambda x: x.masked_select(x > 0),
-    "repeat_interleave": lambda x: x.repeat_interleave(torch.ones_like(x, dtype=torch.long)),
-    "allclose": lambda x: torch.allclose(x, x),
-}
-
-
-@pytest.mark.parametrize("name", sorted(SYNCING))
-def test_forbid_host_sync_refuses(name):
-    x = torch.tensor([1.0, -2.0, 3.0])
-    with pytest.raises(HostSyncError, match="waits for the device"), forbid_host_sync():
-        SYNCING[name](x)
-
-
-@settings(max_examples=25, deadline=None)
-@given(st.lists(st.floats(-5, 5), min_size=1, max_size=6))
-def test_forbid_host_sync_lets_async_ops_through(values):
-    x = torch.tensor(values)
-    expected = torch.where(x > 0, x, 0).topk(1).values + x[torch.tensor([0])]
-    with forbid_host_sync():
-        got = torch.where(x > 0, x, 0).topk(1).values + x[torch.tensor([0])]
-        torch.repeat_interleave(x, torch.ones_like(x, dtype=torch.long), output_size=len(x))
-    assert torch.equal(got, expected)
 
 
 def _tester(**kwargs) -> CallbackTester:

@@ -7,8 +7,8 @@ from hypothesis import strategies as st
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+from spt_core.testing import HostSyncError, forbid_host_sync
 from spt_distance import DEFAULT_MEMORY_BUDGET, METRICS, _plan, _select, knn_search, plan_chunks
-from spt_distance.testing import HostSyncError, forbid_host_sync
 
 SETTINGS = settings(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]

@@ -11,7 +11,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from spt_core import callbacks_metrics
 from spt_distance import _plan
-from spt_distance.testing import forbid_host_sync
+from spt_core.testing import forbid_host_sync
 from spt_knn import OnlineKNN, knn_predict
 from spt_queue import find_queue
 

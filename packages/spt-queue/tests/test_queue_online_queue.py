@@ -64,8 +64,8 @@ def test_errors_of_a_discovered_queue_name_the_callbacks_that_read_it():
     [
         ({"key": "", "queue_length": 3}, ValueError, "key must be a non-empty string"),
         ({"key": 3, "queue_length": 3}, TypeError, "key must be a non-empty string"),
-        ({"key": "z", "queue_length": 0}, ValueError, "queue_length must be a positive integer"),
-        ({"key": "z", "queue_length": 2.0}, TypeError, "queue_length must be a positive integer"),
+        ({"key": "z", "queue_length": 0}, ValueError, "queue_length must be an integer >= 1"),
+        ({"key": "z", "queue_length": 2.0}, TypeError, "queue_length must be an integer >= 1"),
         ({"key": "z", "queue_length": 3, "dim": 0}, ValueError, "dim must hold positive sizes"),
         ({"key": "z", "queue_length": 3, "dim": 1.5}, TypeError, "dim must be None, an int or"),
         ({"key": "z", "queue_length": 3, "dtype": "float32"}, TypeError, "dtype"),

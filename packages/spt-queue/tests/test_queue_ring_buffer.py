@@ -79,9 +79,9 @@ def test_last_is_a_copy_and_empty_buffer_reads_empty():
 )
 def test_bad_capacity_names_the_argument(capacity, error):
     """A value out of range is a ValueError, a value of the wrong type a TypeError."""
-    with pytest.raises(error, match="capacity must be a positive integer"):
+    with pytest.raises(error, match="capacity must be an integer >= 1"):
         RingBuffer(capacity)
-    with pytest.raises(error, match="capacity must be a positive integer"):
+    with pytest.raises(error, match="capacity must be an integer >= 1"):
         RingBuffer(3).resize(capacity)
 
 

@@ -11,6 +11,8 @@ Example:
     True
     >>> hasattr(spt, "lookup"), spt.core.lookup.__name__  # a helper stays in its package
     (False, 'lookup')
+    >>> spt.metrics.RankMe.__name__  # so do the label-free metrics
+    'RankMe'
     >>> sorted(spt.versions())[:2]
     ['spt-all', 'spt-core']
 """
@@ -29,18 +31,8 @@ from spt_all.__about__ import __version__
 from spt_core import SPTCallback, set_verbosity
 from spt_distance import knn_search, pairwise_distances
 from spt_knn import OnlineKNN, knn_predict
-from spt_latentviz import LatentViz, neighbor_embedding_loss
-from spt_metrics import (
-    Alignment,
-    DimsForEnergy,
-    EffectiveRank,
-    EmbeddingStd,
-    LiDAR,
-    MeanCosineSimilarity,
-    MetricsCallback,
-    RankMe,
-    Uniformity,
-)
+from spt_latentviz import LatentViz, projection_loss
+from spt_metrics import MetricsCallback
 from spt_probe import OnlineProbe, probe_step
 from spt_queue import OnlineQueue, RingBuffer, find_or_create_queue
 from spt_trainable import LARS, TrainableCallback
@@ -57,29 +49,21 @@ def versions() -> dict[str, str]:
 
 __all__ = [
     "LARS",
-    "Alignment",
-    "DimsForEnergy",
-    "EffectiveRank",
-    "EmbeddingStd",
     "LatentViz",
-    "LiDAR",
-    "MeanCosineSimilarity",
     "MetricsCallback",
     "OnlineKNN",
     "OnlineProbe",
     "OnlineQueue",
-    "RankMe",
     "RingBuffer",
     "SPTCallback",
     "TrainableCallback",
-    "Uniformity",
     "__version__",
     "find_or_create_queue",
     "knn_predict",
     "knn_search",
-    "neighbor_embedding_loss",
     "pairwise_distances",
     "probe_step",
+    "projection_loss",
     "set_verbosity",
     "versions",
 ]

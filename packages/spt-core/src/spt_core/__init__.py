@@ -1,6 +1,6 @@
 """spt-core: the shared base of the spt callbacks."""
 
-from spt_core import distributed
+from spt_core import checks, distributed
 from spt_core.__about__ import __version__
 from spt_core.callback import (
     SPTCallback,
@@ -8,7 +8,7 @@ from spt_core.callback import (
     callbacks_modules,
     logger_writes_this_step,
 )
-from spt_core.data_checks import DataChecks
+from spt_core.checks import DataChecks
 from spt_core.keys import lookup
 from spt_core.metrics import StageMetrics, metric_name, named_metrics, unique_names
 from spt_core.verbosity import get_verbosity, set_verbosity
@@ -20,6 +20,7 @@ __all__ = [
     "__version__",
     "callbacks_metrics",
     "callbacks_modules",
+    "checks",
     "distributed",
     "get_verbosity",
     "logger_writes_this_step",

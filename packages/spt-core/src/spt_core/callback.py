@@ -144,14 +144,9 @@ class SPTCallback(Callback):
         """A validation or test epoch starts."""
 
     def _eval_batch_end(
-        self,
-        trainer: Trainer,
-        pl_module: LightningModule,
-        stage: str,
-        outputs: Any,
-        batch: Any,
+        self, trainer: Trainer, pl_module: LightningModule, stage: str, outputs: Any, batch: Any,
         dataloader_idx: int,
-    ) -> None:
+    ) -> None:  # fmt: skip
         """A batch of validation or test loader ``dataloader_idx`` ended."""
 
     def _eval_epoch_end(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:

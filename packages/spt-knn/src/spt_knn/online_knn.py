@@ -11,12 +11,13 @@ from torch import Tensor
 from torchmetrics import Metric, MetricCollection
 
 from spt_core import DataChecks, SPTCallback, StageMetrics, callbacks_metrics, distributed
+from spt_core.checks import flat_dim
 from spt_knn import _checks, _report
 from spt_knn._epoch import EvalEpoch, Loader, batch_counts, uneven_batches
 from spt_knn._rows import batch_rows, queue_rows
 from spt_knn.bank import KNNBank, knn_bank
 from spt_knn.functional import knn_predict
-from spt_queue import OnlineQueue, find_or_create_queue, flat_dim
+from spt_queue import OnlineQueue, find_or_create_queue
 
 
 class OnlineKNN(SPTCallback):

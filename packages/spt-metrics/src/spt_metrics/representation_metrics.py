@@ -8,7 +8,9 @@ rank that saw no rows adds zeros, which is why ``num_features`` is given up fron
 ``state_dict``/``load_state_dict`` carry a half-finished epoch through a checkpoint. Memory is
 ``O(num_features^2)`` whatever the number of rows, except :class:`Uniformity`, which needs pairs
 and keeps a bounded buffer of rows. ``update`` never waits on the device; ``compute`` returns a
-0-dim float64 tensor, ``nan`` when too few rows were seen (as the functions do).
+0-dim float64 tensor, ``nan`` when too few rows were seen (as the functions do). Every class
+takes torchmetrics' ``Metric`` keyword arguments after its own, and raises ``ValueError`` for a
+bad argument or an ``update`` whose input is not ``(N, num_features)``.
 
 The two-view Metrics (:class:`Alignment`, :class:`Uniformity`, :class:`LiDAR`) live in
 :mod:`spt_metrics.representation_view_metrics` and are re-exported here.
@@ -20,19 +22,7 @@ from typing import Any
 
 from torch import Tensor
 
-from spt_metrics._representation_stats import (
-    SumStates,
-    check_energy,
-    check_positive,
-    dims_for_energy_from_stats,
-    effective_rank_from_stats,
-    embedding_std_from_stats,
-    gram_stats,
-    mean_cosine_from_stats,
-    moment_stats,
-    rankme_from_stats,
-    rows,
-)
+from spt_metrics import _representation_stats as stats
 from spt_metrics.representation_view_metrics import Alignment, LiDAR, Uniformity
 
 __all__ = [
@@ -47,7 +37,7 @@ __all__ = [
 ]
 
 
-class _GramSums(SumStates):
+class _GramSums(stats.SumStates):
     def __init__(self, num_features: int, **kwargs: Any) -> None:
         super().__init__(num_features, **kwargs)
         d = self.num_features
@@ -55,8 +45,8 @@ class _GramSums(SumStates):
 
     def update(self, z: Tensor) -> None:
         """Add a batch of embeddings ``(N, num_features)``."""
-        z = rows(z, type(self).__name__, features=self.num_features)
-        gram, total, count = gram_stats(z)
+        z = stats.rows(z, type(self).__name__, features=self.num_features)
+        gram, total, count = stats.gram_stats(z)
         self._add(gram=gram, total=total, count=count)
 
 
@@ -68,10 +58,6 @@ class RankMe(_GramSums):
     Args:
         num_features: ``D``, the embedding width.
         eps: The paper's ``epsilon``.
-        **kwargs: Passed to ``torchmetrics.Metric``.
-
-    Raises:
-        ValueError: For a bad argument, or an ``update`` whose input is not ``(N, D)``.
 
     Example:
         >>> import torch
@@ -84,10 +70,10 @@ class RankMe(_GramSums):
 
     def __init__(self, num_features: int, eps: float = 1e-7, **kwargs: Any) -> None:
         super().__init__(num_features, **kwargs)
-        self.eps = check_positive(eps, "eps", type(self).__name__, zero=True)
+        self.eps = stats.check_positive(eps, "eps", type(self).__name__, zero=True)
 
     def compute(self) -> Tensor:
-        return rankme_from_stats(self.gram, self.count, self.eps)
+        return stats.rankme_from_stats(self.gram, self.count, self.eps)
 
 
 class EffectiveRank(_GramSums):
@@ -98,10 +84,6 @@ class EffectiveRank(_GramSums):
 
     Args:
         num_features: ``D``, the embedding width.
-        **kwargs: Passed to ``torchmetrics.Metric``.
-
-    Raises:
-        ValueError: For a bad argument, or an ``update`` whose input is not ``(N, D)``.
 
     Example:
         >>> import torch
@@ -113,7 +95,7 @@ class EffectiveRank(_GramSums):
     """
 
     def compute(self) -> Tensor:
-        return effective_rank_from_stats(self.gram, self.total, self.count)
+        return stats.effective_rank_from_stats(self.gram, self.total, self.count)
 
 
 class DimsForEnergy(_GramSums):
@@ -122,10 +104,6 @@ class DimsForEnergy(_GramSums):
     Args:
         num_features: ``D``, the embedding width.
         energy: The share of ``sum s_k^2`` to carry, in ``(0, 1]``.
-        **kwargs: Passed to ``torchmetrics.Metric``.
-
-    Raises:
-        ValueError: For a bad argument, or an ``update`` whose input is not ``(N, D)``.
 
     Example:
         >>> import torch
@@ -137,21 +115,21 @@ class DimsForEnergy(_GramSums):
 
     def __init__(self, num_features: int, energy: float = 0.99, **kwargs: Any) -> None:
         super().__init__(num_features, **kwargs)
-        self.energy = check_energy(energy, type(self).__name__)
+        self.energy = stats.check_energy(energy, type(self).__name__)
 
     def compute(self) -> Tensor:
-        return dims_for_energy_from_stats(self.gram, self.count, self.energy)
+        return stats.dims_for_energy_from_stats(self.gram, self.count, self.energy)
 
 
-class _MomentSums(SumStates):
+class _MomentSums(stats.SumStates):
     def __init__(self, num_features: int, **kwargs: Any) -> None:
         super().__init__(num_features, **kwargs)
         self._sums(total=(self.num_features,), squares=(self.num_features,), count=())
 
     def update(self, z: Tensor) -> None:
         """Add a batch of embeddings ``(N, num_features)``."""
-        z = rows(z, type(self).__name__, features=self.num_features)
-        total, squares, count = moment_stats(z)
+        z = stats.rows(z, type(self).__name__, features=self.num_features)
+        total, squares, count = stats.moment_stats(z)
         self._add(total=total, squares=squares, count=count)
 
 
@@ -160,10 +138,6 @@ class EmbeddingStd(_MomentSums):
 
     Args:
         num_features: ``D``, the embedding width.
-        **kwargs: Passed to ``torchmetrics.Metric``.
-
-    Raises:
-        ValueError: For a bad argument, or an ``update`` whose input is not ``(N, D)``.
 
     Example:
         >>> import torch
@@ -175,7 +149,7 @@ class EmbeddingStd(_MomentSums):
     """
 
     def compute(self) -> Tensor:
-        return embedding_std_from_stats(self.total, self.squares, self.count)
+        return stats.embedding_std_from_stats(self.total, self.squares, self.count)
 
 
 class MeanCosineSimilarity(_MomentSums):
@@ -183,10 +157,6 @@ class MeanCosineSimilarity(_MomentSums):
 
     Args:
         num_features: ``D``, the embedding width.
-        **kwargs: Passed to ``torchmetrics.Metric``.
-
-    Raises:
-        ValueError: For a bad argument, or an ``update`` whose input is not ``(N, D)``.
 
     Example:
         >>> import torch
@@ -200,4 +170,4 @@ class MeanCosineSimilarity(_MomentSums):
     higher_is_better = False
 
     def compute(self) -> Tensor:
-        return mean_cosine_from_stats(self.total, self.squares, self.count)
+        return stats.mean_cosine_from_stats(self.total, self.squares, self.count)

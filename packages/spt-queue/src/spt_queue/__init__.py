@@ -1,7 +1,6 @@
 """spt-queue: a ring buffer of recent training rows and the passive store that fills it."""
 
 from spt_queue.__about__ import __version__
-from spt_queue._checks import flat_dim
 from spt_queue.discovery import find_or_create_queue, find_queue, read_aligned
 from spt_queue.online_queue import OnlineQueue
 from spt_queue.ring_buffer import RingBuffer
@@ -12,6 +11,5 @@ __all__ = [
     "__version__",
     "find_or_create_queue",
     "find_queue",
-    "flat_dim",
     "read_aligned",
 ]

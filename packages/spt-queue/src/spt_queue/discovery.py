@@ -8,7 +8,7 @@ import torch
 from lightning.pytorch import Trainer
 from torch import Tensor
 
-from spt_queue._checks import flat_dim
+from spt_core.checks import flat_dim
 from spt_queue.online_queue import OnlineQueue
 
 

@@ -11,7 +11,7 @@ from lightning.pytorch import LightningModule, Trainer
 from torch import Tensor
 
 from spt_core import SPTCallback, distributed, lookup
-from spt_queue._checks import check_count, flat_dim
+from spt_core.checks import flat_dim, positive_int
 from spt_queue.ring_buffer import RingBuffer
 
 
@@ -70,7 +70,7 @@ class OnlineQueue(SPTCallback):
             raise TypeError(f"key must be a non-empty string, got {key!r}")
         if not key:
             raise ValueError(f"key must be a non-empty string, got {key!r}")
-        check_count(queue_length, "queue_length")
+        positive_int(queue_length, "queue_length")
         if dtype is not None and not isinstance(dtype, torch.dtype):
             raise TypeError(f"dtype must be a torch.dtype or None, got {dtype!r}")
         super().__init__(name=key.replace("/", "."), verbose=verbose)
@@ -95,7 +95,7 @@ class OnlineQueue(SPTCallback):
 
     def request(self, n: int) -> None:
         """Register a consumer that reads ``n`` rows; the capacity grows to the largest request."""
-        if check_count(n, "queue_length") > self.buffer.capacity:
+        if positive_int(n, "queue_length") > self.buffer.capacity:
             self.buffer.resize(n)
 
     def expect_class_labels(self, consumer: str) -> None:

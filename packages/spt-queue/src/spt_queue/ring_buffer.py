@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from spt_queue._checks import check_count
+from spt_core.checks import positive_int
 
 
 class RingBuffer:
@@ -52,7 +52,7 @@ class RingBuffer:
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
     ) -> None:
-        self.capacity = check_count(capacity, "capacity")
+        self.capacity = positive_int(capacity, "capacity")
         self.shape = _row_shape(shape)
         self.dtype = dtype
         self.device = None if device is None else torch.device(device)
@@ -139,7 +139,7 @@ class RingBuffer:
 
     def resize(self, capacity: int) -> None:
         """Change the capacity, keeping the newest rows that fit."""
-        if check_count(capacity, "capacity") == self.capacity:
+        if positive_int(capacity, "capacity") == self.capacity:
             return
         rows = self.last()
         self.capacity = capacity

@@ -80,3 +80,16 @@ def split_type(spec: Mapping[str, Any], argument: str, resolve: Callable[[str, s
     if not isinstance(cls, type):
         raise TypeError(f"{argument}['type'] must be a name or a class, got {kind!r}")
     return cls, {k: v for k, v in spec.items() if k != "type"}
+
+
+def built(value: Any, expected: type, spec: Any, argument: str, given: str, what: str) -> Any:
+    """``value``, which calling ``spec`` with ``given`` returned, if it is an ``expected``.
+
+    Raises:
+        TypeError: Naming ``argument``, ``spec`` and what it returned instead of ``what``.
+    """
+    if not isinstance(value, expected):
+        raise TypeError(
+            f"{argument}: calling {spec!r} with {given} returned {type(value).__name__}, not {what}"
+        )
+    return value

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch.optim import Optimizer
 
-from spt_trainable._forms import by_name, check_kwargs, registry, split_type
+from spt_trainable._forms import built, by_name, check_kwargs, registry, split_type
 from spt_trainable.lars import LARS
 
 __all__ = ["OptimizerSpec", "check_optimizer", "create_optimizer", "optimizer_class"]
@@ -112,15 +112,9 @@ def create_optimizer(
     if isinstance(spec, Optimizer):
         return spec
     if isinstance(spec, str):
-        optimizer = optimizer_class(spec, argument)(params)
-    elif isinstance(spec, Mapping):
+        spec = {"type": spec}
+    if isinstance(spec, Mapping):
         cls, kwargs = split_type(spec, argument, optimizer_class)
-        optimizer = cls(params, **kwargs)
-    else:
-        optimizer = spec(params)
-    if not isinstance(optimizer, Optimizer):
-        raise TypeError(
-            f"{argument}: calling {spec!r} with the parameters returned "
-            f"{type(optimizer).__name__}, not a torch.optim.Optimizer"
-        )
-    return optimizer
+        return cls(params, **kwargs)
+    expected = "a torch.optim.Optimizer"
+    return built(spec(params), Optimizer, spec, argument, "the parameters", expected)

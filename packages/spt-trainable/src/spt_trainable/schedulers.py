@@ -26,7 +26,7 @@ import torch
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
-from spt_trainable._forms import by_name, check_kwargs, registry, split_type
+from spt_trainable._forms import built, by_name, check_kwargs, registry, split_type
 from spt_trainable.scheduler_defaults import defaulted, fill_defaults
 
 __all__ = [
@@ -232,12 +232,9 @@ def create_scheduler(
         steps = (lambda: horizon(interval or default)) if horizon is not None else None
         scheduler = cls(optimizer, **fill_defaults(cls, kwargs, optimizer, steps, argument))
     else:
-        scheduler = inner(optimizer)
-    if not isinstance(scheduler, LRScheduler):
-        raise TypeError(
-            f"{argument}: calling {inner!r} with the optimizer returned "
-            f"{type(scheduler).__name__}, not a learning-rate scheduler"
-        )
+        given = "the optimizer"
+        expected = "a learning-rate scheduler"
+        scheduler = built(inner(optimizer), LRScheduler, inner, argument, given, expected)
     if scheduler.optimizer is not optimizer:
         raise ValueError(f"{argument}: the scheduler {scheduler!r} drives another optimizer")
     _plateau_needs_monitor(type(scheduler), options, argument)

@@ -1,7 +1,9 @@
+"""forbid_host_sync: which operations make the host wait for a device, checked on CPU."""
+
 import pytest
 import torch
 
-from spt_distance.testing import HostSyncError, forbid_host_sync
+from spt_core.testing import HostSyncError, forbid_host_sync
 
 X = torch.tensor([1.0, -2.0, 3.0])
 SYNCING = {

@@ -1,0 +1,186 @@
+"""The input checks every spt package shares: counts, shapes, rows, labels and metrics.
+
+One rule per fault, everywhere: a value of the wrong type raises ``TypeError``, a value of the
+right type outside what is allowed raises ``ValueError``, and both name the argument.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from spt_core import distributed
+
+
+def positive_int(value: object, argument: str, minimum: int = 1) -> int:
+    """``value`` if it is an int (not a bool) of at least ``minimum``.
+
+    Raises:
+        TypeError: If it is not an int.
+        ValueError: If it is below ``minimum``.
+
+    Example:
+        >>> positive_int(0, "k")
+        Traceback (most recent call last):
+        ...
+        ValueError: k must be an integer >= 1, got 0
+    """
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{argument} must be an integer >= {minimum}, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{argument} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def flat_dim(dim: int | Sequence[int] | None, argument: str = "dim") -> int | None:
+    """The product of ``dim`` (an int or a shape), ``None`` for ``None``.
+
+    Raises:
+        TypeError: If ``dim`` is not an int, a sequence of ints or ``None``.
+        ValueError: If a size is below 1 or the shape is empty.
+
+    Example:
+        >>> flat_dim((2, 3)), flat_dim(4), flat_dim(None)
+        (6, 4, None)
+    """
+    if dim is None:
+        return None
+    dims = [dim] if isinstance(dim, int) else list(dim) if isinstance(dim, Sequence) else None
+    if dims is None or any(isinstance(d, bool) or not isinstance(d, int) for d in dims):
+        raise TypeError(f"{argument} must be None, an int or a tuple/list of ints, got {dim!r}")
+    if not dims or any(d < 1 for d in dims):
+        raise ValueError(f"{argument} must hold positive sizes, got {dim!r}")
+    return math.prod(dims)
+
+
+def finite_rows(features: Tensor) -> Tensor:
+    """Which rows of ``features`` (rows first) hold finite values only, as ``(N,)`` bools.
+
+    Read from each row's smallest and largest value (a NaN or an infinity shows in one of
+    them), so the temporaries are ``2 N`` values, not a copy of ``features``. Nothing waits
+    for the device.
+
+    Example:
+        >>> finite_rows(torch.tensor([[1.0, 2.0], [float("nan"), 0.0], [0.0, float("inf")]]))
+        tensor([ True, False, False])
+    """
+    if features.dim() != 2:
+        features = features.reshape(features.shape[0], math.prod(features.shape[1:]))
+    if features.shape[1] == 0:
+        return torch.ones(features.shape[0], dtype=torch.bool, device=features.device)
+    low, high = torch.aminmax(features, dim=1)
+    return torch.isfinite(low) & torch.isfinite(high)
+
+
+def check_label_range(top: int, num_classes: int | None, where: str) -> None:
+    """Raise if ``top``, the largest label seen in ``where``, has no class in ``num_classes``.
+
+    Raises:
+        ValueError: If ``top >= num_classes`` (``None`` checks nothing); the message names the
+            label and the ``num_classes`` that would fit.
+
+    Example:
+        >>> check_label_range(9, 10, "the bank")
+        >>> check_label_range(10, 10, "the bank")
+        Traceback (most recent call last):
+        ...
+        ValueError: the bank holds label 10, outside num_classes=10 ... at least 11
+    """
+    if num_classes is not None and top >= num_classes:
+        raise ValueError(
+            f"{where} holds label {top}, outside num_classes={num_classes} (labels must be "
+            f"< num_classes; negative labels mark unlabelled rows); set num_classes to at "
+            f"least {top + 1}"
+        )
+
+
+def is_metric(metric: object) -> bool:
+    """Whether ``metric`` is a stateful metric: it has ``update``, ``compute`` and ``reset``
+    (a torchmetrics ``Metric`` has them)."""
+    return all(callable(getattr(metric, part, None)) for part in ("update", "compute", "reset"))
+
+
+def check_metrics(metrics: Mapping[str, Any], owner: str) -> None:
+    """Raise if an entry of ``{name: metric}`` is not a metric (see :func:`is_metric`).
+
+    Raises:
+        TypeError: Naming ``owner``, the key and what was given.
+
+    Example:
+        >>> check_metrics({"acc": len}, "OnlineKNN[name=knn]")
+        Traceback (most recent call last):
+        ...
+        TypeError: OnlineKNN[name=knn]: metrics['acc'] must be a metric with update/...
+    """
+    for key, metric in metrics.items():
+        if not is_metric(metric):
+            raise TypeError(
+                f"{owner}: metrics[{key!r}] must be a metric with update/compute/reset "
+                f"(a torchmetrics Metric), got {metric!r}"
+            )
+
+
+class DataChecks:
+    """Counts rows with non-finite features and tracks the largest label, per stage and
+    dataloader.
+
+    :meth:`update` runs on every batch without waiting on the device; :meth:`read` returns
+    the totals over every rank (one collective, one host sync) and starts them over.
+    Callbacks read at the end of an epoch, before they log, so that a label outside the
+    classes or a NaN feature is reported instead of being averaged into a metric.
+
+    Example:
+        >>> checks = DataChecks()
+        >>> rows = torch.tensor([[1.0, float("nan")], [0.0, 1.0]])
+        >>> checks.update("val", 0, rows, torch.tensor([2, 7]))
+        tensor([False,  True])
+        >>> checks.read("val", num_dataloaders=1)
+        [(1, 7)]
+        >>> checks.read("val", num_dataloaders=1)  # started over; -1: no label seen
+        [(0, -1)]
+    """
+
+    def __init__(self) -> None:
+        self._totals: dict[tuple[str, int], Tensor] = {}
+
+    def update(self, stage: str, dataloader_idx: int, features: Tensor, labels: Tensor) -> Tensor:
+        """Add one batch of ``features`` (rows first) and integer ``labels``.
+
+        Returns:
+            A ``(rows,)`` bool tensor: which rows hold finite features only.
+        """
+        finite = finite_rows(features)
+        top = labels.max() if labels.numel() else labels.new_tensor(-1)
+        batch = torch.stack(((~finite).sum(), top.to(finite.device).long()))
+        key = (stage, dataloader_idx)
+        total = self._totals.get(key)
+        self._totals[key] = (
+            batch
+            if total is None
+            else torch.stack((total[0] + batch[0], torch.maximum(total[1], batch[1])))
+        )
+        return finite
+
+    def read(
+        self, stage: str, num_dataloaders: int, device: torch.device | None = None
+    ) -> list[tuple[int, int]]:
+        """``(rows with non-finite features, largest label)`` of each dataloader of ``stage``
+        over every rank (``(0, -1)`` where no rank saw a row), then start the stage over.
+
+        Every rank must call it together, with the same ``num_dataloaders``; ``device`` is
+        where the collective runs (the module's device).
+        """
+        if num_dataloaders < 1:
+            return []
+        empty = torch.tensor([0, -1], device=device)
+        local = torch.stack(
+            [self._totals.pop((stage, i), empty).to(empty.device) for i in range(num_dataloaders)]
+        )
+        per_rank = distributed.gather_uneven(local[None])  # (ranks, loaders, 2)
+        counts = per_rank[..., 0].sum(dim=0).tolist()
+        tops = per_rank[..., 1].amax(dim=0).tolist()
+        return list(zip(counts, tops, strict=True))
