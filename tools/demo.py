@@ -171,7 +171,7 @@ def callbacks(out: Path, latent_update_interval: int | None = 2) -> list[Callbac
             save_dir=str(out / "latent_map"),
         ),
         spt.MetricsCallback(  # exact, once per epoch: the views exist in training steps only
-            {"alignment": spt.Alignment(), "uniformity": spt.Uniformity(num_features=64)},
+            {"alignment": spt.metrics.Alignment(), "uniformity": spt.metrics.Uniformity(num_features=64)},
             needs={"alignment": ["z1", "z2"], "uniformity": ["z1", "z2"]},
             every_n_train_steps=None,
             every_n_train_epochs=1,
@@ -179,7 +179,7 @@ def callbacks(out: Path, latent_update_interval: int | None = 2) -> list[Callbac
             name="views",
         ),
         spt.MetricsCallback(  # the rank of the clean validation embeddings
-            {"rankme": spt.RankMe(num_features=EMBEDDING)},
+            {"rankme": spt.metrics.RankMe(num_features=EMBEDDING)},
             needs={"rankme": ["embedding"]},
             every_n_train_steps=None,
             every_n_train_epochs=None,
