@@ -171,7 +171,10 @@ def callbacks(out: Path, latent_update_interval: int | None = 2) -> list[Callbac
             save_dir=str(out / "latent_map"),
         ),
         spt.MetricsCallback(  # exact, once per epoch: the views exist in training steps only
-            {"alignment": spt.metrics.Alignment(), "uniformity": spt.metrics.Uniformity(num_features=64)},
+            {
+                "alignment": spt.metrics.Alignment(),
+                "uniformity": spt.metrics.Uniformity(num_features=64),
+            },
             needs={"alignment": ["z1", "z2"], "uniformity": ["z1", "z2"]},
             every_n_train_steps=None,
             every_n_train_epochs=1,
