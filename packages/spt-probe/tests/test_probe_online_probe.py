@@ -54,12 +54,13 @@ class Recorder(L.Callback):
 # ----------------------------------------------------------------------------- signature
 
 
-def test_signature_is_the_reference_one_plus_verbose():
+def test_signature_is_the_reference_one_plus_keyword_options():
     parameters = inspect.signature(OnlineProbe).parameters
     assert list(parameters) == [
         "module", "name", "input", "target", "probe", "loss_fn", "optimizer", "scheduler",
         "accumulate_grad_batches", "gradient_clip_val", "gradient_clip_algorithm", "metrics",
-        "verbose",
+        "clean_loader", "clean_every_n_epochs", "clean_epochs", "clean_batch_size",
+        "clean_optimizer", "clean_seed", "embed", "verbose",
     ]  # fmt: skip
     defaults = {k: p.default for k, p in parameters.items()}
     assert defaults["module"] is None and defaults["loss_fn"] is None
@@ -75,7 +76,10 @@ def test_the_seed_order_is_positional_and_every_extra_parameter_keyword_only():
         "module", "name", "input", "target", "probe", "loss_fn", "optimizer", "scheduler",
         "accumulate_grad_batches", "gradient_clip_val", "gradient_clip_algorithm", "metrics",
     ]  # fmt: skip
-    assert [p.name for p in parameters if p.kind is p.KEYWORD_ONLY] == ["verbose"]
+    assert [p.name for p in parameters if p.kind is p.KEYWORD_ONLY] == [
+        "clean_loader", "clean_every_n_epochs", "clean_epochs", "clean_batch_size",
+        "clean_optimizer", "clean_seed", "embed", "verbose",
+    ]  # fmt: skip
     seed = (None, "p", "x", "y", nn.Linear(2, 2), None, None, None, 1, None, "norm", None)
     assert OnlineProbe(*seed).gradient_clip_algorithm == "norm"
     with pytest.raises(TypeError, match="positional"):
@@ -353,15 +357,15 @@ def test_the_docstring_lists_exactly_what_a_csv_logger_receives(
     }
     logger = CSVLogger(tmp_path, name="probe", version=0)
     fit = trainer(
-        callbacks=[linear_probe(metrics=[accuracy()])], max_epochs=2, logger=logger,
-        log_every_n_steps=2,
+        callbacks=[linear_probe(metrics=[accuracy()], clean_loader=loader(data))], max_epochs=2,
+        logger=logger, log_every_n_steps=2,
     )  # fmt: skip
     fit.fit(backbone(), loader(data), loader(data))
     with open(tmp_path / "probe" / "version_0" / "metrics.csv") as rows:
         received = set(next(csv.reader(rows))) - {"epoch", "step"}
     assert documented == received == {
         "train/linear_loss", "train/linear_loss_step", "train/linear_accuracy",
-        "eval/linear_accuracy",
+        "eval/linear_accuracy", "eval/linear_clean_accuracy",
     }  # fmt: skip
 
 

@@ -2,24 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from lightning.pytorch import LightningModule, Trainer
 from torch import Tensor
 from torchmetrics import Metric
 
-from spt_core import logger_writes_this_step, lookup, named_metrics
+from spt_core import logger_writes_this_step, named_metrics
 from spt_probe._arguments import DEFAULT_OPTIMIZER, check_arguments, check_metrics
+from spt_probe._clean import CleanEvaluation
 from spt_probe._epoch_loss import EpochLoss
+from spt_probe._inputs import ProbeInputs
 from spt_probe._probe_metrics import WHERE, ProbeMetrics, loaders_of
-from spt_probe.functional import (
-    check_targets,
-    masked_cross_entropy,
-    prepare_features,
-    probe_predict,
-    probe_step,
-)
+from spt_probe.functional import masked_cross_entropy, probe_predict, probe_step
 from spt_trainable import TrainableCallback
 from spt_trainable.module_factory import ModuleSpec
 from spt_trainable.optimizers import OptimizerSpec
@@ -28,14 +24,16 @@ from spt_trainable.schedulers import SchedulerSpec
 __all__ = ["OnlineProbe"]
 
 
-class OnlineProbe(TrainableCallback):
+class OnlineProbe(ProbeInputs, TrainableCallback):
     """Train a probe (linear or MLP) on frozen features during training and evaluate it.
 
     On every training batch the probe reads ``input`` (step outputs first, then the batch),
     detaches it, casts it to the probe's dtype and takes one step of its own optimizer
     against ``target``; the backbone's gradients and weights are never touched. On
     validation and test batches it predicts without training. Predictions are written to
-    the batch dict as ``{name}_preds``.
+    the batch dict as ``{name}_preds``. Each training batch runs :func:`~spt_probe.probe_step`
+    and each evaluation batch :func:`~spt_probe.probe_predict`, which a probe trained by hand
+    can call too.
 
     What loggers receive:
 
@@ -45,7 +43,13 @@ class OnlineProbe(TrainableCallback):
       ``log_every_n_steps``);
     - ``train/{name}_{metric}``: at the end of each training epoch;
     - ``eval/{name}_{metric}``: at the end of each validation or test epoch (with
-      ``/dataloader_idx_{i}`` when there are several loaders).
+      ``/dataloader_idx_{i}`` when there are several loaders);
+    - ``eval/{name}_clean_{metric}``: the same, from the clean probe (with ``clean_loader``).
+
+    **Clean evaluation** (``clean_loader``, see the README): at the first validation epoch of
+    a fit and every ``clean_every_n_epochs`` after, a fresh probe is trained on ``clean_loader``
+    embedded in eval mode (:func:`spt_core.embed_loader`, :func:`~spt_probe.fit_probe`); it
+    scores validation batches until the next due epoch (the epochs in between reuse it).
 
     Train, validation (per loader) and test own separate metric copies, exposed at
     ``pl_module.callbacks_metrics[name]``; the probe is at
@@ -61,9 +65,6 @@ class OnlineProbe(TrainableCallback):
     logits) raises a ``ValueError``. Other targets (regression, multi-label, reconstruction:
     whatever ``loss_fn`` takes) reach the loss and the metrics unchanged. Floating-point or
     non-tensor targets with the default loss raise at the first batch that carries them.
-
-    Each training batch runs :func:`~spt_probe.probe_step` and each evaluation batch
-    :func:`~spt_probe.probe_predict`, which a probe trained by hand can call too.
 
     **Bad data** is reported, never averaged into a logged value: a feature size that does
     not fit the probe's first ``nn.Linear`` raises a ``ValueError`` at once; labels and
@@ -97,8 +98,7 @@ class OnlineProbe(TrainableCallback):
             exclude_bias_n_norm=True, nesterov=False, dampening=0)`` (the seed's default).
         scheduler: Any form of :func:`spt_trainable.create_scheduler` (a name alone gets
             its required arguments from the run's length, see
-            :mod:`spt_trainable.scheduler_defaults`);
-            ``None`` keeps the learning rate constant.
+            :mod:`spt_trainable.scheduler_defaults`); ``None`` keeps the learning rate constant.
         accumulate_grad_batches: Training batches per probe step.
         gradient_clip_val: Clip threshold, ``None`` for no clipping.
         gradient_clip_algorithm: ``"norm"`` or ``"value"``.
@@ -108,6 +108,14 @@ class OnlineProbe(TrainableCallback):
             per batch, but torchmetrics' classification metrics do on CUDA (argument
             validation unless ``validate_args=False``; ``torch.bincount`` in ``update``
             unless deterministic algorithms are on).
+        clean_loader: Labelled batches for the clean evaluation (needs ``metrics``), or ``None``.
+        clean_every_n_epochs: Training epochs between two clean trainings.
+        clean_epochs: Passes over the clean features per training.
+        clean_batch_size: Rows per step of the clean probe.
+        clean_optimizer: Its optimizer form (not an instance); ``None`` is AdamW, lr 1e-3.
+        clean_seed: Seed of the clean probe's initialisation and row order.
+        embed: ``embed(pl_module, batch) -> features`` for the clean loader; ``None`` reads
+            ``input`` from ``validation_step``.
         verbose: See :class:`~spt_core.SPTCallback` (keyword-only, like every argument
             beyond the seed's).
 
@@ -141,6 +149,13 @@ class OnlineProbe(TrainableCallback):
         gradient_clip_algorithm: str = "norm",
         metrics: Metric | Mapping[str, Metric] | Sequence[Metric] | None = None,
         *,
+        clean_loader: Iterable[Any] | None = None,
+        clean_every_n_epochs: int = 1,
+        clean_epochs: int = 10,
+        clean_batch_size: int = 256,
+        clean_optimizer: OptimizerSpec | None = None,
+        clean_seed: int = 0,
+        embed: Callable[[LightningModule, Any], Tensor] | None = None,
         verbose: bool | None = None,
     ) -> None:
         check_arguments(module, name, input, target, probe, loss_fn)
@@ -151,19 +166,22 @@ class OnlineProbe(TrainableCallback):
         )  # fmt: skip
         named = named_metrics(metrics, owner=self.state_key, argument="metrics")
         check_metrics(named, self.state_key)
-        self.input = input
-        self.target = target
+        self.input, self.target = input, target
         self.loss_fn = loss_fn if loss_fn is not None else masked_cross_entropy
         self._lightning_module = module
         self._metrics = ProbeMetrics(named, self, input, target)
         self._epoch_loss = EpochLoss()
         self._classes: int | None = None  # the probe's output width, seen at its first call
+        self._clean = None if clean_loader is None else CleanEvaluation(
+            self, clean_loader, every_n_epochs=clean_every_n_epochs, epochs=clean_epochs,
+            batch_size=clean_batch_size, optimizer=clean_optimizer, seed=clean_seed,
+            embed=embed, metrics=named,
+        )  # fmt: skip
 
     def default_optimizer(self) -> OptimizerSpec:
-        """``LARS(lr=0.1, momentum=0, weight_decay=0, eta=0.02, eps=1e-8, clip_lr=True,
-        exclude_bias_n_norm=True, nesterov=False, dampening=0)``, every argument spelled out.
-
-        The seed's default: LARS with a clipped layer-wise rate and no momentum."""
+        """The seed's default, every argument spelled out: ``LARS(lr=0.1, momentum=0,
+        weight_decay=0, eta=0.02, eps=1e-8, clip_lr=True, exclude_bias_n_norm=True,
+        nesterov=False, dampening=0)``, a clipped layer-wise rate and no momentum."""
         return dict(DEFAULT_OPTIMIZER)
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -230,6 +248,8 @@ class OnlineProbe(TrainableCallback):
     def _eval_epoch_start(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         super()._eval_epoch_start(trainer, pl_module, stage)
         self._metrics.expose(pl_module, stage, loaders_of(trainer, stage))
+        if self._clean is not None:
+            self._clean.prepare(trainer, pl_module, stage, loaders_of(trainer, stage))
         if self._metrics and not trainer.sanity_checking and self.optimizer_steps == 0:
             self.warn_once(
                 trainer,
@@ -251,6 +271,8 @@ class OnlineProbe(TrainableCallback):
             target = self._target(outputs, batch, features, stage)
             self._metrics.check(stage, dataloader_idx, features, target)
             self._metrics.update(stage, dataloader_idx, preds, target, self._classes)
+            if self._clean is not None:
+                self._clean.update(stage, dataloader_idx, features, target)
 
     def _eval_epoch_end(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if not self._metrics or trainer.sanity_checking:
@@ -258,41 +280,20 @@ class OnlineProbe(TrainableCallback):
         loaders, device = loaders_of(trainer, stage), pl_module.device
         skip = self._metrics.read_checks(trainer, device, stage, loaders, self._classes)
         values = self._metrics.compute(stage, loaders, device, skip)
+        if self._clean is not None:
+            values.update(self._clean.compute(stage, loaders, device, skip))
         self.log_values(pl_module, values, sync_dist=True, add_dataloader_idx=False)
 
     # ------------------------------------------------------------------ checkpoints
 
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "loss_total": self._epoch_loss.total}
+        clean = {"clean": self._clean.state_dict()} if self._clean is not None else {}
+        return {**super().state_dict(), "loss_total": self._epoch_loss.total, **clean}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         state = dict(state_dict)
         self._epoch_loss.load(state.pop("loss_total", None))
+        clean = state.pop("clean", None)
+        if self._clean is not None and clean is not None:
+            self._clean.load_state_dict(clean)
         super().load_state_dict(state)
-
-    # ------------------------------------------------------------------ inputs and outputs
-
-    def _features(self, outputs: Any, batch: Any) -> Tensor:
-        raw = lookup(self.input, outputs, batch, owner=self.state_key)
-        if not isinstance(raw, Tensor):
-            raise TypeError(
-                f"{self.state_key}: '{self.input}' holds a {type(raw).__name__}, not a tensor "
-                "of features"
-            )
-        features = prepare_features(raw, self.module)
-        self.check_input_width(features, self.input)
-        return features
-
-    def _target(self, outputs: Any, batch: Any, features: Tensor, stage: str) -> Tensor:
-        target = check_targets(
-            lookup(self.target, outputs, batch, owner=self.state_key),
-            features.shape[0],
-            default_loss=self.loss_fn is masked_cross_entropy,
-            name=self._metrics.targets_named(stage),
-            rows_of=f"'{self.input}'",
-        )
-        return target.detach().to(features.device)
-
-    def _publish(self, batch: Any, preds: Tensor) -> None:
-        if isinstance(batch, MutableMapping):
-            batch[f"{self.name}_preds"] = preds

@@ -1,0 +1,75 @@
+"""OnlineProbe's clean evaluation on two gloo processes: every rank trains the same clean probe,
+equal to an offline linear evaluation of the final backbone and to one process."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+SETTINGS = {"n": 64, "n_clean": 40, "epochs": 2, "clean_epochs": 4, "clean_batch_size": 8}
+
+
+def offline(result, seed=0):
+    """Embed the clean rows with the final encoder, train the documented loop, score val."""
+    encoder = nn.Linear(4, 8)
+    encoder.load_state_dict({k[len("encoder.") :]: v for k, v in result["backbone"].items()
+                             if k.startswith("encoder.")})  # fmt: skip
+    (clean_x, clean_y), (val_x, val_y) = result["clean"], result["val"]
+    with torch.no_grad():
+        clean_x, val_x = encoder(clean_x), encoder(val_x)
+    torch.manual_seed(seed)
+    probe = nn.Linear(8, 3)
+    optimizer = torch.optim.AdamW(probe.parameters(), lr=1e-3)
+    order = torch.Generator().manual_seed(seed)
+    for _ in range(SETTINGS["clean_epochs"]):
+        for rows in torch.randperm(len(clean_x), generator=order).split(8):
+            loss = F.cross_entropy(probe(clean_x[rows]), clean_y[rows])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    with torch.no_grad():
+        accuracy = (probe(val_x).argmax(1) == val_y).float().mean()
+    return probe.state_dict(), accuracy
+
+
+def assert_offline(result):
+    weights, accuracy = offline(result)
+    for key, value in weights.items():
+        torch.testing.assert_close(result["clean_probe"][key], value, rtol=1e-5, atol=1e-6)
+    assert result["clean_accuracy"].item() == pytest.approx(accuracy.item(), abs=1e-6)
+
+
+@pytest.mark.ddp
+@pytest.mark.parametrize("clean_batch", [20, 40], ids=["two-batches", "rank-1-has-none"])
+def test_ddp_clean_probe_is_identical_on_ranks_and_equals_offline(run_scenario, clean_batch):
+    ranks = run_scenario("probe_clean", devices=2, batch_size=4, clean_batch=clean_batch,
+                         **SETTINGS)  # fmt: skip
+    first, second = ranks
+    for key, value in first["clean_probe"].items():
+        assert torch.equal(value, second["clean_probe"][key]), key
+    assert first["trained_epoch"] == second["trained_epoch"] == 1
+    assert torch.equal(first["clean_accuracy"], second["clean_accuracy"])
+    assert_offline(first)
+
+
+@pytest.mark.ddp
+def test_ddp_clean_evaluation_equals_one_process_on_a_fixed_backbone(run_scenario):
+    # A fixed backbone (lr 0) embeds identical features in both runs, and with at most one clean
+    # batch per rank the gathered rows keep the loader's order: the clean probes coincide.
+    settings = {**SETTINGS, "clean_batch": 20, "lr": 0.0}
+    first, _ = run_scenario("probe_clean", devices=2, batch_size=4, **settings)
+    (single,) = run_scenario("probe_clean", devices=1, batch_size=8, **settings)
+    assert_offline(single)
+    for key, value in single["clean_probe"].items():
+        torch.testing.assert_close(first["clean_probe"][key], value, rtol=1e-6, atol=1e-7)
+    assert first["clean_accuracy"].item() == pytest.approx(single["clean_accuracy"].item())
+
+
+@pytest.mark.ddp
+def test_ddp_clean_evaluation_every_two_epochs_keeps_its_probe(run_scenario):
+    ranks = run_scenario("probe_clean", devices=2, batch_size=4, clean_batch=5, every=2,
+                         **{**SETTINGS, "epochs": 3})  # fmt: skip
+    first, second = ranks
+    assert first["trained_epoch"] == second["trained_epoch"] == 2
+    for key, value in first["clean_probe"].items():
+        assert torch.equal(value, second["clean_probe"][key]), key

@@ -1,0 +1,194 @@
+"""The clean evaluation of an :class:`~spt_probe.OnlineProbe`: a periodic linear evaluation of
+a fresh probe trained on the clean, eval-mode features of a labelled loader."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.trainer.states import TrainerFn
+from torch import Tensor, nn
+
+from spt_core import SPTCallback, StageMetrics, callbacks_metrics, distributed, embed_loader
+from spt_probe.functional import check_label_range, finite_rows, probe_predict
+from spt_probe.linear_eval import DEFAULT_FIT_OPTIMIZER, fit_probe, fresh_probe, not_reset
+from spt_trainable.optimizers import OptimizerSpec, check_optimizer
+
+__all__ = ["CleanEvaluation"]
+
+
+class CleanEvaluation:
+    """Train a fresh probe on a labelled loader's clean features when due; score with it.
+
+    Due at the first validation epoch of a fit (not the sanity check), then at the first
+    validation epoch ``every_n_epochs`` training epochs after the last training, and at a
+    ``validate``/``test`` run outside ``fit`` when no clean probe exists yet. The probe is
+    kept until the next due epoch: validation epochs in between score with it. Under DDP each
+    rank embeds its share of the loader, every rank gathers all rows (in rank order) and trains
+    the same probe from the same seed; rank 0's weights are then broadcast. The probe and the
+    epoch it was trained are the checkpointed state.
+
+    Args:
+        owner: The online probe (keys, loss, architecture, messages).
+        loader: Labelled batches.
+        every_n_epochs: Training epochs between two trainings.
+        epochs: Passes of :func:`~spt_probe.fit_probe` over the cached features.
+        batch_size: Rows per step of :func:`~spt_probe.fit_probe`.
+        optimizer: Its optimizer form (``None``: AdamW, lr 1e-3).
+        seed: Seeds the fresh probe and its training (the same on every rank).
+        embed: ``embed(pl_module, batch) -> features`` or ``None`` (see
+            :func:`spt_core.embed_loader`).
+        metrics: ``{name: metric}`` prototypes, logged as ``eval/{owner}_clean_{name}``.
+
+    Raises:
+        ValueError: For a count below its minimum, or no ``metrics``.
+        TypeError: For a loader that is not iterable, an ``embed`` that is not callable, or
+            an optimizer of no accepted form (an ``Optimizer`` instance included).
+    """
+
+    def __init__(
+        self,
+        owner: SPTCallback,
+        loader: Iterable[Any],
+        *,
+        every_n_epochs: int,
+        epochs: int,
+        batch_size: int,
+        optimizer: OptimizerSpec | None,
+        seed: int,
+        embed: Callable[[LightningModule, Any], Tensor] | None,
+        metrics: Mapping[str, Any],
+    ) -> None:
+        key = owner.state_key
+        for argument, value, least in (
+            ("clean_every_n_epochs", every_n_epochs, 1),
+            ("clean_epochs", epochs, 1),
+            ("clean_batch_size", batch_size, 1),
+            ("clean_seed", seed, 0),
+        ):
+            if not isinstance(value, int) or isinstance(value, bool) or value < least:
+                raise ValueError(f"{key}: {argument} must be an int >= {least}, got {value!r}")
+        if not isinstance(loader, Iterable):
+            raise TypeError(f"{key}: clean_loader must be an iterable of batches, got {loader!r}")
+        if embed is not None and not callable(embed):
+            raise TypeError(f"{key}: embed must be callable(pl_module, batch), got {embed!r}")
+        if isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(
+                f"{key}: clean_optimizer cannot be an Optimizer instance (each clean "
+                "evaluation trains a new probe); pass a name, a dict or a partial"
+            )
+        if optimizer is not None:
+            check_optimizer(optimizer, "clean_optimizer")
+        if not metrics:
+            raise ValueError(f"{key}: clean_loader needs metrics=..., the values it logs")
+        self.owner, self.loader, self.embed = owner, loader, embed
+        self.every_n_epochs, self.epochs, self.batch_size = every_n_epochs, epochs, batch_size
+        self.optimizer = DEFAULT_FIT_OPTIMIZER if optimizer is None else optimizer
+        self.seed = seed
+        self.stages = StageMetrics({f"clean_{name}": m for name, m in metrics.items()})
+        self.probe: nn.Module | None = None
+        self.trained_epoch: int | None = None  # the fit epoch of the last training
+        self._pending: dict[str, Tensor] | None = None
+
+    def prepare(
+        self, trainer: Trainer, pl_module: LightningModule, stage: str, loaders: int
+    ) -> None:
+        """At an evaluation epoch's start: train when due, create the metric copies. Every
+        rank calls it together."""
+        if trainer.sanity_checking:
+            return
+        self._restore()
+        if trainer.state.fn == TrainerFn.FITTING:
+            last, epoch = self.trained_epoch, trainer.current_epoch
+            if last is None or epoch >= last + self.every_n_epochs:
+                self._train(trainer, pl_module)
+                self.trained_epoch = epoch
+        elif self.probe is None:
+            self._train(trainer, pl_module)
+        for idx in range(loaders):
+            self.stages.get(stage, idx, pl_module.device)
+        live = {f"clean/{key}": copies for key, copies in self.stages.all_live().items()}
+        callbacks_metrics(pl_module).setdefault(self.owner.name, {}).update(live)
+
+    def update(self, stage: str, idx: int, features: Tensor, target: Tensor) -> None:
+        """Score one evaluation batch with the clean probe (no host sync)."""
+        if self.probe is not None:
+            preds = probe_predict(self.probe, features.reshape(len(features), -1))
+            self.stages.update_labelled(stage, idx, preds, target)
+
+    def compute(
+        self, stage: str, loaders: int, device: torch.device, skip: set[int]
+    ) -> dict[str, Tensor]:
+        """``{eval/{name}_clean_{metric}: value}``, then reset (one collective)."""
+        values = self.stages.compute_and_reset(stage, loaders, device, skip=skip)
+        return {f"eval/{self.owner.name}_{key}": value for key, value in values.items()}
+
+    def state_dict(self) -> dict[str, Any]:
+        probe = self.probe.state_dict() if self.probe is not None else self._pending
+        return {"probe": probe, "trained_epoch": self.trained_epoch}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.trained_epoch = state.get("trained_epoch")
+        self.probe, self._pending = None, state.get("probe")
+
+    # ------------------------------------------------------------------ internals
+
+    def _restore(self) -> None:
+        if self._pending is not None:
+            self.probe = fresh_probe(self.owner.module, self.seed)
+            self.probe.load_state_dict(self._pending)
+            self.probe.eval()
+            self._pending = None
+
+    def _train(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        owner = self.owner
+        features, labels = embed_loader(
+            pl_module, self.loader, input=owner.input, target=owner.target, embed=self.embed,
+            owner=owner.state_key,
+        )  # fmt: skip
+        # Lightning evaluates under inference mode, whose tensors cannot be trained on.
+        with torch.inference_mode(False):
+            features, labels = _gathered(features.clone(), labels.clone(), owner.module)
+            if not len(features):
+                message = f"the clean loader gave no row: no eval/{owner.name}_clean_* this epoch"
+                owner.warn_once(trainer, "clean-empty", message)
+                self.probe = None
+                return
+            owner.check_input_width(features, owner.input)
+            probe = fresh_probe(owner.module, self.seed)
+            self._check(trainer, probe, features, labels)
+            fit_probe(
+                probe, features, labels, epochs=self.epochs, batch_size=self.batch_size,
+                optimizer=self.optimizer, loss_fn=owner.loss_fn, seed=self.seed,
+            )  # fmt: skip
+        # Float rounding may differ between ranks' kernels: every rank keeps rank 0's probe.
+        distributed.broadcast_([*probe.parameters(), *probe.buffers()])
+        self.probe = probe.eval()
+
+    def _check(self, trainer: Trainer, probe: nn.Module, features: Tensor, labels: Tensor) -> None:
+        """Once per training (a host sync or two): labels fit the probe, rows are finite."""
+        owner, classes = self.owner, probe_predict(probe, features[:1]).shape[-1]
+        if labels.numel():
+            name = f"{owner.state_key}: the clean loader's '{owner.target}'"
+            check_label_range(int(labels.max()), classes, name=name)
+        bad = int((~finite_rows(features)).sum())
+        if bad:
+            message = f"{bad} clean rows of '{owner.input}' had non-finite values: the clean "
+            owner.warn_once(trainer, "clean-non-finite", message + "probe is trained without them")
+        kept = not_reset(probe)
+        if kept:
+            message = f"the clean probe's {kept} have no reset_parameters: they start from the "
+            owner.warn_once(trainer, "clean-not-reset", message + "online probe's values")
+
+
+def _gathered(features: Tensor, labels: Tensor, probe: nn.Module) -> tuple[Tensor, Tensor]:
+    """Every rank's rows, in rank order, on every rank; features in the probe's dtype."""
+    weight = next((p for p in probe.parameters() if p.is_floating_point()), None)
+    features = features.to(weight.dtype if weight is not None else torch.float32)
+    width = torch.tensor([features.shape[1]], device=features.device)
+    width = int(distributed.all_reduce_max_(width))
+    if not len(features):
+        features = features.new_zeros((0, width))
+    return distributed.gather_uneven(features), distributed.gather_uneven(labels)
