@@ -148,15 +148,15 @@ def test_a_wrong_feature_size_names_the_callback_and_both_sizes(tmp_path, names,
         (
             ["linear"],
             e2e.relabel("train", 2, 5),
-            r"OnlineProbe\[name=linear\]: a training batch of 'label' holds the label 5, but the "
-            r"probe outputs 3 classes",
+            r"OnlineProbe\[name=linear\]: a training batch of 'label' holds label 5, but "
+            r"the probe.s output gives 3 classes",
             "train/linear_accuracy",
         ),
         (
             ["linear", "mlp"],
             e2e.relabel("val", 2, 3),
-            r"OnlineProbe\[name=linear\]: a validation batch of 'label' holds the label 3, but "
-            r"the probe outputs 3 classes",
+            r"OnlineProbe\[name=linear\]: a validation batch of 'label' holds label 3, but "
+            r"the probe.s output gives 3 classes",
             "eval/linear_accuracy",
         ),
     ],

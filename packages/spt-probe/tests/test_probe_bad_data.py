@@ -70,8 +70,8 @@ def test_a_label_without_an_output_is_an_error_before_its_value_is_logged(
     metrics = {"accuracy": MulticlassAccuracy(3, average="micro", validate_args=validate_args)}
     fit = trainer(callbacks=[probe(metrics=metrics)])
     where = "training" if stage == "train" else "validation"
-    with pytest.raises(ValueError, match=rf"a {where} batch of 'label' holds the label 7, but the "
-                       r"probe outputs 3 classes \(labels must be < 3"):  # fmt: skip
+    with pytest.raises(ValueError, match=rf"a {where} batch of 'label' holds label 7, but "
+                       r"the probe.s output gives 3 classes \(labels must be < 3"):  # fmt: skip
         fit.fit(spoiled(backbone, stage, label_seven), loader(data), loader(data))
     assert f"{'train' if stage == 'train' else 'eval'}/linear_accuracy" not in fit.callback_metrics
 

@@ -271,7 +271,7 @@ def test_bad_options_and_clean_labels_name_the_probe(backbone, trainer, loader, 
         make_probe(metrics=None, clean_loader=loader(data))
     with pytest.raises(ValueError, match=r"OnlineProbe\[name=linear\]: clean_epochs.*0"):
         make_probe(clean_loader=loader(data), clean_epochs=0)
-    with pytest.raises(ValueError, match=r"clean_every_n_epochs.*True"):
+    with pytest.raises(TypeError, match=r"clean_every_n_epochs.*True"):
         make_probe(clean_loader=loader(data), clean_every_n_epochs=True)
     with pytest.raises(TypeError, match=r"OnlineProbe\[name=linear\]: clean_optimizer.*instance"):
         make_probe(

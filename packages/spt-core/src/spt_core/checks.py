@@ -76,25 +76,33 @@ def finite_rows(features: Tensor) -> Tensor:
     return torch.isfinite(low) & torch.isfinite(high)
 
 
-def check_label_range(top: int, num_classes: int | None, where: str) -> None:
+def check_label_range(
+    top: int, num_classes: int | None, where: str, *, classes_from: str = "num_classes"
+) -> None:
     """Raise if ``top``, the largest label seen in ``where``, has no class in ``num_classes``.
 
+    Args:
+        top: The largest label seen (``-1`` when none was).
+        num_classes: How many classes there are; ``None`` checks nothing.
+        where: What holds the labels, for the message ("the bank", "target").
+        classes_from: What sets ``num_classes``, for the message.
+
     Raises:
-        ValueError: If ``top >= num_classes`` (``None`` checks nothing); the message names the
-            label and the ``num_classes`` that would fit.
+        ValueError: If ``top >= num_classes``; the message names the label and the size that
+            would fit.
 
     Example:
         >>> check_label_range(9, 10, "the bank")
         >>> check_label_range(10, 10, "the bank")
         Traceback (most recent call last):
         ...
-        ValueError: the bank holds label 10, outside num_classes=10 ... at least 11
+        ValueError: the bank holds label 10, but num_classes gives 10 classes ... at least 11
     """
     if num_classes is not None and top >= num_classes:
         raise ValueError(
-            f"{where} holds label {top}, outside num_classes={num_classes} (labels must be "
-            f"< num_classes; negative labels mark unlabelled rows); set num_classes to at "
-            f"least {top + 1}"
+            f"{where} holds label {top}, but {classes_from} gives {num_classes} classes (labels "
+            f"must be < {num_classes}; negative labels mark unlabelled rows): make it at least "
+            f"{top + 1}"
         )
 
 

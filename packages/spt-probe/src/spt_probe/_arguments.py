@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 from lightning.pytorch import LightningModule
-from torchmetrics import Metric
 
-__all__ = ["DEFAULT_OPTIMIZER", "check_arguments", "check_metrics"]
+__all__ = ["DEFAULT_OPTIMIZER", "check_arguments"]
 
 #: The seed's default optimizer: LARS with a clipped layer-wise rate and no momentum.
 DEFAULT_OPTIMIZER = {
@@ -48,15 +46,3 @@ def check_arguments(
         raise TypeError(
             f"{owner}: loss_fn must be callable(logits, target) or None, got {loss_fn!r}"
         )
-
-
-def check_metrics(metrics: Mapping[str, Any], owner: str) -> None:
-    """Raise a ``TypeError`` naming ``owner`` and the key for an entry that is not a metric (a
-    torchmetrics ``Metric``, or anything with ``update``/``compute``/``reset``)."""
-    for key, metric in metrics.items():
-        duck = all(callable(getattr(metric, m, None)) for m in ("update", "compute", "reset"))
-        if not (isinstance(metric, Metric) or duck):
-            raise TypeError(
-                f"{owner}: metrics[{key!r}] must be a torchmetrics Metric (or have update/"
-                f"compute/reset), got {metric!r}"
-            )

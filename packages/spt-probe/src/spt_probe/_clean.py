@@ -12,7 +12,9 @@ from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor, nn
 
 from spt_core import SPTCallback, StageMetrics, callbacks_metrics, distributed, embed_loader
-from spt_probe.functional import check_label_range, finite_rows, probe_predict
+from spt_core.checks import check_label_range, finite_rows, positive_int
+from spt_probe._targets import PROBE_OUTPUT
+from spt_probe.functional import probe_predict
 from spt_probe.linear_eval import DEFAULT_FIT_OPTIMIZER, fit_probe, fresh_probe, not_reset
 from spt_trainable.optimizers import OptimizerSpec, check_optimizer
 
@@ -68,8 +70,7 @@ class CleanEvaluation:
             ("clean_batch_size", batch_size, 1),
             ("clean_seed", seed, 0),
         ):
-            if not isinstance(value, int) or isinstance(value, bool) or value < least:
-                raise ValueError(f"{key}: {argument} must be an int >= {least}, got {value!r}")
+            positive_int(value, f"{key}: {argument}", least)
         if not isinstance(loader, Iterable):
             raise TypeError(f"{key}: clean_loader must be an iterable of batches, got {loader!r}")
         if embed is not None and not callable(embed):
@@ -172,7 +173,7 @@ class CleanEvaluation:
         owner, classes = self.owner, probe_predict(probe, features[:1]).shape[-1]
         if labels.numel():
             name = f"{owner.state_key}: the clean loader's '{owner.target}'"
-            check_label_range(int(labels.max()), classes, name=name)
+            check_label_range(int(labels.max()), classes, name, classes_from=PROBE_OUTPUT)
         bad = int((~finite_rows(features)).sum())
         if bad:
             message = f"{bad} clean rows of '{owner.input}' had non-finite values: the clean "

@@ -10,7 +10,9 @@ from lightning.pytorch import LightningModule, Trainer
 from torch import Tensor
 
 from spt_core import DataChecks, SPTCallback, StageMetrics, callbacks_metrics
-from spt_probe.functional import check_label_range, is_class_labels
+from spt_core.checks import check_label_range
+from spt_probe._targets import PROBE_OUTPUT
+from spt_probe.functional import is_class_labels
 
 __all__ = ["WHERE", "ProbeMetrics", "loaders_of"]
 
@@ -73,8 +75,11 @@ class ProbeMetrics:
             # A metric refused the batch: say so if a label is why (a sync on the way out).
             if labels:
                 top = int(target.max()) if target.numel() else -1
-                check_label_range(top, classes, name=self.targets_named(stage))
+                self._check_range(top, classes, stage)
             raise
+
+    def _check_range(self, top: int, classes: int | None, stage: str) -> None:
+        check_label_range(top, classes, self.targets_named(stage), classes_from=PROBE_OUTPUT)
 
     def read_checks(
         self, trainer: Trainer, device: torch.device, stage: str, loaders: int, classes: int | None
@@ -84,7 +89,7 @@ class ProbeMetrics:
         (one collective)."""
         skip = set()
         for idx, (count, top) in enumerate(self._checks.read(stage, loaders, device)):
-            check_label_range(top, classes, name=self.targets_named(stage))
+            self._check_range(top, classes, stage)
             if not count:
                 continue
             skip.add(idx)

@@ -7,7 +7,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["check_label_range", "check_targets", "ignore_index_of", "is_class_labels"]
+__all__ = ["PROBE_OUTPUT", "check_targets", "ignore_index_of", "is_class_labels"]
+
+#: How label-range errors name what sets the number of classes: the probe's output size.
+PROBE_OUTPUT = "the probe's output"
 
 
 def is_class_labels(target: Tensor) -> bool:
@@ -91,31 +94,6 @@ def check_targets(
             "takes one class index per row, shape (rows,); pass a loss_fn for other targets"
         )
     return target
-
-
-def check_label_range(top: int, classes: int | None, *, name: str = "target") -> None:
-    """Raise if ``top``, the largest label seen, has no output among the probe's ``classes``.
-
-    Args:
-        top: The largest label (``-1`` when none was seen).
-        classes: How many outputs the probe has; ``None`` when unknown (nothing to check).
-        name: How the message calls the labels.
-
-    Raises:
-        ValueError: If ``top >= classes``.
-
-    Example:
-        >>> check_label_range(2, 3)
-        >>> check_label_range(3, 3)
-        Traceback (most recent call last):
-        ...
-        ValueError: target holds the label 3, but the probe outputs 3 classes (labels must be < 3; negative labels are ignored)
-    """  # noqa: E501
-    if classes is not None and top >= classes:
-        raise ValueError(
-            f"{name} holds the label {top}, but the probe outputs {classes} classes (labels must "
-            f"be < {classes}; negative labels are ignored)"
-        )
 
 
 def _is_integer(target: Tensor) -> bool:

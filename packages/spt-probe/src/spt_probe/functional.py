@@ -14,18 +14,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from spt_probe._targets import (
-    check_label_range,
-    check_targets,
-    ignore_index_of,
-    is_class_labels,
-)
+from spt_core.checks import finite_rows
+from spt_probe._targets import check_targets, ignore_index_of, is_class_labels
 
 __all__ = [
     "ProbeStep",
-    "check_label_range",
     "check_targets",
-    "finite_rows",
     "is_class_labels",
     "masked_cross_entropy",
     "prepare_features",
@@ -101,17 +95,6 @@ def prepare_features(features: Tensor, probe: nn.Module) -> Tensor:
         return features
     dtype = weight.dtype if features.is_floating_point() else features.dtype
     return features.to(device=weight.device, dtype=dtype)
-
-
-def finite_rows(features: Tensor) -> Tensor:
-    """A ``(N,)`` bool tensor: which rows of ``features`` (rows first) hold finite values only.
-
-    Example:
-        >>> finite_rows(torch.tensor([[1.0, float("nan")], [0.0, 1.0]]))
-        tensor([False,  True])
-    """
-    finite = torch.isfinite(features)
-    return finite.flatten(1).all(dim=1) if finite.dim() > 1 else finite
 
 
 def probe_loss(

@@ -13,7 +13,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from spt_probe.functional import LossFn, finite_rows, probe_step
+from spt_core.checks import finite_rows, positive_int
+from spt_probe.functional import LossFn, probe_step
 from spt_trainable.optimizers import OptimizerSpec, create_optimizer
 
 __all__ = ["DEFAULT_FIT_OPTIMIZER", "fit_probe", "fresh_probe", "not_reset"]
@@ -125,10 +126,8 @@ def fit_probe(
         >>> probe(x[:2]).argmax(1).tolist()
         [0, 1]
     """
-    if not isinstance(epochs, int) or epochs < 0:
-        raise ValueError(f"fit_probe: epochs must be an int >= 0, got {epochs!r}")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"fit_probe: batch_size must be an int >= 1, got {batch_size!r}")
+    positive_int(epochs, "fit_probe: epochs", 0)
+    positive_int(batch_size, "fit_probe: batch_size")
     spec = DEFAULT_FIT_OPTIMIZER if optimizer is None else optimizer
     trained = [p for p in probe.parameters() if p.requires_grad]
     steps = create_optimizer(trained, dict(spec) if isinstance(spec, Mapping) else spec)

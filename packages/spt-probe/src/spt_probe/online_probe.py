@@ -10,7 +10,8 @@ from torch import Tensor
 from torchmetrics import Metric
 
 from spt_core import logger_writes_this_step, named_metrics
-from spt_probe._arguments import DEFAULT_OPTIMIZER, check_arguments, check_metrics
+from spt_core.checks import check_metrics
+from spt_probe._arguments import DEFAULT_OPTIMIZER, check_arguments
 from spt_probe._clean import CleanEvaluation
 from spt_probe._epoch_loss import EpochLoss
 from spt_probe._inputs import ProbeInputs
