@@ -3,14 +3,13 @@ data (``x``, ``label``, ``index``), a quiet Trainer."""
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from spt_core.testing import Backbone, DictDataset, quiet_trainer
+from spt_core.testing import Backbone, DictDataset, forbid_host_sync, quiet_trainer
 
 
 def blobs(n: int = 48, dim: int = 6, classes: int = 3, seed: int = 0) -> DictDataset:
@@ -67,42 +66,16 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-_SYNCS = ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__")
-
-
-@contextlib.contextmanager
-def tensor_reads_forbidden():
-    """Inside, any Tensor method that reads values on the host raises.
-
-    Narrower than `spt_core.testing.forbid_host_sync` on purpose: torchmetrics' own updates
-    (``ignore_index`` masking, ``bincount``) sync, and only the probe's code is checked here.
-    """
-    saved = {name: getattr(torch.Tensor, name) for name in _SYNCS}
-
-    def refuse(name):
-        def fail(self, *args, **kwargs):
-            raise AssertionError(f"Tensor.{name} called on a per-batch path")
-
-        return fail
-
-    for name in _SYNCS:
-        setattr(torch.Tensor, name, refuse(name))
-    try:
-        yield
-    finally:
-        for name, method in saved.items():
-            setattr(torch.Tensor, name, method)
-
-
 @pytest.fixture
 def no_host_sync():
-    """``no_host_sync(hook)``: ``hook`` wrapped so that it may not synchronise with the host;
-    the wrapper counts its calls in ``.calls``."""
+    """``no_host_sync(hook)``: ``hook`` wrapped in `spt_core.testing.forbid_host_sync`; the
+    wrapper counts its calls in ``.calls``. The metrics in such a test must be sync-free too
+    (`spt_core.testing.SyncFreeAccuracy`): torchmetrics' classification metrics sync."""
 
     def wrap(hook):
         def run(*args, **kwargs):
             run.calls += 1
-            with tensor_reads_forbidden():
+            with forbid_host_sync():
                 return hook(*args, **kwargs)
 
         run.calls = 0

@@ -15,7 +15,7 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 import spt_probe._clean as clean_module
-from spt_core.testing import CallbackTester, RecordingLogger
+from spt_core.testing import CallbackTester, RecordingLogger, SyncFreeAccuracy
 from spt_probe import OnlineProbe, fit_probe, fresh_probe
 from spt_probe.linear_eval import not_reset
 
@@ -259,7 +259,8 @@ def test_resume_keeps_the_schedule_and_the_clean_probe(backbone, trainer, loader
 
 
 def test_no_host_sync_per_validation_batch(backbone, trainer, loader, data, no_host_sync):
-    probe = make_probe(clean_loader=loader(data), **CLEAN)
+    metrics = {"accuracy": SyncFreeAccuracy()}
+    probe = make_probe(clean_loader=loader(data), metrics=metrics, **CLEAN)
     probe.on_validation_batch_end = no_host_sync(probe.on_validation_batch_end)
     run(backbone, trainer, loader, data, probe)
     assert probe.on_validation_batch_end.calls == 2 * 6

@@ -16,6 +16,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 import spt_probe
 from spt_core import SPTCallback, callbacks_metrics, callbacks_modules
+from spt_core.testing import SyncFreeAccuracy
 from spt_probe import OnlineProbe
 from spt_trainable import LARS, TrainableCallback
 
@@ -338,13 +339,15 @@ def test_lightning_module_pickles_and_keeps_the_probe_out_of_its_state(
 
 
 def test_batch_hooks_never_synchronise_with_the_host(backbone, trainer, loader, data, no_host_sync):
-    probe = linear_probe(metrics=[accuracy()], accumulate_grad_batches=2, gradient_clip_val=1.0)
+    probe = linear_probe(
+        metrics=[SyncFreeAccuracy()], accumulate_grad_batches=2, gradient_clip_val=1.0
+    )
     probe.on_train_batch_end = no_host_sync(probe.on_train_batch_end)
     probe.on_validation_batch_end = no_host_sync(probe.on_validation_batch_end)
     fit = trainer(callbacks=[probe])
     fit.fit(backbone(), loader(data), loader(data))
     assert (probe.on_train_batch_end.calls, probe.on_validation_batch_end.calls) == (6, 6)
-    assert "eval/linear_accuracy" in fit.callback_metrics
+    assert "eval/linear_sync_free_accuracy" in fit.callback_metrics
 
 
 def test_the_docstring_lists_exactly_what_a_csv_logger_receives(

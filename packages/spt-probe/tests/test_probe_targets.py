@@ -15,7 +15,7 @@ from torch.utils.data import Dataset
 from torchmetrics.classification import MulticlassAccuracy
 
 from spt_core import callbacks_metrics
-from spt_core.testing import DictDataset
+from spt_core.testing import DictDataset, SyncFreeAccuracy
 from spt_probe import OnlineProbe
 
 UNLABELLED = -1
@@ -201,7 +201,7 @@ def test_an_epoch_without_a_labelled_row_says_so_once(backbone, trainer, loader,
 
 
 def test_unlabelled_rows_cost_no_host_sync(backbone, trainer, loader, data, no_host_sync):
-    metrics = [MulticlassAccuracy(3, validate_args=False)]
+    metrics = {"accuracy": SyncFreeAccuracy()}
     probe = probe_on(loss_fn=nn.CrossEntropyLoss(), metrics=metrics, accumulate_grad_batches=2)
     probe.on_train_batch_end = no_host_sync(probe.on_train_batch_end)
     probe.on_validation_batch_end = no_host_sync(probe.on_validation_batch_end)

@@ -2,13 +2,19 @@
 
 `quiet_trainer` builds a CPU Trainer that prints nothing, `DictDataset` serves dict batches,
 `Backbone` is a tiny LightningModule whose steps return ``{"loss", <feature key>, ...}``,
-`RecordingLogger` keeps every logged value, `forbid_host_sync` refuses host syncs, and
-`CallbackTester` runs a callback on one process or on two gloo processes and compares what
-it logged with a reference.
+`RecordingLogger` keeps every logged value, `forbid_host_sync` refuses host syncs,
+`SyncFreeAccuracy` is a metric that makes none, and `CallbackTester` runs a callback on one
+process or on two gloo processes and compares what it logged with a reference.
 """
 
 from spt_core.testing.host_sync import HostSyncError, forbid_host_sync
-from spt_core.testing.parts import Backbone, DictDataset, RecordingLogger, quiet_trainer
+from spt_core.testing.parts import (
+    Backbone,
+    DictDataset,
+    RecordingLogger,
+    SyncFreeAccuracy,
+    quiet_trainer,
+)
 from spt_core.testing.tester import CallbackTester
 
 __all__ = [
@@ -17,6 +23,7 @@ __all__ = [
     "DictDataset",
     "HostSyncError",
     "RecordingLogger",
+    "SyncFreeAccuracy",
     "forbid_host_sync",
     "quiet_trainer",
 ]

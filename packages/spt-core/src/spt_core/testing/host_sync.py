@@ -1,8 +1,9 @@
 """`forbid_host_sync`: a CPU check that code would not make the host wait for a device.
 
 Operations whose result the host must read (``.item()``, ``bool(tensor)``, ``nonzero``,
-boolean-mask indexing, ``unique``...) are caught by name at the dispatcher. Reads that
-bypass the dispatcher on CPU (``.tolist()``, ``.numpy()``) are not seen.
+boolean-mask indexing, ``unique``...) are caught by name at the dispatcher; the reads that
+bypass the dispatcher on CPU (``.tolist()``, ``.numpy()``, and ``.cpu()``, a no-op on a CPU
+tensor but a copy to the host from an accelerator) are caught as ``Tensor`` methods.
 """
 
 from __future__ import annotations
@@ -55,6 +56,16 @@ def _syncs(func: Any, args: tuple, kwargs: dict) -> bool:
     return False
 
 
+_HOST_READS = ("tolist", "numpy", "cpu")
+
+
+def _refused(name: str) -> Any:
+    def read(self: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        raise HostSyncError(f"Tensor.{name}() copies to the host and waits for the device")
+
+    return read
+
+
 class _SyncDetector(TorchDispatchMode):
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         kwargs = {k: v for k, v in (kwargs or {}).items() if v is not None}
@@ -80,5 +91,12 @@ def forbid_host_sync() -> Iterator[None]:
         ...
         spt_core.testing.host_sync.HostSyncError: aten.index.Tensor waits for the device
     """
-    with _SyncDetector():
-        yield
+    saved = {name: getattr(torch.Tensor, name) for name in _HOST_READS}
+    for name in _HOST_READS:
+        setattr(torch.Tensor, name, _refused(name))
+    try:
+        with _SyncDetector():
+            yield
+    finally:
+        for name, method in saved.items():
+            setattr(torch.Tensor, name, method)

@@ -200,3 +200,43 @@ class RecordingLogger(Logger):
     def logged(self) -> dict[str, list[float]]:
         """``{name: every value logged under it, in order}``."""
         return {name: self.values(name) for name in sorted(self.names())}
+
+
+class SyncFreeAccuracy:
+    """Top-1 accuracy kept in two tensors and updated without a host sync, for tests of
+    per-batch paths under `forbid_host_sync` (torchmetrics' classification metrics call
+    ``bincount`` in ``update``). Rows whose target is ``ignore_index`` are not counted.
+
+    Example:
+        >>> metric = SyncFreeAccuracy()
+        >>> metric.ignore_index = -1
+        >>> scores = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]])
+        >>> metric.update(scores, torch.tensor([0, 0, -1]))
+        >>> metric.compute()
+        tensor(0.5000)
+    """
+
+    def __init__(self) -> None:
+        self.ignore_index: int | None = None
+        self.reset()
+
+    def reset(self) -> None:
+        """Start counting again."""
+        self.hits, self.rows = torch.zeros(()), torch.zeros(())
+
+    def to(self, device: torch.device | str) -> SyncFreeAccuracy:
+        """Move the counts to ``device``."""
+        self.hits, self.rows = self.hits.to(device), self.rows.to(device)
+        return self
+
+    def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
+        """Count the rows of ``preds`` ``(N, C)`` whose arg-max is ``target`` ``(N,)``."""
+        counted = torch.ones_like(target, dtype=torch.bool)
+        if self.ignore_index is not None:
+            counted = target != self.ignore_index
+        self.hits = self.hits + ((preds.argmax(dim=1) == target) & counted).sum()
+        self.rows = self.rows + counted.sum()
+
+    def compute(self) -> torch.Tensor:
+        """Correct rows over counted rows."""
+        return self.hits / self.rows
