@@ -162,24 +162,27 @@ def test_half_precision_inputs_are_accumulated_in_float64():
 
 
 @pytest.mark.parametrize(
-    ("call", "message"),
+    ("call", "error", "message"),
     [
-        (lambda: RankMe(0), "RankMe: num_features must be a positive int, got 0"),
-        (lambda: EffectiveRank(True), "EffectiveRank: num_features must be a positive int"),
-        (lambda: EmbeddingStd(2.0), "EmbeddingStd: num_features must be a positive int"),
-        (lambda: DimsForEnergy(3, energy=2), r"DimsForEnergy: energy must be in \(0, 1\]"),
-        (lambda: RankMe(3).update(torch.zeros(4, 2)), "RankMe: z has 2 features, expected 3"),
-        (lambda: MeanCosineSimilarity(3).update(torch.zeros(3)), "MeanCosineSimilarity: z must"),
-        (lambda: Alignment().update(torch.eye(2), torch.eye(3)), "Alignment: z1 and z2 must"),
-        (lambda: Uniformity(3, max_rows=1), "Uniformity: max_rows must be an int >= 2, got 1"),
-        (lambda: Uniformity(3).update(torch.eye(3), torch.eye(2)), "Uniformity: z2 has 2 feat"),
-        (lambda: LiDAR(3).update(torch.zeros(4, 1, 3)), "LiDAR: needs at least 2 views"),
-        (lambda: LiDAR(3).update(torch.zeros(4, 2, 2)), "LiDAR: views have 2 features, expec"),
-        (lambda: LiDAR(3, delta=-1.0), "LiDAR: delta must be a finite number > 0"),
+        (lambda: RankMe(0), ValueError, "RankMe: num_features must be an integer >= 1, got 0"),
+        (lambda: EffectiveRank(True), TypeError, "EffectiveRank: num_features must be an integer"),
+        (lambda: EmbeddingStd(2.0), TypeError, "EmbeddingStd: num_features must be an integer"),
+        (lambda: DimsForEnergy(3, energy=2), ValueError, r"DimsForEnergy: energy must be in \(0"),
+        (lambda: DimsForEnergy(3, energy="a"), TypeError, "DimsForEnergy: energy must be a fin"),
+        (lambda: RankMe(3).update(torch.zeros(4, 2)), ValueError, "RankMe: z has 2 features, ex"),
+        (lambda: MeanCosineSimilarity(3).update(torch.zeros(3)), ValueError, "MeanCosineSimil"),
+        (lambda: Alignment().update(torch.eye(2), torch.eye(3)), ValueError, "Alignment: z1 and"),
+        (lambda: Uniformity(3, max_rows=1), ValueError, "Uniformity: max_rows must be an int"),
+        (lambda: Uniformity(3).update(torch.eye(3), torch.eye(2)), ValueError, "Uniformity: z2"),
+        (lambda: LiDAR(3).update(torch.zeros(4, 1, 3)), ValueError, "LiDAR: needs at least 2 "),
+        (lambda: LiDAR(3).update(torch.zeros(4, 2, 2)), ValueError, "LiDAR: views have 2 feat"),
+        (lambda: LiDAR(3, delta=-1.0), ValueError, "LiDAR: delta must be a finite number > 0"),
     ],
 )
-def test_bad_arguments_and_inputs_raise_a_value_error_naming_the_metric(call, message):
-    with pytest.raises(ValueError, match=message):
+def test_bad_arguments_and_inputs_name_the_metric_with_one_error_type_per_fault(
+    call, error, message
+):
+    with pytest.raises(error, match=message):
         call()
 
 

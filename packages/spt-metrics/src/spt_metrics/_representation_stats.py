@@ -16,6 +16,8 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
+from spt_core.checks import positive_int
+
 # An eigenvalue below this multiple of S is rounding noise of float64 sums of size S: it
 # counts as 0 (otherwise a collapsed embedding would show a spread of noise directions).
 _ROUNDING = 64 * torch.finfo(torch.float64).eps
@@ -23,11 +25,14 @@ NAN = float("nan")
 
 
 def check_positive(value: Any, name: str, owner: str, zero: bool = False) -> float:
-    """``value`` as a float, if it is a real number ``> 0`` (``>= 0`` with ``zero``)."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or value < 0 or (value == 0 and not zero):
-        allowed = ">= 0" if zero else "> 0"
-        raise ValueError(f"{owner}: {name} must be a finite number {allowed}, got {value!r}")
+    """``value`` as a float, if it is a real number ``> 0`` (``>= 0`` with ``zero``); a
+    ``TypeError`` for another type, a ``ValueError`` out of range."""
+    allowed = ">= 0" if zero else "> 0"
+    message = f"{owner}: {name} must be a finite number {allowed}, got {value!r}"
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise TypeError(message)
+    if not math.isfinite(value) or value < 0 or (value == 0 and not zero):
+        raise ValueError(message)
     return float(value)
 
 
@@ -226,12 +231,8 @@ class SumStates(Metric):
 
     def __init__(self, num_features: int | None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        if num_features is not None and (
-            isinstance(num_features, bool) or not isinstance(num_features, int) or num_features < 1
-        ):
-            raise ValueError(
-                f"{type(self).__name__}: num_features must be a positive int, got {num_features!r}"
-            )
+        if num_features is not None:
+            positive_int(num_features, f"{type(self).__name__}: num_features")
         self.num_features = num_features
 
     def _sums(self, **shapes: tuple[int, ...]) -> None:

@@ -7,7 +7,8 @@ same sums and finish with the same code (:mod:`spt_metrics._representation_stats
 Metric over several batches equals its function over their concatenation. Rows are
 l2-normalised where the paper says so (a zero row stays zero). Too few rows give ``nan`` (each
 function says how many it needs) rather than an error, so that a short or empty epoch never
-stops a run; a wrong shape or argument raises ``ValueError``.
+stops a run; a wrong shape or an argument out of range raises ``ValueError`` (``TypeError`` for
+an argument of the wrong type).
 """
 
 from __future__ import annotations

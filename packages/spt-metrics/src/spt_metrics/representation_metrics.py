@@ -9,8 +9,9 @@ rank that saw no rows adds zeros, which is why ``num_features`` is given up fron
 ``O(num_features^2)`` whatever the number of rows, except :class:`Uniformity`, which needs pairs
 and keeps a bounded buffer of rows. ``update`` never waits on the device; ``compute`` returns a
 0-dim float64 tensor, ``nan`` when too few rows were seen (as the functions do). Every class
-takes torchmetrics' ``Metric`` keyword arguments after its own, and raises ``ValueError`` for a
-bad argument or an ``update`` whose input is not ``(N, num_features)``.
+takes torchmetrics' ``Metric`` keyword arguments after its own; an argument of the wrong type
+raises ``TypeError``, one out of range or an ``update`` whose input is not ``(N, num_features)``
+raises ``ValueError``.
 
 The two-view Metrics (:class:`Alignment`, :class:`Uniformity`, :class:`LiDAR`) live in
 :mod:`spt_metrics.representation_view_metrics` and are re-exported here.

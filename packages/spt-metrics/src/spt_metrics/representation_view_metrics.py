@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from spt_core.checks import positive_int
 from spt_metrics._representation_stats import (
     SumStates,
     alignment_stats,
@@ -104,9 +105,7 @@ class Uniformity(SumStates):
         self, num_features: int, max_rows: int = 1024, t: float = 2.0, **kwargs: Any
     ) -> None:
         super().__init__(num_features, **kwargs)
-        if isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 2:
-            raise ValueError(f"Uniformity: max_rows must be an int >= 2, got {max_rows!r}")
-        self.max_rows = max_rows
+        self.max_rows = positive_int(max_rows, "Uniformity: max_rows", 2)
         self.t = check_positive(t, "t", type(self).__name__)
         for view in ("1", "2"):
             buffer = torch.zeros(1, max_rows, num_features)  # one ring buffer: this rank's
