@@ -32,11 +32,14 @@ def test_logged_accuracy_matches_offline_per_loader_and_a_reused_callback_logs_a
         assert sorted(last) == [
             "eval/knn_accuracy/dataloader_idx_0",
             "eval/knn_accuracy/dataloader_idx_1",
+            "eval/knn_bank_classes",  # once per epoch, whatever the loaders
+            "eval/knn_bank_rows",
         ]
+        assert (last["eval/knn_bank_rows"], last["eval/knn_bank_classes"]) == (40, 3)
         for idx in (0, 1):
             expected = offline_accuracy(observed, idx, weighting="exp", distance_metric="cosine")
             assert last[f"eval/knn_accuracy/dataloader_idx_{idx}"] == pytest.approx(expected)
-        values = list(last.values())
+        values = [last[f"eval/knn_accuracy/dataloader_idx_{idx}"] for idx in (0, 1)]
         assert values[0] != values[1]  # the loaders' metrics did not mix
     # The second Trainer kept the bank: it holds rows appended by both fits.
     assert result["second_queue_is_first"]

@@ -10,6 +10,10 @@ training hooks per epoch and "share" its ratio to the bare epoch (a direct measu
 noisy than the difference of two epoch times on a shared machine); the kNN validation cost
 per batch and its share of the validation epoch come from the same timings.
 
+"knn queue" takes turns too (the demo's kNN without its clean bank: the difference is one
+clean evaluation, reported against a bare training epoch); a kNN sweep (k = 10, 20, 50, 100
+from one search) is timed per `knn_predict` call against single k, in the same run.
+
     python tools/bench_overhead.py --out bench_results/overhead.json
 """
 
@@ -34,6 +38,7 @@ from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).parent))
 import demo
+from bench_knn import KNN_QUEUE, clean_cost, print_knn, queue_only_knn, sweep_cost
 
 import spt_all as spt
 
@@ -97,17 +102,21 @@ def time_hooks(callback: Callback, totals: dict[str, float], counts: dict[str, i
         setattr(callback, hook, wrapped)
 
 
-def configurations(out: Path) -> list[str]:
+def configurations(out: Path, clean: DataLoader) -> list[str]:
     """Bare, each of the demo's callbacks alone, the issue's list (kNN queue, probes,
-    LatentViz), all of them."""
-    return ["bare", *(callback_name(c) for c in demo.callbacks(out)), QUEUE_PROBES_MAP, "all"]
+    LatentViz), all of them, the demo's kNN without its clean bank."""
+    demos = [callback_name(c) for c in demo.callbacks(out, clean)]
+    return ["bare", *demos, QUEUE_PROBES_MAP, "all", KNN_QUEUE]
 
 
-def build(config: str, out: Path) -> list[Callback]:
-    """The demo's callbacks, built anew for every run, LatentViz at its default interval."""
-    every = demo.callbacks(out, latent_update_interval=None)
+def build(config: str, out: Path, clean: DataLoader) -> list[Callback]:
+    """The demo's callbacks (``clean``: the labelled training set for the clean variants),
+    built anew for every run, LatentViz at its default interval."""
+    every = demo.callbacks(out, clean, latent_update_interval=None)
     if config == "bare":
         return []
+    if config == KNN_QUEUE:
+        return [queue_only_knn(every)]
     if config == "all":
         return every
     if config == QUEUE_PROBES_MAP:
@@ -120,7 +129,7 @@ def run_once(config: str, out: Path, train, val) -> dict[str, Any]:
     times: dict[str, list[float]] = {}
     totals: dict[str, dict[str, float]] = {}
     counts: dict[str, dict[str, int]] = {}
-    callbacks = build(config, out)
+    callbacks = build(config, out, DataLoader(train, batch_size=256))
     for callback in callbacks:
         name = callback_name(callback)
         totals[name], counts[name] = defaultdict(float), defaultdict(int)
@@ -187,13 +196,14 @@ def main() -> None:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder)
-        configs = configurations(out)
+        configs = configurations(out, DataLoader(train, batch_size=256))
         runs: dict[str, list[dict]] = {c: [] for c in configs}
         for turn in range(args.repeats):
             order = configs[turn % len(configs) :] + configs[: turn % len(configs)]
             for config in order:
                 runs[config].append(run_once(config, out, train, val))
     result = summarize(runs, len(val), torch.get_num_threads())
+    result["knn_sweep"] = sweep_cost(10 * args.repeats)
     result["wall_s"] = round(time.perf_counter() - started, 1)
     print_table(result)
     if args.out:
@@ -240,6 +250,7 @@ def summarize(runs: dict[str, list[dict]], val_rows: int, threads: int) -> dict[
         "rows": rows,
         "knn_validation_ms_per_batch": knn_batch_ms,
         "knn_share_of_validation_epoch": round(knn_batch_ms * batches / knn["val_ms"], 3),
+        **clean_cost(rows, batches, bare_train),
     }
 
 
@@ -275,6 +286,7 @@ def print_table(result: dict[str, Any]) -> None:
         f"\nkNN validation: {result['knn_validation_ms_per_batch']:.2f} ms per batch, "
         f"{100 * result['knn_share_of_validation_epoch']:.1f}% of the validation epoch"
     )
+    print_knn(result)
 
 
 if __name__ == "__main__":

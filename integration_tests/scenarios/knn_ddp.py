@@ -7,6 +7,12 @@ values). Each rank trains on its own rows (rank r gets
 rows r, r + W, ...) and validates on its own, unevenly sized, slice of the validation rows
 (20 rows on rank 0, 17 on rank 1: batches of 8, 8, 4 and 8, 8, 1).
 
+Sweeps (#15.2): "sweep_gather" and "sweep_shard" evaluate k = 3, 5 and T = 0.5, 2 from one
+search each; "gather" (k=5, T=0.5), "k3_t0_5", "k3_t2" and "k5_t2" are the same pairs as
+separate gather-mode callbacks. Clean banks (#16): "clean_gather" and "clean_shard"
+(queue_length=0) score the validation rows against a clean loader of 30 rows (batches of 4:
+rank 0 embeds batches 0, 2, 4, 6, rank 1 the others).
+
 params: n, batch_size, queue_length, epochs, metric, weighting.
 """
 
@@ -57,12 +63,12 @@ class Keep(L.Callback):
     """Every validation batch's predictions of both callbacks, and the logged values."""
 
     def __init__(self):
-        self.preds = {"gather": [], "shared": [], "shard": []}
+        self.preds = {name: [] for name in PREDS}
         self.logged = []
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, idx=0):
-        for mode in self.preds:
-            self.preds[mode].append(batch[f"{mode}_preds"])
+        for name in self.preds:
+            self.preds[name].append(batch[f"{name}_preds"])
 
     def on_validation_epoch_end(self, trainer, pl_module):
         # What gather mode searched: every rank's rows, gathered by the reader (collective).
@@ -79,20 +85,36 @@ class Keep(L.Callback):
         self.logged.append({k: v.item() for k, v in logged.items() if k.startswith("eval/")})
 
 
-def knn(name, mode, prefix=""):
+def knn(name, mode, prefix="", k=5, temperature=0.5, **kwargs):
     return OnlineKNN(
         name,
         input=f"{prefix}embedding",
         target=f"{prefix}label",
-        queue_length=p["queue_length"],
+        queue_length=kwargs.pop("queue_length", p["queue_length"]),
         metrics={"accuracy": MulticlassAccuracy(3, average="micro")},
         num_classes=3,
-        k=5,
-        temperature=0.5,
+        k=k,
+        temperature=temperature,
         distance_metric=p["metric"],
         weighting=p["weighting"],
         distributed=mode,
+        **kwargs,
     )
+
+
+clean = DictDataset(*blobs(30, dim=4, classes=3))  # the same centres as the other rows
+clean.features += torch.randn(30, 4, generator=torch.Generator().manual_seed(4))
+sweeps = [
+    knn(f"sweep_{mode}", mode, k=(3, 5), temperature=(0.5, 2)) for mode in ("gather", "shard")
+]
+singles = [knn(f"k{k}_t{t}".replace(".", "_"), "gather", k=k, temperature=t)
+           for k, t in ((3, 0.5), (3, 2.0), (5, 2.0))]  # fmt: skip
+cleans = [
+    knn(f"clean_{mode}", mode, queue_length=0, clean_loader=DataLoader(clean, batch_size=4))
+    for mode in ("gather", "shard")
+]
+PREDS = ["gather", "shared", "shard", "sweep_gather", "sweep_shard", "clean_gather_clean",
+         "clean_shard_clean", *(c.name for c in singles)]  # fmt: skip
 
 
 indices = OnlineQueue("index", p["queue_length"])
@@ -105,6 +127,9 @@ fit = trainer(
         knn("gather", "gather"),
         knn("shared", "shard"),
         knn("shard", "shard", prefix="local_"),
+        *sweeps,
+        *singles,
+        *cleans,
         indices,
         keep,
     ],
@@ -126,5 +151,6 @@ save(
         "seen": torch.cat(model.seen),
         "embeddings": embeddings,
         "labels": validation.labels[list(val_rows[fit.global_rank])],
+        "clean": (model(clean.features).detach(), clean.labels),
     },
 )

@@ -9,7 +9,8 @@ Validation loaders are iterable datasets that yield whole batches, planned per r
 With ``loaders="sized"`` they are lists of batches instead (known lengths), and rank 1 runs
 one batch of 8 in loader 0 and there is no loader 2 (Lightning refuses empty sized loaders).
 
-Three OnlineKNNs ("gather", and "shard" and "shard2" in shard mode) share the queues; the
+Three OnlineKNNs ("gather", and "shard" and "shard2" in shard mode) share the queues
+("shard2" sweeps k = 3, 5 and T = 0.5, 1, and scores a clean bank too, 30 rows); the
 shard-mode ones score at the end of the epoch (the batch counts differ, or iterable loaders
 have no length), so only "gather" writes predictions into the batches. Each rank trains on
 its own rows (rank r gets rows r, r + W, ...). Each rank saves the predictions and logged
@@ -109,7 +110,13 @@ class Keep(L.Callback):
 MODES = ("gather", "shard", "shard2")
 
 
+clean = DictDataset(*blobs(30, dim=4, classes=3))  # the same centres as the other rows
+clean.features += torch.randn(30, 4, generator=torch.Generator().manual_seed(4))
+
+
 def knn(name):
+    # "shard2" sweeps k and T and adds a clean bank: deferred scoring of both banks.
+    sweep = {"k": (3, 5), "temperature": (0.5, 1.0)} if name == "shard2" else {}
     return OnlineKNN(
         name,
         input="embedding",
@@ -117,9 +124,9 @@ def knn(name):
         queue_length=p["queue_length"],
         metrics={"accuracy": MulticlassAccuracy(3, average="micro")},
         num_classes=3,
-        k=5,
-        temperature=0.5,
+        **{"k": 5, "temperature": 0.5, **sweep},
         distributed="gather" if name == "gather" else "shard",
+        clean_loader=DataLoader(clean, batch_size=4) if name == "shard2" else None,
     )
 
 
@@ -147,6 +154,7 @@ save(
         "bank_labels": keep.bank_labels,
         "embeddings": embeddings,
         "labels": {lo: [b["label"] for b in batches(lo, fit.global_rank)] for lo in SIZES},
-        "knn_holds_a_bank": [getattr(cb, "_epoch", None) is not None for cb in fit.callbacks],
+        "knn_holds_a_bank": [bool(getattr(cb, "_epochs", None)) for cb in fit.callbacks],
+        "clean": (model(clean.features).detach(), clean.labels),
     },
 )

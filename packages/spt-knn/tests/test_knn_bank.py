@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 
 import spt_knn.online_knn
 from spt_core import distributed
-from spt_distance import _plan
 from spt_core.testing import forbid_host_sync
+from spt_distance import _plan
 from spt_knn import KNNBank, OnlineKNN, RoundShape, knn_bank, knn_predict
 
 METRICS = ("euclidean", "squared_euclidean", "cosine", "manhattan")

@@ -10,8 +10,8 @@ import torchmetrics
 from torchmetrics.classification import MulticlassAccuracy
 
 from spt_core import callbacks_metrics
-from spt_distance import _plan
 from spt_core.testing import forbid_host_sync
+from spt_distance import _plan
 from spt_knn import OnlineKNN, knn_predict
 from spt_queue import find_queue
 
@@ -39,10 +39,14 @@ class Recorder(L.Callback):
         ({"distance_metric": "cos"}, ValueError, r"distance_metric must be one of \("),
         ({"weighting": "gaussian"}, ValueError, r"weighting must be one of \('inverse'"),
         ({"distributed": "ring"}, ValueError, r"distributed must be one of \('gather', 'shard'\)"),
-        ({"queue_length": 0}, ValueError, "queue_length must be a positive integer, got 0"),
+        ({"queue_length": -1}, ValueError, "queue_length must be a non-negative integer, got -1"),
         ({"input_dim": (4, 0)}, ValueError, r"input_dim must hold positive sizes, got \(4, 0\)"),
         ({"input_dim": 2.5}, TypeError, r"input_dim must be None, an int or a tuple/list"),
-        ({"queue_length": 8.0}, TypeError, "queue_length must be a positive integer, got 8.0"),
+        (
+            {"queue_length": 8.0},
+            TypeError,
+            "queue_length must be a non-negative integer, got 8.0",
+        ),
         ({"k": 2.0}, TypeError, "k must be a positive integer, got 2.0"),
         ({"num_classes": "3"}, TypeError, "num_classes must be a positive integer, got '3'"),
         ({"target": 3}, TypeError, "target must be a non-empty string"),
@@ -108,7 +112,7 @@ def test_empty_queue_skips_with_one_line_and_logs_nothing(tiny, messages, make_k
     knn = make_knn()
     trainer = tiny.trainer([knn])
     results = trainer.validate(tiny.model(), tiny.loader(*tiny.data(24, 4, 3)))
-    assert results == [{}]
+    assert results == [{"eval/knn_bank_rows": 0.0, "eval/knn_bank_classes": 0.0}]
     skipped = [m for m in messages if "holds no labelled rows yet" in m]
     assert len(skipped) == 1
 
@@ -369,7 +373,9 @@ def test_a_loader_with_non_finite_features_logs_nothing_that_epoch(tiny, message
     trainer = tiny.trainer([make_knn()])
     loaders = [tiny.loader(clean, clean_y), tiny.loader(broken, clean_y)]
     trainer.fit(tiny.model(), tiny.loader(features, labels), loaders)
-    assert list(trainer.callback_metrics) == ["eval/knn_accuracy/dataloader_idx_0"]
+    assert sorted(trainer.callback_metrics) == [
+        "eval/knn_accuracy/dataloader_idx_0", "eval/knn_bank_classes", "eval/knn_bank_rows"
+    ]  # fmt: skip
     (line,) = [m for m in messages if "non-finite" in m]
     assert "1 validation rows of 'embedding' (loader 1) had non-finite values" in line
 

@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
+
+from torch import Tensor
 
 from spt_distance import METRICS
+
+if TYPE_CHECKING:
+    from spt_knn.bank import KNNBank
+    from spt_knn.online_knn import OnlineKNN
 
 WEIGHTINGS = ("inverse", "exp", "uniform")
 """The neighbour weightings: ``1 / (d + T)``, ``exp(-d / T)`` and ``1``."""
@@ -13,8 +20,8 @@ DISTRIBUTED_MODES = ("gather", "shard")
 """How ``OnlineKNN`` searches a bank whose rows are spread over the ranks."""
 
 
-def check_positive_int(value: object, argument: str) -> int:
-    """``value`` if it is a positive int.
+def check_positive_int(value: object, argument: str, allow_zero: bool = False) -> int:
+    """``value`` if it is a positive int (or 0, with ``allow_zero``).
 
     Raises:
         TypeError: If it is not an int (a bool is not one).
@@ -26,11 +33,54 @@ def check_positive_int(value: object, argument: str) -> int:
         ...
         ValueError: k must be a positive integer, got 0
     """
+    allowed = "a non-negative integer" if allow_zero else "a positive integer"
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{argument} must be a positive integer, got {value!r}")
-    if value < 1:
-        raise ValueError(f"{argument} must be a positive integer, got {value!r}")
+        raise TypeError(f"{argument} must be {allowed}, got {value!r}")
+    if value < (0 if allow_zero else 1):
+        raise ValueError(f"{argument} must be {allowed}, got {value!r}")
     return value
+
+
+def check_keys(**keys: object) -> None:
+    """Raise unless every ``argument=key`` is a non-empty string.
+
+    Raises:
+        TypeError: If a key is not a string.
+        ValueError: If a key is empty.
+    """
+    for argument, key in keys.items():
+        if not isinstance(key, str):
+            raise TypeError(f"{argument} must be a non-empty string key, got {key!r}")
+        if not key:
+            raise ValueError(f"{argument} must be a non-empty string key, got {key!r}")
+
+
+def check_target_dim(target_dim: object) -> None:
+    """Raise unless ``target_dim`` is ``None`` or ``1`` (one class label per row).
+
+    Raises:
+        ValueError: For any other value.
+    """
+    if target_dim not in (None, 1) or isinstance(target_dim, bool):
+        raise ValueError(
+            f"target_dim must be None or 1 (one integer class label per row), got {target_dim!r}"
+        )
+
+
+def check_width(queries: Tensor, bank: KNNBank, knn: OnlineKNN, which: str) -> None:
+    """Raise if a batch's feature rows are not as wide as the bank's (``which``: ``""`` for
+    the queue's, ``"clean"``).
+
+    Raises:
+        ValueError: Naming the callback, the key and both widths.
+    """
+    width = bank.features.shape[1]
+    if queries.shape[1] != width and bank.features.shape[0]:
+        held = "the clean bank holds" if which else "the queue holds"
+        raise ValueError(
+            f"{knn.state_key}: '{knn.input}' has {queries.shape[1]} features per row, "
+            f"{held} rows of {width}"
+        )
 
 
 def check_knn_arguments(

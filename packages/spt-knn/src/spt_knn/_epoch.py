@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -12,6 +13,7 @@ from torch import Tensor
 from spt_core import distributed
 from spt_knn.bank import KNNBank
 from spt_knn.sharded import agree_on_rounds
+from spt_knn.sweep import Pair
 
 Loader = tuple[str, int]
 """A stage (``"val"``, ``"test"``) and a dataloader index."""
@@ -59,6 +61,21 @@ class EvalEpoch:
         """Keep a batch for the end of the epoch (deferred shard mode)."""
         self.kept.setdefault(loader, []).append((queries, targets))
 
+    def score_kept(
+        self, stage: str, loaders: int, device: torch.device, predict: Callable
+    ) -> Iterator[tuple[Loader, Tensor, dict[Pair, Tensor]]]:
+        """Deferred shard mode: score the kept rows of every loader of ``stage`` with
+        ``predict(queries, bank) -> {pair: scores}`` in collective rounds (every rank must
+        consume the whole iterator), yielding ``(loader, targets, scores)`` per kept batch."""
+        for idx in range(loaders):
+            rounds = self.deferred_rounds((stage, idx), device)
+            parts = [predict(part, rounds.bank) for part in rounds.parts]
+            if not rounds.batches:  # this rank sent no row
+                continue
+            joined = {pair: torch.cat([part[pair] for part in parts]) for pair in parts[0]}
+            for targets, scores in rounds.split_pairs(joined):
+                yield (stage, idx), targets, scores
+
     def deferred_rounds(self, loader: Loader, device: torch.device) -> DeferredRounds:
         """The kept rows of ``loader``, cut into the rounds every rank runs together (one
         small collective and one host sync; every rank calls it for every loader)."""
@@ -77,10 +94,15 @@ class DeferredRounds:
     parts: list[Tensor]
     batches: list[tuple[Tensor, Tensor]]
 
-    def split(self, scores: Tensor) -> list[tuple[Tensor, Tensor]]:
-        """``(scores, targets)`` of each kept batch, from the scores of every round."""
+    def split_pairs(self, scores: dict[Pair, Tensor]) -> list[tuple[Tensor, dict[Pair, Tensor]]]:
+        """``(targets, {pair: scores})`` of each kept batch, from every pair's scores of all
+        the rounds."""
         sizes = [len(q) for q, _ in self.batches]
-        return list(zip(scores.split(sizes), [t for _, t in self.batches], strict=True))
+        pieces = {pair: values.split(sizes) for pair, values in scores.items()}
+        return [
+            (targets, {pair: parts[i] for pair, parts in pieces.items()})
+            for i, (_, targets) in enumerate(self.batches)
+        ]
 
 
 def batch_counts(trainer: Trainer, stage: str) -> list[int | float]:

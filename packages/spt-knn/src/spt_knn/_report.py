@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import MutableMapping
 from typing import TYPE_CHECKING, Any
 
 from lightning.pytorch import LightningModule, Trainer
+from torch import Tensor
 from torchmetrics import Metric, MetricCollection
 
 from spt_core import named_metrics
@@ -33,37 +35,71 @@ def metric_dict(metrics: Any, owner: str) -> dict[str, Metric]:
     return named
 
 
-def describe_bank(knn: OnlineKNN, trainer: Trainer, bank: KNNBank) -> None:
-    """Say once per epoch what the bank left out, skipped, clipped or inferred."""
+def describe_bank(knn: OnlineKNN, trainer: Trainer, bank: KNNBank, which: str = "") -> None:
+    """Say once per epoch what the bank (``which``: ``""`` for the queue's, ``"clean"``) left
+    out, skipped, clipped or inferred."""
+    source = "the clean loader" if which else f"the queue of '{knn.input}'"
     if bank.non_finite:
+        rows = "rows of the clean loader" if which else f"queue rows of '{knn.input}'"
         knn.warn_once(
             trainer,
-            "non-finite-bank",
-            f"left out {bank.non_finite} queue rows of '{knn.input}' with non-finite values",
+            f"non-finite-bank{which}",
+            f"left out {bank.non_finite} {rows} with non-finite values",
         )
     if not bank.size:
         knn.info_once(
             trainer,
-            "empty",
-            f"the queue of '{knn.input}' holds no labelled rows yet (sanity check or first "
-            "epoch); kNN evaluation skipped this epoch",
+            f"empty{which}",
+            f"{source} holds no labelled rows; clean kNN evaluation skipped this epoch"
+            if which
+            else f"{source} holds no labelled rows yet (sanity check or first epoch); kNN "
+            "evaluation skipped this epoch",
         )
         return
-    if knn.k > bank.size:
+    clipped = [k for k in knn.sweep.ks if k > bank.size]
+    if clipped:
+        ks = clipped[0] if len(clipped) == 1 else tuple(clipped)
         knn.warn_once(
             trainer,
-            "k",
-            f"k={knn.k} exceeds the {bank.size} labelled rows of the queue; using k={bank.size}",
+            f"k{which}",
+            f"k={ks} exceeds the {bank.size} labelled rows of {source}; using k={bank.size}",
         )
     if knn.num_classes is None:
         knn.warn_once(
             trainer,
-            "num_classes",
+            f"num_classes{which}",
             f"num_classes=None: inferred {bank.num_classes} classes from the largest label in "
-            "the queue. Pass num_classes explicitly: inference undercounts while the queue has "
+            f"{source}. Pass num_classes explicitly: inference undercounts while the bank has "
             "not seen every class, and a metric built for more classes then fails on the "
             "narrower predictions.",
         )
+
+
+def write_preds(
+    knn: OnlineKNN, trainer: Trainer, batch: MutableMapping, which: str, scores: dict
+) -> None:
+    """Write a batch's scores at ``{name}_preds`` (``{name}_clean_preds`` for the clean
+    bank): a tensor, or ``{(k, T): scores}`` for a sweep."""
+    key = f"{knn.name}_{which}_preds" if which else f"{knn.name}_preds"
+    if key in batch:
+        knn.warn_once(
+            trainer,
+            f"preds-key{which}",
+            f"the batch already holds '{key}'; it is overwritten with this callback's "
+            "predictions (rename the batch entry or the callback to keep both)",
+        )
+    batch[key] = scores if knn.sweep.swept else scores[knn.sweep.pairs[0]]
+
+
+def say_deferred(knn: OnlineKNN, trainer: Trainer, uneven: list[list[int]]) -> None:
+    """Say once that shard mode scores the rows at the end of the epoch, and why."""
+    knn.info_once(
+        trainer,
+        "deferred",
+        "the ranks run different (or unknown) numbers of evaluation batches "
+        f"{uneven} (per rank, per loader; -1: unknown): shard mode scores the rows "
+        f"at the end of the epoch, and does not write batch['{knn.name}_preds']",
+    )
 
 
 def labels_of(knn: OnlineKNN, stage: str) -> str:
@@ -82,8 +118,9 @@ def log_epoch(
 ) -> None:
     """Check the epoch's labels and features, then compute, log and reset the metrics.
 
-    Every rank calls it together (one collective, one host sync). ``num_classes`` is
-    ``None`` when the epoch was skipped.
+    Every rank calls it together (one collective and one host sync, then one small
+    collective per board). ``num_classes`` (the smallest of the epoch's banks) is ``None``
+    when the epoch was skipped.
 
     Raises:
         ValueError: If a validation label is ``>= num_classes``.
@@ -103,7 +140,7 @@ def log_epoch(
                 f"values: their scores mean nothing, so eval/{knn.name}_* is not logged for "
                 "this loader this epoch",
             )
-    results = knn.metrics.compute_and_reset(stage, loaders, pl_module.device, skip=skip)
+    results = knn.metrics.compute_and_reset(knn.name, stage, loaders, pl_module.device, skip)
     for key, value in results.items():
         if value.numel() != 1:
             knn.warn_once(
@@ -114,6 +151,13 @@ def log_epoch(
             )
             continue
         # torchmetrics already reduced the value across ranks inside compute().
-        pl_module.log(
-            f"eval/{knn.name}_{key}", value.squeeze(), sync_dist=False, add_dataloader_idx=False
-        )
+        pl_module.log(key, value.squeeze(), sync_dist=False, add_dataloader_idx=False)
+
+
+def log_banks(pl_module: LightningModule, name: str, report: dict[str, tuple[int, Tensor]]) -> None:
+    """Log ``eval/{name}_{bank_}bank_rows`` and ``..._bank_classes`` of each bank read this
+    epoch (values already over every rank: each rank logs the same)."""
+    for which, (rows, classes) in report.items():
+        prefix = f"eval/{name}_{which}_" if which else f"eval/{name}_"
+        for what, value in (("bank_rows", float(rows)), ("bank_classes", classes.float())):
+            pl_module.log(prefix + what, value, sync_dist=False, add_dataloader_idx=False)

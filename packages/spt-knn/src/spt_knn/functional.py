@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
 from spt_knn._checks import WEIGHTINGS, check_knn_arguments, check_positive_int
 from spt_knn.bank import KNNBank, knn_bank
+from spt_knn.sweep import Pair, parse_sweep
 
 
 def knn_predict(
@@ -16,12 +18,12 @@ def knn_predict(
     bank: Tensor | KNNBank,
     bank_labels: Tensor | None = None,
     num_classes: int | None = None,
-    k: int = 5,
-    temperature: float = 0.07,
+    k: int | Sequence[int] = 5,
+    temperature: float | Sequence[float] = 0.07,
     distance_metric: str = "euclidean",
     weighting: str = "inverse",
     chunk_size: int | None = -1,
-) -> Tensor:
+) -> Tensor | dict[Pair, Tensor]:
     """Class scores of ``queries`` from a weighted vote of their k nearest labelled bank rows.
 
     Neighbours come from :func:`spt_knn.knn_neighbours` (which streams over chunks of the
@@ -35,14 +37,20 @@ def knn_predict(
     count), for scoring many batches against one bank without any host sync: what
     :class:`~spt_knn.OnlineKNN` does on every evaluation batch.
 
+    A sweep, ``k`` and/or ``temperature`` given as a tuple or list, scores every pair
+    ``(k, T)`` from one search at the largest ``k``: a smaller ``k`` votes with the first
+    ``k`` of the distance-sorted neighbours, so each pair's scores equal those of a separate
+    call with that ``k`` and ``T``, at the cost of one search and a few cheap votes.
+
     Args:
         queries: ``(B, D)`` features; any float dtype (bf16/fp16 accumulate in float32).
         bank: ``(N, D)`` features, or a :class:`KNNBank`.
         bank_labels: ``(N,)`` integer labels of the bank rows, ``< num_classes`` (a bank tensor
             only).
         num_classes: Number of classes, the width of the result (a bank tensor only).
-        k: Number of neighbours (``> 0``).
-        temperature: Temperature of the ``"inverse"`` and ``"exp"`` weights (``> 0``).
+        k: Number of neighbours (``> 0``), or a tuple/list of distinct ones (a sweep).
+        temperature: Temperature of the ``"inverse"`` and ``"exp"`` weights (``> 0``), or a
+            tuple/list of distinct ones (a sweep).
         distance_metric: One of ``spt_distance.METRICS``.
         weighting: ``"inverse"`` (``1 / (d + T)``), ``"exp"`` (``exp(-d / T)``) or
             ``"uniform"``.
@@ -50,10 +58,12 @@ def knn_predict(
 
     Returns:
         ``(B, num_classes)`` float32 scores summing to 1 per row; uniform rows when the bank
-        holds no labelled row.
+        holds no labelled row. For a sweep, ``{(k, T): scores}`` for every pair, ``k``-major
+        in the order given (``T`` as a float).
 
     Raises:
-        ValueError: On invalid arguments, mismatched shapes, or a bank label
+        ValueError: On invalid arguments (an empty or repeating sweep included), mismatched
+            shapes, or a bank label
             ``>= num_classes`` (the message names the label and the ``num_classes`` to set).
         TypeError: If ``bank_labels`` is not an integer tensor, or the labels and class count
             are missing for a bank tensor (or given with a :class:`KNNBank`).
@@ -67,10 +77,15 @@ def knn_predict(
         >>> prepared = knn_bank(bank, labels, num_classes=2)
         >>> torch.equal(knn_predict(torch.tensor([[0.0, 0.5], [5.0, 5.5]]), prepared, k=2), scores)
         True
+        >>> query = torch.tensor([[0.0, 0.5]])
+        >>> sweep = knn_predict(query, prepared, k=(1, 2), temperature=(0.1, 1))
+        >>> list(sweep)
+        [(1, 0.1), (1, 1.0), (2, 0.1), (2, 1.0)]
     """
+    sweep = parse_sweep(k, temperature)
     check_knn_arguments(
-        k=k,
-        temperature=temperature,
+        k=sweep.largest_k,
+        temperature=sweep.temperatures[0],
         distance_metric=distance_metric,
         weighting=weighting,
         chunk_size=chunk_size,
@@ -93,8 +108,12 @@ def knn_predict(
         )
     if bank.num_classes < 1:
         raise ValueError("knn_predict: the bank holds no label to infer num_classes from")
-    distances, labels = bank.neighbours(queries, k, distance_metric, chunk_size)
-    return weighted_vote(distances, labels, bank.num_classes, temperature, weighting)
+    distances, labels = bank.neighbours(queries, sweep.largest_k, distance_metric, chunk_size)
+    scores = {
+        (k, t): weighted_vote(distances[:, :k], labels[:, :k], bank.num_classes, t, weighting)
+        for k, t in sweep.pairs
+    }
+    return scores if sweep.swept else scores[sweep.pairs[0]]
 
 
 def weighted_vote(
