@@ -1,10 +1,10 @@
 """The root README's "Logged names" table against what a real CSVLogger receives.
 
-Each callback runs alone on a short ``Trainer.fit`` (two epochs), then ``validate`` and
-``test`` on the same Trainer. The names the CSV file holds must be exactly the names of the
-callback's row, with ``{n}`` the callback's name and ``{metric}`` its metric's name: the
-training column's names appear during ``fit``, and ``validate`` / ``test`` log only names of
-the validation / test column.
+Each row's callback, built as its first cell says (``OnlineKNN(name=n, k=(5, 10))``), runs
+alone on a short ``Trainer.fit`` (two epochs), then ``validate`` and ``test`` on the same
+Trainer. The names the CSV file holds must be exactly the names of the row, with ``{n}`` the
+callback's name and ``{metric}`` its metric's name: the training column's names appear during
+``fit``, and ``validate`` / ``test`` log only names of the validation / test column.
 """
 
 from __future__ import annotations
@@ -34,15 +34,15 @@ IN_DIM, EMBED_DIM, CLASSES = 4, 8, 3
 
 
 def logged_names_table(text: str) -> dict[str, tuple[set[str], set[str]]]:
-    """The "Logged names" table: callback class -> (training names, validation/test names),
-    placeholders filled with :data:`NAME` and :data:`METRIC`."""
+    """The "Logged names" table: the row's callback (its first cell's code) -> (training names,
+    validation/test names), placeholders filled with :data:`NAME` and :data:`METRIC`."""
     section = text.split("## Logged names", 1)[1].split("\n## ", 1)[0]
     rows = {}
     for line in section.splitlines():
         cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
         if len(cells) != 3 or not cells[0].startswith("`"):
             continue
-        callback = re.match(r"`(\w+)", cells[0]).group(1)
+        callback = re.match(r"`([^`]+)`", cells[0]).group(1)
         rows[callback] = (names_in(cells[1]), names_in(cells[2]))
     return rows
 
@@ -57,24 +57,40 @@ def accuracy() -> MulticlassAccuracy:
     return MulticlassAccuracy(CLASSES, validate_args=False)
 
 
-CALLBACKS: dict[str, Callable[[Path], L.Callback]] = {
-    "OnlineKNN": lambda tmp: OnlineKNN(
+def knn(clean: bool = False, **options) -> Callable[[Path, object], L.Callback]:
+    """An OnlineKNN factory; with ``clean`` it also scores against the labelled loader."""
+    return lambda tmp, labelled: OnlineKNN(
         NAME,
         input="embedding",
         target="label",
         queue_length=64,
         metrics={METRIC: accuracy()},
         num_classes=CLASSES,
-        k=5,
-    ),
-    "OnlineProbe": lambda tmp: OnlineProbe(
+        **{"k": 5, **options, **({"clean_loader": labelled} if clean else {})},
+    )
+
+
+def probe(clean: bool = False, **options) -> Callable[[Path, object], L.Callback]:
+    """An OnlineProbe factory; with ``clean`` it also trains a clean probe (two passes)."""
+    return lambda tmp, labelled: OnlineProbe(
         name=NAME,
         input="embedding",
         target="label",
         probe=nn.Linear(EMBED_DIM, CLASSES),
         metrics={METRIC: accuracy()},
-    ),
-    "LatentViz": lambda tmp: LatentViz(
+        **options,
+        **({"clean_loader": labelled, "clean_epochs": 2} if clean else {}),
+    )
+
+
+CALLBACKS: dict[str, Callable[[Path, object], L.Callback]] = {
+    "OnlineKNN(name=n)": knn(),
+    "OnlineKNN(name=n, k=(5, 10))": knn(k=(5, 10)),
+    "OnlineKNN(name=n, k=5, temperature=(0.07, 0.1))": knn(temperature=(0.07, 0.1)),
+    "OnlineKNN(name=n, clean_loader=labelled)": knn(clean=True),
+    "OnlineProbe(name=n)": probe(),
+    "OnlineProbe(name=n, clean_loader=labelled)": probe(clean=True),
+    "LatentViz(name=n)": lambda tmp, labelled: LatentViz(
         NAME,
         "embedding",
         "label",
@@ -86,7 +102,7 @@ CALLBACKS: dict[str, Callable[[Path], L.Callback]] = {
         save_dir=tmp / "maps",
     ),
     # The encoder's 8 embedding columns stand for logits: the metric only needs (preds, target).
-    "MetricsCallback": lambda tmp: MetricsCallback(
+    "MetricsCallback": lambda tmp, labelled: MetricsCallback(
         {METRIC: MulticlassAccuracy(EMBED_DIM, validate_args=False)},
         needs={"preds": "embedding", "target": "label"},
         on_test_end=True,
@@ -105,12 +121,16 @@ def names_of(rows: list[dict[str, str]]) -> set[str]:
     return {key for row in rows for key, value in row.items() if value != ""} - {"epoch", "step"}
 
 
-def logged_per_stage(callback: L.Callback, tmp_path: Path) -> dict[str, set[str]]:
+def logged_per_stage(
+    make: Callable[[Path, object], L.Callback], tmp_path: Path
+) -> dict[str, set[str]]:
     """The names the CSVLogger received in ``fit``, ``validate`` and ``test``."""
     L.seed_everything(0, verbose=False)
     features, labels = blobs(96, IN_DIM, CLASSES)
     train = loader(DictDataset(features[:64], labels[:64]), 8, shuffle=True)
     held_out = loader(DictDataset(features[64:], labels[64:]), 8)
+    labelled = loader(DictDataset(features[:64], labels[:64]), 16)
+    callback = make(tmp_path, labelled)
     trainer = L.Trainer(
         accelerator="cpu",
         devices=1,
@@ -144,7 +164,7 @@ def test_the_table_has_a_row_for_every_callback():
 @pytest.mark.parametrize("callback", sorted(CALLBACKS))
 def test_logged_names_match_the_readme_table(callback, tmp_path):
     training, evaluation = logged_names_table(README.read_text())[callback]
-    logged = logged_per_stage(CALLBACKS[callback](tmp_path), tmp_path)
+    logged = logged_per_stage(CALLBACKS[callback], tmp_path)
     everything = logged["fit"] | logged["validate"] | logged["test"]
     assert everything == training | evaluation, (
         f"{callback}: logged but not in the README: {sorted(everything - training - evaluation)}"
