@@ -344,8 +344,12 @@ def test_demo_table_shows_the_map_score_only_where_it_was_measured(monkeypatch, 
     printed = io.StringIO()
     with redirect_stdout(printed):
         demo.report(history, tmp_path, 1.0)
-    rows = [line.split() for line in printed.getvalue().splitlines() if line[:5].strip().isdigit()]
+    accuracy = printed.getvalue().strip().split("\n\n")[0].splitlines()
+    assert accuracy[0].split()[:3] == ["epoch", "kNN", "kNN"]
+    rows = [line.split() for line in accuracy[1:]]
     assert [row[0] for row in rows] == ["0", "1", "2"]
     assert [row[1] for row in rows] == ["0.500", "0.600", "0.700"]
-    assert [len(row) for row in rows] == [8, 7, 7]  # the map score in epoch 0 only
-    assert rows[0][7] == "0.900"
+    # Nothing else was logged: blank cells, and the map score at its column in epoch 0 only.
+    assert [len(row) for row in rows] == [3, 2, 2]
+    map_column = 5 + 9 * [title for title, _ in demo.History.ACCURACY].index("map")
+    assert accuracy[1][map_column : map_column + 9].strip() == "0.900"

@@ -2,10 +2,13 @@
 
 A small SimCLR convnet learns from two augmented views (shifts, noise, masking) of 8x8
 digits placed at random positions of a 12x12 canvas. While it trains, spt measures its
-representation: a kNN classifier over a queue of recent training embeddings, a linear and
-an MLP probe trained on detached embeddings, a live 2D map of the latent space, and
-label-free measures: RankMe of the validation embeddings and the alignment/uniformity of the
-two training views.
+representation: a kNN classifier over a queue of recent training embeddings and one over the
+clean (unaugmented, eval-mode) embeddings of the labelled training set, an online linear and
+MLP probe trained on detached embeddings and a linear probe trained on the clean embeddings
+each epoch, a live 2D map of the latent space, and label-free measures: RankMe, effective
+rank, the dimensions carrying 99% of the energy, the per-dimension spread and mean cosine
+similarity of the validation embeddings, and the alignment, uniformity and LiDAR of the two
+training views.
 
     hatch run demo                      # about 30 s of training on 2 CPU cores
     hatch run demo --epochs 5 --out runs/quick
@@ -123,13 +126,29 @@ class SimCLR(L.LightningModule):
         return torch.optim.AdamW(self.parameters(), lr=self.lr)
 
 
-def callbacks(out: Path, latent_update_interval: int | None = 2) -> list[Callback]:
-    """Every spt callback, reading the entries `SimCLR` returns; LatentViz takes a step every
-    `latent_update_interval` batches (`None`: its default)."""
+def callbacks(
+    out: Path, clean: DataLoader, latent_update_interval: int | None = None
+) -> list[Callback]:
+    """Every spt callback, reading the entries `SimCLR` returns. `clean` is the labelled
+    training set without augmentation: the kNN bank and the periodic linear evaluation of the
+    clean variants. LatentViz takes a step every `latent_update_interval` batches (`None`: its
+    default)."""
     latent_schedule = (
         {} if latent_update_interval is None else {"update_interval": latent_update_interval}
     )
     accuracy = {"accuracy": MulticlassAccuracy(num_classes=10)}
+    views = {
+        "alignment": spt.metrics.Alignment(),
+        "uniformity": spt.metrics.Uniformity(num_features=64),
+        "lidar": spt.metrics.LiDAR(num_features=64),
+    }
+    clean_embeddings = {
+        "rankme": spt.metrics.RankMe(num_features=EMBEDDING),
+        "effective_rank": spt.metrics.EffectiveRank(num_features=EMBEDDING),
+        "dims99": spt.metrics.DimsForEnergy(num_features=EMBEDDING, energy=0.99),
+        "std": spt.metrics.EmbeddingStd(num_features=EMBEDDING),
+        "cosine": spt.metrics.MeanCosineSimilarity(num_features=EMBEDDING),
+    }
     return [
         spt.OnlineKNN(
             name="knn",
@@ -141,6 +160,7 @@ def callbacks(out: Path, latent_update_interval: int | None = 2) -> list[Callbac
             k=20,
             distance_metric="cosine",
             weighting="exp",
+            clean_loader=clean,  # also logs eval/knn_clean_accuracy
         ),
         spt.OnlineProbe(
             name="linear",
@@ -149,6 +169,8 @@ def callbacks(out: Path, latent_update_interval: int | None = 2) -> list[Callbac
             probe=nn.Sequential(nn.BatchNorm1d(EMBEDDING, affine=False), nn.Linear(EMBEDDING, 10)),
             optimizer={"type": "AdamW", "lr": 1e-2},
             metrics=accuracy,
+            clean_loader=clean,  # also logs eval/linear_clean_accuracy
+            clean_optimizer={"type": "AdamW", "lr": 1e-2},
         ),
         spt.OnlineProbe(
             name="mlp",
@@ -171,23 +193,20 @@ def callbacks(out: Path, latent_update_interval: int | None = 2) -> list[Callbac
             save_dir=str(out / "latent_map"),
         ),
         spt.MetricsCallback(  # exact, once per epoch: the views exist in training steps only
-            {
-                "alignment": spt.metrics.Alignment(),
-                "uniformity": spt.metrics.Uniformity(num_features=64),
-            },
-            needs={"alignment": ["z1", "z2"], "uniformity": ["z1", "z2"]},
+            views,
+            needs={name: ["z1", "z2"] for name in views},
             every_n_train_steps=None,
             every_n_train_epochs=1,
             every_n_val_epochs=None,
             name="views",
         ),
-        spt.MetricsCallback(  # the rank of the clean validation embeddings
-            {"rankme": spt.metrics.RankMe(num_features=EMBEDDING)},
-            needs={"rankme": ["embedding"]},
+        spt.MetricsCallback(  # the spectrum and spread of the clean validation embeddings
+            clean_embeddings,
+            needs={name: ["embedding"] for name in clean_embeddings},
             every_n_train_steps=None,
             every_n_train_epochs=None,
             every_n_val_epochs=1,
-            name="rank",
+            name="spectrum",
         ),
     ]
 
@@ -199,13 +218,24 @@ class History(Logger):
     would repeat the last map trustworthiness on the epochs where none was measured).
     """
 
-    KEYS = (
-        "eval/knn_accuracy",
-        "eval/linear_accuracy",
-        "eval/mlp_accuracy",
-        "rankme/val",
-        "alignment/train",
-        "uniformity/train",
+    #: The two tables the demo prints: (column title, logged name).
+    ACCURACY = (
+        ("kNN", "eval/knn_accuracy"),
+        ("kNN cl.", "eval/knn_clean_accuracy"),
+        ("linear", "eval/linear_accuracy"),
+        ("lin. cl.", "eval/linear_clean_accuracy"),
+        ("MLP", "eval/mlp_accuracy"),
+        ("map", "eval/latent_trustworthiness"),
+    )
+    LABEL_FREE = (
+        ("RankMe", "rankme/val"),
+        ("eff.rank", "effective_rank/val"),
+        ("dims99", "dims99/val"),
+        ("std", "std/val"),
+        ("cosine", "cosine/val"),
+        ("align", "alignment/train"),
+        ("unif", "uniformity/train"),
+        ("LiDAR", "lidar/train"),
     )
 
     def __init__(self) -> None:
@@ -229,17 +259,23 @@ class History(Logger):
             self.epochs.setdefault(int(metrics["epoch"]), {}).update(values)
 
 
-def report(history: History, out: Path, seconds: float) -> None:
-    """Print one row per validated epoch: the accuracies, the label-free measures and, where
-    the map was scored that epoch, its trustworthiness."""
-    names = ("kNN", "linear", "MLP", "RankMe", "align", "unif")
-    print(f"\n{'epoch':>5}  " + "  ".join(f"{n:>6}" for n in names) + f"  {'map trust.':>10}")
+def table(history: History, columns: tuple[tuple[str, str], ...]) -> list[str]:
+    """One line per validated epoch; a value not logged that epoch is left blank (the map is
+    scored only where it is drawn)."""
+    lines = [f"{'epoch':>5}" + "".join(f"{title:>9}" for title, _ in columns)]
     for epoch, row in sorted(history.epochs.items()):
-        if not any(k.startswith("eval/") for k in row):
+        if not any(key.startswith("eval/") for key in row):
             continue  # an epoch without validation
-        values = "  ".join(f"{row.get(k, float('nan')):6.3f}" for k in History.KEYS)
-        trust = row.get("eval/latent_trustworthiness")
-        print(f"{epoch:>5}  {values}  {'' if trust is None else f'{trust:10.3f}'}".rstrip())
+        cells = (f"{row[key]:9.3f}" if key in row else " " * 9 for _, key in columns)
+        lines.append((f"{epoch:>5}" + "".join(cells)).rstrip())
+    return lines
+
+
+def report(history: History, out: Path, seconds: float) -> None:
+    """Print the accuracies (training queue and clean variants, probes, map trustworthiness)
+    and the label-free measures, one row per validated epoch."""
+    print("\n" + "\n".join(table(history, History.ACCURACY)))
+    print("\n" + "\n".join(table(history, History.LABEL_FREE)))
     print(
         f"\n{seconds:.0f} s. Outputs in {out}/: logs/ (CSV, TensorBoard), latent_map/, checkpoints/"
     )
@@ -254,6 +290,7 @@ def main() -> None:
     args = parser.parse_args()
     L.seed_everything(args.seed, verbose=False)
     train, val = digits(args.seed)
+    clean = DataLoader(train, batch_size=256)  # the labelled training set, no augmentation
     history = History()
     loggers = [CSVLogger(args.out, name="logs")]
     with contextlib.suppress(ModuleNotFoundError):
@@ -265,7 +302,7 @@ def main() -> None:
         devices=args.devices,
         strategy="ddp" if args.devices > 1 else "auto",
         logger=loggers,
-        callbacks=[*callbacks(args.out), ModelCheckpoint(args.out / "checkpoints")],
+        callbacks=[*callbacks(args.out, clean), ModelCheckpoint(args.out / "checkpoints")],
         log_every_n_steps=5,
         enable_model_summary=False,
     )
