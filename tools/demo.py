@@ -2,13 +2,13 @@
 
 A small SimCLR convnet learns from two augmented views (shifts, noise, masking) of 8x8
 digits placed at random positions of a 12x12 canvas. While it trains, spt measures its
-representation: a kNN classifier over a queue of recent training embeddings and one over the
-clean (unaugmented, eval-mode) embeddings of the labelled training set, an online linear and
-MLP probe trained on detached embeddings and a linear probe trained on the clean embeddings
-each epoch, a live 2D map of the latent space, and label-free measures: RankMe, effective
-rank, the dimensions carrying 99% of the energy, the per-dimension spread and mean cosine
-similarity of the validation embeddings, and the alignment, uniformity and LiDAR of the two
-training views.
+representation: a kNN classifier over a queue of recent (augmented) training embeddings and
+one over the clean (unaugmented, eval-mode) embeddings of the labelled training set, an
+online linear and MLP probe trained on detached embeddings and a linear probe trained on the
+clean embeddings each epoch, a live 2D map of the latent space, and label-free measures:
+RankMe, effective rank, the dimensions carrying 99% of the energy, the per-dimension spread
+and mean cosine similarity of the validation embeddings, and the alignment, uniformity and
+LiDAR of the two training views.
 
     hatch run demo                      # about 30 s of training on 2 CPU cores
     hatch run demo --epochs 5 --out runs/quick
@@ -21,13 +21,13 @@ import argparse
 import contextlib
 import time
 from pathlib import Path
-from typing import Any
 
 import lightning as L
 import torch
 import torch.nn.functional as F
+from demo_report import History, report
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from sklearn.datasets import load_digits
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
@@ -112,11 +112,12 @@ class SimCLR(L.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> dict:
         images = batch["image"]
         n = len(images)
-        features = self.backbone(torch.cat([images, augment(images), augment(images)]))
-        z1, z2 = self.projector(features[n:]).split(n)
+        features = self.backbone(torch.cat([augment(images), augment(images)]))
+        z1, z2 = self.projector(features).split(n)
         loss = nt_xent(z1, z2)
         self.log("train/loss", loss, prog_bar=True)
-        # spt reads these entries: the embedding of the clean images and the two views.
+        # spt reads these entries: the embedding of the first augmented view (what the online
+        # kNN queue, the online probes and the map see) and the two projected views.
         return {"loss": loss, "embedding": features[:n], "z1": z1, "z2": z2}
 
     def validation_step(self, batch: dict, batch_idx: int) -> dict:
@@ -209,76 +210,6 @@ def callbacks(
             name="spectrum",
         ),
     ]
-
-
-class History(Logger):
-    """A logger that keeps, by epoch, the validation values it receives, for the final table.
-
-    Only what was logged in an epoch is kept for that epoch (``trainer.callback_metrics``
-    would repeat the last map trustworthiness on the epochs where none was measured).
-    """
-
-    #: The two tables the demo prints: (column title, logged name).
-    ACCURACY = (
-        ("kNN", "eval/knn_accuracy"),
-        ("kNN cl.", "eval/knn_clean_accuracy"),
-        ("linear", "eval/linear_accuracy"),
-        ("lin. cl.", "eval/linear_clean_accuracy"),
-        ("MLP", "eval/mlp_accuracy"),
-        ("map", "eval/latent_trustworthiness"),
-    )
-    LABEL_FREE = (
-        ("RankMe", "rankme/val"),
-        ("eff.rank", "effective_rank/val"),
-        ("dims99", "dims99/val"),
-        ("std", "std/val"),
-        ("cosine", "cosine/val"),
-        ("align", "alignment/train"),
-        ("unif", "uniformity/train"),
-        ("LiDAR", "lidar/train"),
-    )
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.epochs: dict[int, dict[str, float]] = {}
-
-    @property
-    def name(self) -> str:
-        return "history"
-
-    @property
-    def version(self) -> int:
-        return 0
-
-    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
-        """The table shows no hyperparameters: nothing to keep."""
-
-    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        values = {key: float(value) for key, value in metrics.items() if key != "epoch"}
-        if values and "epoch" in metrics:
-            self.epochs.setdefault(int(metrics["epoch"]), {}).update(values)
-
-
-def table(history: History, columns: tuple[tuple[str, str], ...]) -> list[str]:
-    """One line per validated epoch; a value not logged that epoch is left blank (the map is
-    scored only where it is drawn)."""
-    lines = [f"{'epoch':>5}" + "".join(f"{title:>9}" for title, _ in columns)]
-    for epoch, row in sorted(history.epochs.items()):
-        if not any(key.startswith("eval/") for key in row):
-            continue  # an epoch without validation
-        cells = (f"{row[key]:9.3f}" if key in row else " " * 9 for _, key in columns)
-        lines.append((f"{epoch:>5}" + "".join(cells)).rstrip())
-    return lines
-
-
-def report(history: History, out: Path, seconds: float) -> None:
-    """Print the accuracies (training queue and clean variants, probes, map trustworthiness)
-    and the label-free measures, one row per validated epoch."""
-    print("\n" + "\n".join(table(history, History.ACCURACY)))
-    print("\n" + "\n".join(table(history, History.LABEL_FREE)))
-    print(
-        f"\n{seconds:.0f} s. Outputs in {out}/: logs/ (CSV, TensorBoard), latent_map/, checkpoints/"
-    )
 
 
 def main() -> None:
