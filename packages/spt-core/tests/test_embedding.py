@@ -10,7 +10,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from lightning.pytorch.callbacks import Callback
 from torch import nn
-from torch.utils.data import DataLoader, IterableDataset
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    DistributedSampler,
+    IterableDataset,
+    SequentialSampler,
+    SubsetRandomSampler,
+    WeightedRandomSampler,
+)
+from torchmetrics.classification import MulticlassAccuracy
 
 from spt_core import distributed, embed_loader
 from spt_core.testing import Backbone, DictDataset, RecordingLogger, quiet_trainer
@@ -155,12 +164,13 @@ def test_ranks_embed_disjoint_complete_shares(rows, batch_size, world, kind):
             mock.patch.object(distributed, "world_size", return_value=world),
             mock.patch.object(distributed, "rank", return_value=rank),
         ):
-            features, labels = embed_loader(
-                module, loader, input="embedding", target="label", owner="d"
+            features, labels, index = embed_loader(
+                module, loader, input="embedding", target="label", owner="d", with_index=True
             )
         assert torch.equal(features.reshape(-1).long(), labels)
         expected = [i for i in range(rows) if (i // batch_size) % world == rank]
         assert labels.tolist() == expected  # rank r embeds batches r, r + W, ...
+        assert torch.equal(index, labels)  # each row's position in the loader
         shares.extend(labels.tolist())
     assert sorted(shares) == list(range(rows))
 
@@ -209,3 +219,181 @@ def test_log_calls_inside_validation_step_are_dropped_in_a_trainer():
     assert len(callback.embedded) == 2
     for features, labels in callback.embedded:
         assert torch.equal(features, labelled(10).columns["x"]) and labels.shape == (10,)
+
+
+def sampled(data: DictDataset, kind: str) -> DataLoader:
+    """A loader over ``data`` whose sampler is ``kind``."""
+    if kind == "SubsetRandomSampler":
+        return DataLoader(data, batch_size=2, sampler=SubsetRandomSampler(range(len(data))))
+    if kind == "WeightedRandomSampler":
+        return DataLoader(data, batch_size=2, sampler=WeightedRandomSampler([1.0] * len(data), 4))
+    shuffle = kind == "DistributedSampler(shuffle=True)"
+    sharded = DistributedSampler(data, num_replicas=2, rank=0, shuffle=shuffle)
+    if kind == "BatchSampler(DistributedSampler)":
+        return DataLoader(data, batch_sampler=BatchSampler(sharded, 2, drop_last=False))
+    return DataLoader(data, batch_size=2, sampler=sharded)
+
+
+@pytest.mark.parametrize(
+    ("kind", "named"),
+    [
+        ("SubsetRandomSampler", "SubsetRandomSampler"),
+        ("WeightedRandomSampler", "WeightedRandomSampler"),
+        ("DistributedSampler(shuffle=False)", "DistributedSampler"),
+        ("DistributedSampler(shuffle=True)", "DistributedSampler"),
+        ("BatchSampler(DistributedSampler)", "DistributedSampler"),
+    ],
+)
+def test_random_or_sharding_samplers_are_refused_under_ddp(kind, named):
+    with (
+        mock.patch.object(distributed, "world_size", return_value=2),
+        mock.patch.object(distributed, "rank", return_value=0),
+        pytest.raises(ValueError, match=rf"Demo\[name=d\].*a {named},.*shuffle=False.*padding"),
+    ):
+        embed_loader(
+            Backbone(), sampled(labelled(5), kind),
+            input="embedding", target="label", owner="Demo[name=d]",
+        )  # fmt: skip
+
+
+def test_batch_sampler_over_a_sequential_sampler_is_split_under_ddp():
+    data = DictDataset(x=torch.randn(7, 2), label=torch.arange(7))
+    loader = DataLoader(data, batch_sampler=BatchSampler(SequentialSampler(data), 2, False))
+    for rank, expected in [(0, [0, 1, 4, 5]), (1, [2, 3, 6])]:
+        with (
+            mock.patch.object(distributed, "world_size", return_value=2),
+            mock.patch.object(distributed, "rank", return_value=rank),
+        ):
+            features, labels, index = embed_loader(
+                Backbone(), loader, input="x", target="label", owner="d", with_index=True
+            )
+        assert labels.tolist() == expected == index.tolist()
+        assert torch.equal(features, data.columns["x"][expected])
+
+
+def test_index_of_an_empty_share_is_empty():
+    _, _, index = embed_loader(
+        Backbone(), [], input="embedding", target="label", owner="d", with_index=True
+    )
+    assert index.shape == (0,) and index.dtype == torch.long
+
+
+def scored(batch: dict, module: Backbone) -> dict:
+    """Updates (or calls) the module's accuracy on validation batches, as users do."""
+    if not module.trainer.training:
+        preds, target = batch["x"].argmax(dim=1), batch["label"]
+        if module.by_update:
+            module.accuracy.update(preds, target)
+        else:
+            module.accuracy(preds, target)  # forward: updates and computes the batch's value
+        module.log("val_acc", module.accuracy, on_epoch=True, on_step=False)
+    return {"embedding": batch["x"], "label": batch["label"]}
+
+
+class EmbedAfterFirstBatch(Callback):
+    """Embeds a clean loader in the middle of each validation epoch."""
+
+    def __init__(self, loader: DataLoader) -> None:
+        self.loader = loader
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if batch_idx == 0:
+            embed_loader(pl_module, self.loader, input="embedding", target="label", owner="e")
+
+
+@pytest.mark.parametrize("by_update", [True, False])
+def test_torchmetrics_updated_in_validation_step_log_as_without_embedding(by_update):
+    val = DataLoader(labelled(8, dim=3), batch_size=2)
+    clean = DataLoader(DictDataset(x=torch.eye(3).repeat(4, 1), label=torch.arange(12) % 3))
+    logged = []
+    for callbacks in ([], [EmbedAfterFirstBatch(clean)]):
+        module = Backbone(dim=3, outputs=scored)
+        module.accuracy, module.by_update = MulticlassAccuracy(num_classes=3), by_update
+        logger = RecordingLogger()
+        trainer = quiet_trainer(callbacks=callbacks, logger=logger, max_epochs=2)
+        trainer.fit(module, DataLoader(labelled(4, dim=3), batch_size=2), val)
+        logged.append(logger.values("val_acc"))
+        assert module.accuracy._update_count == 0  # reset by Lightning at each epoch end
+    assert logged[0] == logged[1] and len(logged[0]) == 2 and 0 < logged[0][0] < 1
+
+
+def test_metric_compute_and_cache_are_as_before_without_a_trainer():
+    class Scored(Backbone):
+        def validation_step(self, batch, batch_idx):
+            self.accuracy.update(batch["x"].argmax(dim=1), batch["label"])
+            return {"embedding": batch["x"], "label": batch["label"]}
+
+    module = Scored(dim=3)
+    module.accuracy = MulticlassAccuracy(num_classes=3)
+    for batch_idx, batch in enumerate(DataLoader(labelled(6, dim=3), batch_size=3)):
+        module.validation_step(batch, batch_idx)
+    before = module.accuracy.compute()
+    clean = DataLoader(DictDataset(x=torch.eye(3), label=torch.arange(3)), batch_size=2)
+    embed_loader(module, clean, input="embedding", target="label", owner="d")
+    assert module.accuracy._update_count == 2 and module.accuracy._computed is before
+    module.accuracy._computed = None
+    assert torch.equal(module.accuracy.compute(), before)
+
+
+class Precise(Callback):
+    """Keeps the validation loop's features and embeds the same data at validation end."""
+
+    def __init__(self, loader: DataLoader) -> None:
+        self.loader = loader
+        self.validated: list[torch.Tensor] = []
+        self.embedded: torch.Tensor | None = None
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.validated.append(outputs["embedding"])
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        self.embedded, _ = embed_loader(
+            pl_module, self.loader, input="embedding", target="label", owner="p"
+        )
+
+
+@pytest.mark.parametrize("precision", ["bf16-true", "bf16-mixed"])
+def test_features_are_the_validation_loops_under_the_trainers_precision(precision):
+    torch.manual_seed(0)
+    module = Backbone(dim=4, width=3)
+    val = DataLoader(labelled(6), batch_size=4)
+    callback = Precise(val)
+    trainer = quiet_trainer(callbacks=[callback], precision=precision, max_epochs=1)
+    trainer.fit(module, DataLoader(labelled(4), batch_size=2), val)
+    validated = torch.cat(callback.validated)
+    assert validated.dtype == torch.bfloat16
+    assert callback.embedded.dtype == torch.bfloat16
+    assert torch.equal(callback.embedded, validated)
+
+
+class Hooked(Backbone):
+    def on_before_batch_transfer(self, batch, dataloader_idx):
+        return {**batch, "x": 2 * batch["x"]}
+
+    def on_after_batch_transfer(self, batch, dataloader_idx):
+        return {**batch, "x": batch["x"] + 1}
+
+
+def test_batch_transfer_hooks_run_with_and_without_a_trainer():
+    data = labelled(5)
+    expected = 2 * data.columns["x"] + 1
+    features, _ = embed_loader(
+        Hooked(dim=4), DataLoader(data, batch_size=2), input="embedding", target="label", owner="d"
+    )
+    assert torch.equal(features, expected)
+    callback = EmbedAtValidation(DataLoader(data, batch_size=2))
+    quiet_trainer(callbacks=[callback]).fit(Hooked(dim=4), DataLoader(data), DataLoader(data))
+    assert torch.equal(callback.embedded[0][0], expected)
+
+
+def test_a_required_dataloader_idx_is_passed_as_zero():
+    class Indexed(Backbone):
+        def validation_step(self, batch, batch_idx, dataloader_idx):
+            assert dataloader_idx == 0
+            return {"embedding": batch["x"], "label": batch["label"]}
+
+    data = labelled(3)
+    features, _ = embed_loader(
+        Indexed(dim=4), DataLoader(data), input="embedding", target="label", owner="d"
+    )
+    assert torch.equal(features, data.columns["x"])

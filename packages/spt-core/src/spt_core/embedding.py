@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import inspect
 import itertools
+import sys
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 import torch
-from lightning.pytorch import LightningModule
-from torch import Tensor
-from torch.utils.data import DataLoader, IterableDataset, RandomSampler
+from lightning.pytorch import LightningModule, Trainer
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, IterableDataset, SequentialSampler
 
 from spt_core import distributed
 from spt_core.keys import lookup
@@ -29,33 +31,44 @@ def embed_loader(
     target: str,
     embed: Callable[[LightningModule, Any], Tensor] | None = None,
     owner: str,
-) -> tuple[Tensor, Tensor]:
+    with_index: bool = False,
+) -> tuple[Tensor, Tensor] | tuple[Tensor, Tensor, Tensor]:
     """Embed this rank's share of ``loader`` with every submodule in eval mode, no gradients.
 
-    Each batch is moved to ``pl_module.device`` (through the Trainer's strategy when one is
-    attached, so ``on_before_batch_transfer``/``on_after_batch_transfer`` run), then embedded
-    by ``embed(pl_module, batch)`` or, without ``embed``, by ``pl_module.validation_step(batch,
-    batch_idx)`` whose outputs are searched for ``input`` before the batch (as
-    :func:`spt_core.lookup` does); the labels are ``target``, looked up the same way.
+    Each batch goes the way Lightning's evaluation loop sends it to ``validation_step``: with a
+    Trainer attached, it is converted to the precision's input dtype, passed through
+    ``on_before_batch_transfer``, ``transfer_batch_to_device`` and ``on_after_batch_transfer``
+    (``dataloader_idx=0``) onto ``pl_module.device``, and embedded inside the precision's
+    validation context (autocast for ``*-mixed``, the default dtype for ``*-true``); without a
+    Trainer the module's three hooks run and no precision applies. The features are
+    ``embed(pl_module, batch)`` or, without ``embed``, ``pl_module.validation_step(batch,
+    batch_idx)`` (plus ``dataloader_idx=0`` if the step requires it) whose outputs are searched
+    for ``input`` before the batch (as :func:`spt_core.lookup` does); the labels are
+    ``target``, looked up the same way.
 
     While embedding, every submodule is in eval mode under ``torch.no_grad()``; afterwards each
     submodule's ``training`` flag and each parameter's ``requires_grad`` are what they were, and
-    no ``.grad`` changes. The global random streams (the CPU's and the module's device's) are
-    forked, so iterating the loader (a ``DataLoader`` draws a seed) or a random
-    ``validation_step`` leaves the training's random numbers as they were.
+    no ``.grad`` changes. torch's random generators (the CPU's and that of the module's
+    device) are forked, so iterating the loader (a ``DataLoader`` draws a seed) or a random
+    ``validation_step`` leaves the training's torch random numbers as they were; Python's
+    ``random`` and numpy's generators are not forked.
 
-    ``self.log``/``self.log_dict`` calls made by ``validation_step`` are dropped: for the
-    duration of the call the module's ``log`` and ``log_dict`` are replaced by no-ops on the
-    instance and removed again afterwards, so nothing reaches the Trainer's logged metrics (and
-    no ``sync_dist`` collective runs). Other side effects of ``validation_step`` (updating the
-    module's own metrics, say) are not undone: pass ``embed`` to avoid them.
+    Side effects of ``validation_step`` that are undone: its ``self.log``/``self.log_dict``
+    calls are dropped (for the duration of the call they are no-ops on the instance, removed
+    again afterwards), so nothing reaches the Trainer's logged metrics and no ``sync_dist``
+    collective runs; and every torchmetrics ``Metric`` among ``pl_module.modules()`` updates
+    copies of its states, its attributes (states, update count, cached ``compute()`` result)
+    being put back afterwards, so its ``compute()`` is as if nothing was embedded. Other side
+    effects are not undone: a list the step appends to, a counter it increments, a metric
+    that is not a submodule (kept in a plain list or dict, say). Pass ``embed`` to avoid them.
 
     Distributed rule: with ``W`` processes, rank ``r`` embeds batches ``r, r + W, r + 2W, ...``
     of the loader, so together the ranks embed every row exactly once (no padding). A plain
     ``DataLoader`` over a map-style dataset is rebuilt over this rank's batches only, so no rank
     loads another's rows; any other iterable is read in full and its other batches skipped. The
-    loader must yield the same batches in the same order on every rank: a shuffling loader is
-    refused under DDP. Nothing here communicates.
+    loader must yield the same batches in the same order on every rank: under DDP a
+    ``DataLoader`` over a map-style dataset must sample sequentially (``shuffle=False``, no
+    ``sampler``); a random or ``DistributedSampler`` is refused. Nothing here communicates.
 
     Args:
         pl_module: The model; it is not trained or changed.
@@ -65,18 +78,28 @@ def embed_loader(
         target: Key of the integer labels in the outputs or in the batch.
         embed: ``embed(pl_module, batch) -> features``, used instead of ``validation_step``.
         owner: Who asks (a callback's ``state_key``), for error messages.
+        with_index: Also return each row's position in the whole loader (over every rank's
+            batches, one row per label), so rows gathered from the ranks can be put back in
+            the loader's order: ``order = gathered_index.argsort()``, then
+            ``gathered_features[order]``. Under DDP, a loader other than a ``DataLoader`` over
+            a map-style dataset must then carry ``target`` in its batches: the other ranks'
+            batches are counted by their labels.
 
     Returns:
         ``(features, labels)`` of this rank's rows on ``pl_module.device``: features of shape
         ``(N, D)`` (each row flattened; a floating dtype is kept, others become float32) and
         int64 labels of shape ``(N,)``. With no batch for this rank, features are ``(0, 0)``:
-        the width is unknown, so a caller that gathers rows agrees on it first.
+        the width is unknown, so a caller that gathers rows agrees on it first. With
+        ``with_index``, a third tensor: the int64 positions ``(N,)`` of these rows in the
+        loader (``arange(N)`` on one process).
 
     Raises:
-        KeyError: If ``input`` or ``target`` is in neither the outputs nor the batch.
+        KeyError: If ``input`` or ``target`` is in neither the outputs nor the batch (with
+            ``with_index`` under DDP, ``target`` not in another rank's batch of an iterable).
         TypeError: If the features or labels are not tensors, or the labels not integers.
         ValueError: If a batch has a different number of labels than feature rows, the
-            features' width changes between batches, or a shuffling loader is used under DDP.
+            features' width changes between batches, or, under DDP, a ``DataLoader``'s sampler
+            is not a ``SequentialSampler``.
 
     Example:
         >>> from spt_core.testing import Backbone, DictDataset
@@ -88,18 +111,24 @@ def embed_loader(
         ([[0.0, 1.0], [2.0, 3.0], [4.0, 5.0]], [0, 1, 0])
     """
     device = pl_module.device
+    trainer = pl_module._trainer  # the public property raises when no Trainer is attached
+    step_kwargs = _step_kwargs(pl_module)
     rows: list[Tensor] = []
     labels: list[Tensor] = []
+    positions: list[Tensor] = []
+    seen = 0  # rows of the loader before the next batch, every rank's
+    count = (lambda batch: _rows(lookup(target, None, batch, owner=owner))) if with_index else None
     with _clean_mode(pl_module, device), torch.no_grad():
-        for batch_idx, batch in _this_rank_batches(loader, owner):
-            batch = _to_device(pl_module, batch, device)
-            if embed is not None:
-                outputs, features = None, embed(pl_module, batch)
-                what = "embed(pl_module, batch)"
-            else:
-                outputs = pl_module.validation_step(batch, batch_idx)
-                features = lookup(input, outputs, batch, owner=owner)
-                what = f"the features {input!r}"
+        for batch_idx, skipped, batch in _this_rank_batches(loader, owner, count):
+            batch = _to_device(pl_module, trainer, batch, device)
+            with _step_context(trainer):
+                if embed is not None:
+                    outputs, features = None, embed(pl_module, batch)
+                    what = "embed(pl_module, batch)"
+                else:
+                    outputs = pl_module.validation_step(batch, batch_idx, **step_kwargs)
+                    features = lookup(input, outputs, batch, owner=owner)
+                    what = f"the features {input!r}"
             found = lookup(target, outputs, batch, owner=owner)
             features, found = _checked(features, found, what, target, owner)
             if rows and features.shape[1] != rows[0].shape[1]:
@@ -109,9 +138,20 @@ def embed_loader(
                 )
             rows.append(features.to(device))
             labels.append(found.to(device))
+            if with_index:
+                seen += skipped
+                positions.append(torch.arange(seen, seen + len(found), device=device))
+                seen += len(found)
     if not rows:
-        return torch.empty((0, 0), device=device), torch.empty(0, dtype=torch.long, device=device)
-    return torch.cat(rows), torch.cat(labels)
+        empty = torch.empty(0, dtype=torch.long, device=device)
+        return (torch.empty((0, 0), device=device), empty) + ((empty,) if with_index else ())
+    embedded = (torch.cat(rows), torch.cat(labels))
+    return embedded + ((torch.cat(positions),) if with_index else ())
+
+
+def _rows(labels: Any) -> int:
+    """The number of labels (rows) in a batch another rank embeds."""
+    return labels.numel() if isinstance(labels, Tensor) else len(labels)
 
 
 def _checked(
@@ -142,31 +182,60 @@ def _checked(
     return features, labels
 
 
-def _this_rank_batches(loader: Iterable[Any], owner: str) -> Iterator[tuple[int, Any]]:
-    """``(batch_idx, batch)`` for batches ``rank, rank + W, ...`` of ``loader``."""
+def _this_rank_batches(
+    loader: Iterable[Any], owner: str, count: Callable[[Any], int] | None
+) -> Iterator[tuple[int, int, Any]]:
+    """``(batch_idx, skipped, batch)`` for batches ``rank, rank + W, ...`` of ``loader``, where
+    ``skipped`` is the number of rows in the other ranks' batches since this rank's previous
+    one (counted by ``count(batch)``; 0 without ``count`` when they must be read)."""
     world, rank = distributed.world_size(), distributed.rank()
     if world == 1:
-        yield from enumerate(loader)
+        yield from ((batch_idx, 0, batch) for batch_idx, batch in enumerate(loader))
         return
-    if isinstance(loader, DataLoader) and isinstance(loader.sampler, RandomSampler):
-        raise ValueError(
-            f"{owner}: the clean loader shuffles (its sampler is a RandomSampler), so the "
-            f"{world} ranks would not split its rows: pass a loader with shuffle=False"
-        )
-    indices = itertools.count(rank, world)
+    _check_splittable(loader, world, owner)
     if (
         type(loader) is DataLoader
         and loader.batch_sampler is not None
         and not isinstance(loader.dataset, IterableDataset)
     ):
-        yield from zip(indices, _rebuilt(loader, rank, world), strict=False)
+        batches = list(loader.batch_sampler)
+        starts = [0, *itertools.accumulate(len(indices) for indices in batches)]
+        mine = range(rank, len(batches), world)
+        skips = [starts[i] - (starts[i - world + 1] if i >= world else 0) for i in mine]
+        yield from zip(mine, skips, _rebuilt(loader, batches[rank::world]), strict=False)
         return
-    yield from zip(indices, itertools.islice(loader, rank, None, world), strict=False)
+    skipped = 0
+    for batch_idx, batch in enumerate(loader):
+        if batch_idx % world == rank:
+            yield batch_idx, skipped, batch
+            skipped = 0
+        elif count is not None:
+            skipped += count(batch)
 
 
-def _rebuilt(loader: DataLoader, rank: int, world: int) -> DataLoader:
-    """``loader`` over its batches ``rank, rank + world, ...`` only (same collation, workers)."""
-    mine = list(itertools.islice(loader.batch_sampler, rank, None, world))
+def _check_splittable(loader: Iterable[Any], world: int, owner: str) -> None:
+    """Refuse a ``DataLoader`` whose order may differ between ranks or that is already sharded.
+
+    Only a ``SequentialSampler`` (directly or under the batch sampler) and an iterable dataset
+    (no sampler) give every rank the same batches in the same order."""
+    if not isinstance(loader, DataLoader) or isinstance(loader.dataset, IterableDataset):
+        return
+    batches = loader.batch_sampler
+    sampler = loader.sampler if batches is None else getattr(batches, "sampler", batches)
+    if isinstance(sampler, SequentialSampler):
+        return
+    what = type(sampler).__name__
+    raise ValueError(
+        f"{owner}: the clean loader's sampler is a {what}, so the {world} ranks would not embed "
+        "its rows exactly once (a random sampler draws a different order on each rank, a "
+        "DistributedSampler already shards and pads). Pass a plain DataLoader(dataset, "
+        "batch_size, shuffle=False): spt splits it over the ranks itself, without the "
+        "DistributedSampler's padding, which would put duplicate rows in the bank"
+    )
+
+
+def _rebuilt(loader: DataLoader, mine: list[list[int]]) -> DataLoader:
+    """``loader`` over the batches of dataset indices ``mine`` only (same collation, workers)."""
     return DataLoader(
         loader.dataset,
         batch_sampler=mine,
@@ -183,21 +252,70 @@ def _rebuilt(loader: DataLoader, rank: int, world: int) -> DataLoader:
     )
 
 
-def _to_device(pl_module: LightningModule, batch: Any, device: torch.device) -> Any:
-    trainer = pl_module._trainer  # the public property raises when no Trainer is attached
+def _step_kwargs(pl_module: LightningModule) -> dict[str, int]:
+    """``{"dataloader_idx": 0}`` when ``validation_step`` requires that argument, else ``{}``
+    (Lightning passes it only with several validation loaders)."""
+    parameter = inspect.signature(pl_module.validation_step).parameters.get("dataloader_idx")
+    if parameter is not None and parameter.default is inspect.Parameter.empty:
+        return {"dataloader_idx": 0}
+    return {}
+
+
+def _to_device(
+    pl_module: LightningModule, trainer: Trainer | None, batch: Any, device: torch.device
+) -> Any:
+    """The batch as Lightning's evaluation loop feeds it to a step: in the precision's input
+    dtype, through ``on_before_batch_transfer``, ``transfer_batch_to_device`` and
+    ``on_after_batch_transfer``."""
     if trainer is not None:
-        return trainer.strategy.batch_to_device(batch, device)
-    return pl_module.transfer_batch_to_device(batch, device, 0)
+        batch = trainer.precision_plugin.convert_input(batch)
+        batch = pl_module._on_before_batch_transfer(batch, dataloader_idx=0)
+        return trainer.strategy.batch_to_device(batch, device, dataloader_idx=0)
+    batch = pl_module._on_before_batch_transfer(batch, dataloader_idx=0)
+    return pl_module._apply_batch_transfer_handler(batch, device, dataloader_idx=0)
+
+
+def _step_context(trainer: Trainer | None) -> AbstractContextManager[None]:
+    """The Trainer's precision (autocast, default dtype) for a validation step."""
+    return trainer.precision_plugin.val_step_context() if trainer is not None else nullcontext()
 
 
 def _ignore(*args: Any, **kwargs: Any) -> None:
     """Stands in for ``LightningModule.log`` while embedding."""
 
 
+def _metrics(pl_module: LightningModule) -> list[nn.Module]:
+    """The torchmetrics ``Metric`` submodules (none if torchmetrics was never imported)."""
+    torchmetrics = sys.modules.get("torchmetrics")
+    if torchmetrics is None:
+        return []
+    return [module for module in pl_module.modules() if isinstance(module, torchmetrics.Metric)]
+
+
+@contextmanager
+def _kept_metrics(pl_module: LightningModule) -> Iterator[None]:
+    """Every torchmetrics ``Metric`` of the module works on copies of its states; afterwards its
+    attributes (states, update count, cached ``compute``...) are the originals again."""
+    metrics = _metrics(pl_module)
+    saved = [dict(metric.__dict__) for metric in metrics]
+    for metric in metrics:
+        for name in metric._defaults:
+            state = getattr(metric, name)
+            copied = state.clone() if isinstance(state, Tensor) else list(state)
+            object.__setattr__(metric, name, copied)
+    try:
+        yield
+    finally:
+        for metric, attributes in zip(metrics, saved, strict=True):
+            for name in set(metric.__dict__) - set(attributes):
+                del metric.__dict__[name]
+            metric.__dict__.update(attributes)
+
+
 @contextmanager
 def _clean_mode(pl_module: LightningModule, device: torch.device) -> Iterator[None]:
-    """Eval mode, silenced ``log`` and forked random streams; restores every mode,
-    ``requires_grad``, ``log`` and the random streams."""
+    """Eval mode, silenced ``log``, kept metrics and forked random streams; restores every mode,
+    ``requires_grad``, ``log``, metric state and the random streams."""
     modes = [(module, module.training) for module in pl_module.modules()]
     flags = [(parameter, parameter.requires_grad) for parameter in pl_module.parameters()]
     shadowed = {name: pl_module.__dict__[name] for name in _SILENCED if name in pl_module.__dict__}
@@ -206,7 +324,10 @@ def _clean_mode(pl_module: LightningModule, device: torch.device) -> Iterator[No
         pl_module.eval()
         for name in _SILENCED:
             object.__setattr__(pl_module, name, _ignore)
-        with torch.random.fork_rng(devices=accelerated, device_type=device.type):
+        with (
+            _kept_metrics(pl_module),
+            torch.random.fork_rng(devices=accelerated, device_type=device.type),
+        ):
             yield
     finally:
         for name in _SILENCED:
