@@ -84,7 +84,8 @@ def test_finite_rows_equals_a_python_check(table):
 def test_a_label_outside_the_classes_says_what_num_classes_would_fit():
     checks.check_label_range(4, 5, "the bank")
     checks.check_label_range(99, None, "the bank")
-    with pytest.raises(ValueError, match=r"the bank holds label 5, but num_classes gives 5 classes .* at least 6"):
+    message = r"the bank holds label 5, but num_classes gives 5 classes .* at least 6"
+    with pytest.raises(ValueError, match=message):
         checks.check_label_range(5, 5, "the bank")
 
 

@@ -3,24 +3,21 @@
 from __future__ import annotations
 
 import inspect
-import itertools
-import sys
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import torch
 from lightning.pytorch import LightningModule, Trainer
-from torch import Tensor, nn
-from torch.utils.data import DataLoader, IterableDataset, SequentialSampler
+from torch import Tensor
 
-from spt_core import distributed
+from spt_core._clean_mode import clean_mode
+from spt_core._rank_share import this_rank_batches
 from spt_core.keys import lookup
 
 __all__ = ["embed_loader"]
 
 _INTEGER = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
-_SILENCED = ("log", "log_dict")
 
 
 def embed_loader(
@@ -102,6 +99,7 @@ def embed_loader(
             is not a ``SequentialSampler``.
 
     Example:
+        >>> from torch.utils.data import DataLoader
         >>> from spt_core.testing import Backbone, DictDataset
         >>> data = DictDataset(x=torch.arange(6.0).reshape(3, 2), label=torch.tensor([0, 1, 0]))
         >>> features, labels = embed_loader(
@@ -118,8 +116,8 @@ def embed_loader(
     positions: list[Tensor] = []
     seen = 0  # rows of the loader before the next batch, every rank's
     count = (lambda batch: _rows(lookup(target, None, batch, owner=owner))) if with_index else None
-    with _clean_mode(pl_module, device), torch.no_grad():
-        for batch_idx, skipped, batch in _this_rank_batches(loader, owner, count):
+    with clean_mode(pl_module, device), torch.no_grad():
+        for batch_idx, skipped, batch in this_rank_batches(loader, owner, count):
             batch = _to_device(pl_module, trainer, batch, device)
             with _step_context(trainer):
                 if embed is not None:
@@ -182,76 +180,6 @@ def _checked(
     return features, labels
 
 
-def _this_rank_batches(
-    loader: Iterable[Any], owner: str, count: Callable[[Any], int] | None
-) -> Iterator[tuple[int, int, Any]]:
-    """``(batch_idx, skipped, batch)`` for batches ``rank, rank + W, ...`` of ``loader``, where
-    ``skipped`` is the number of rows in the other ranks' batches since this rank's previous
-    one (counted by ``count(batch)``; 0 without ``count`` when they must be read)."""
-    world, rank = distributed.world_size(), distributed.rank()
-    if world == 1:
-        yield from ((batch_idx, 0, batch) for batch_idx, batch in enumerate(loader))
-        return
-    _check_splittable(loader, world, owner)
-    if (
-        type(loader) is DataLoader
-        and loader.batch_sampler is not None
-        and not isinstance(loader.dataset, IterableDataset)
-    ):
-        batches = list(loader.batch_sampler)
-        starts = [0, *itertools.accumulate(len(indices) for indices in batches)]
-        mine = range(rank, len(batches), world)
-        skips = [starts[i] - (starts[i - world + 1] if i >= world else 0) for i in mine]
-        yield from zip(mine, skips, _rebuilt(loader, batches[rank::world]), strict=False)
-        return
-    skipped = 0
-    for batch_idx, batch in enumerate(loader):
-        if batch_idx % world == rank:
-            yield batch_idx, skipped, batch
-            skipped = 0
-        elif count is not None:
-            skipped += count(batch)
-
-
-def _check_splittable(loader: Iterable[Any], world: int, owner: str) -> None:
-    """Refuse a ``DataLoader`` whose order may differ between ranks or that is already sharded.
-
-    Only a ``SequentialSampler`` (directly or under the batch sampler) and an iterable dataset
-    (no sampler) give every rank the same batches in the same order."""
-    if not isinstance(loader, DataLoader) or isinstance(loader.dataset, IterableDataset):
-        return
-    batches = loader.batch_sampler
-    sampler = loader.sampler if batches is None else getattr(batches, "sampler", batches)
-    if isinstance(sampler, SequentialSampler):
-        return
-    what = type(sampler).__name__
-    raise ValueError(
-        f"{owner}: the clean loader's sampler is a {what}, so the {world} ranks would not embed "
-        "its rows exactly once (a random sampler draws a different order on each rank, a "
-        "DistributedSampler already shards and pads). Pass a plain DataLoader(dataset, "
-        "batch_size, shuffle=False): spt splits it over the ranks itself, without the "
-        "DistributedSampler's padding, which would put duplicate rows in the bank"
-    )
-
-
-def _rebuilt(loader: DataLoader, mine: list[list[int]]) -> DataLoader:
-    """``loader`` over the batches of dataset indices ``mine`` only (same collation, workers)."""
-    return DataLoader(
-        loader.dataset,
-        batch_sampler=mine,
-        num_workers=loader.num_workers,
-        collate_fn=loader.collate_fn,
-        pin_memory=loader.pin_memory,
-        timeout=loader.timeout,
-        worker_init_fn=loader.worker_init_fn,
-        multiprocessing_context=loader.multiprocessing_context,
-        generator=loader.generator,
-        prefetch_factor=loader.prefetch_factor,
-        pin_memory_device=loader.pin_memory_device,
-        in_order=loader.in_order,
-    )
-
-
 def _step_kwargs(pl_module: LightningModule) -> dict[str, int]:
     """``{"dataloader_idx": 0}`` when ``validation_step`` requires that argument, else ``{}``
     (Lightning passes it only with several validation loaders)."""
@@ -278,62 +206,3 @@ def _to_device(
 def _step_context(trainer: Trainer | None) -> AbstractContextManager[None]:
     """The Trainer's precision (autocast, default dtype) for a validation step."""
     return trainer.precision_plugin.val_step_context() if trainer is not None else nullcontext()
-
-
-def _ignore(*args: Any, **kwargs: Any) -> None:
-    """Stands in for ``LightningModule.log`` while embedding."""
-
-
-def _metrics(pl_module: LightningModule) -> list[nn.Module]:
-    """The torchmetrics ``Metric`` submodules (none if torchmetrics was never imported)."""
-    torchmetrics = sys.modules.get("torchmetrics")
-    if torchmetrics is None:
-        return []
-    return [module for module in pl_module.modules() if isinstance(module, torchmetrics.Metric)]
-
-
-@contextmanager
-def _kept_metrics(pl_module: LightningModule) -> Iterator[None]:
-    """Every torchmetrics ``Metric`` of the module works on copies of its states; afterwards its
-    attributes (states, update count, cached ``compute``...) are the originals again."""
-    metrics = _metrics(pl_module)
-    saved = [dict(metric.__dict__) for metric in metrics]
-    for metric in metrics:
-        for name in metric._defaults:
-            state = getattr(metric, name)
-            copied = state.clone() if isinstance(state, Tensor) else list(state)
-            object.__setattr__(metric, name, copied)
-    try:
-        yield
-    finally:
-        for metric, attributes in zip(metrics, saved, strict=True):
-            for name in set(metric.__dict__) - set(attributes):
-                del metric.__dict__[name]
-            metric.__dict__.update(attributes)
-
-
-@contextmanager
-def _clean_mode(pl_module: LightningModule, device: torch.device) -> Iterator[None]:
-    """Eval mode, silenced ``log``, kept metrics and forked random streams; restores every mode,
-    ``requires_grad``, ``log``, metric state and the random streams."""
-    modes = [(module, module.training) for module in pl_module.modules()]
-    flags = [(parameter, parameter.requires_grad) for parameter in pl_module.parameters()]
-    shadowed = {name: pl_module.__dict__[name] for name in _SILENCED if name in pl_module.__dict__}
-    accelerated = [device] if device.type != "cpu" else []
-    try:
-        pl_module.eval()
-        for name in _SILENCED:
-            object.__setattr__(pl_module, name, _ignore)
-        with (
-            _kept_metrics(pl_module),
-            torch.random.fork_rng(devices=accelerated, device_type=device.type),
-        ):
-            yield
-    finally:
-        for name in _SILENCED:
-            pl_module.__dict__.pop(name, None)
-        pl_module.__dict__.update(shadowed)
-        for module, training in modes:
-            module.training = training
-        for parameter, requires_grad in flags:
-            parameter.requires_grad_(requires_grad)
