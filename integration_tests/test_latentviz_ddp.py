@@ -78,6 +78,8 @@ def test_ddp_shares_one_projection_draws_on_rank_0_and_resumes_exactly(run_scena
         assert after["optimizer_steps"] == before["optimizer_steps"]
         assert after["train_batches"] == before["train_batches"]
         assert_same_projection(before["projection"], after["projection"])
-    assert resumed[0]["files"] == [n for n in straight[0]["files"] if n.startswith("epoch_0002")]
+    # The resumed run's folder: its one map, and its animation (rank 0 only).
+    assert resumed[0]["files"] == ["epoch_0002.npz", "epoch_0002.png", "maps.gif"]
+    assert "maps.gif" in straight[0]["files"] and resumed[1]["files"] == []
     coordinates = [torch.from_numpy(run[0]["saved"]["coordinates"]) for run in (straight, resumed)]
     torch.testing.assert_close(*coordinates)

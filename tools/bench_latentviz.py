@@ -11,6 +11,15 @@ on a few rows so that numba's compilation is not counted. Every map is scored wi
 
     python tools/bench_latentviz.py --updates 300 --threads 1 --out bench_latentviz.json
 
+``--scenario moving`` maps features that move: a SimCLR-style MLP learns on the digits during
+the run (20 epochs of 12 batches of 150 rows), LatentViz watches its embeddings at its
+defaults (``plot_interval`` aside), and at every map the rows drawn are also mapped by UMAP
+(``n_neighbors=k_neighbors``). Per map: trustworthiness@15 of both maps on the same rows
+(scikit-learn's), LatentViz's time for the map (its steps at the plot and the projection) and
+UMAP's one-shot time:
+
+    python tools/bench_latentviz.py --scenario moving --threads 1 --out bench_moving.json
+
 Needs scikit-learn; umap-learn and openTSNE are optional (``pip install umap-learn openTSNE``).
 """
 
@@ -42,6 +51,9 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--only", nargs="*", help="methods to run (default: all available)")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     parser.add_argument("--plots", type=Path, help="keep LatentViz's .npz/.png here")
+    parser.add_argument("--scenario", choices=("fixed", "moving"), default="fixed")
+    parser.add_argument("--epochs", type=int, default=20, help="moving: backbone epochs")
+    parser.add_argument("--plot-interval", type=int, default=2, help="moving: epochs per map")
     return parser.parse_args()
 
 
@@ -174,6 +186,9 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     x, y = digits()
+    if args.scenario == "moving":
+        run_moving(x, y, args)
+        return
     results: list[dict[str, Any]] = []
     for name, (run, package) in METHODS.items():
         if args.only and name not in args.only:
@@ -223,22 +238,159 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
             f"{ours['seconds']:.2f} s vs {umap['seconds']:.2f} s "
             f"({'faster' if ours['seconds'] < umap['seconds'] else 'NOT faster'})"
         )
-    if args.out:
-        payload = {
-            "dataset": "sklearn digits, StandardScaler, float32, 1797 x 64",
-            "k": k,
-            "threads": args.threads,
-            "updates": args.updates,
-            "hidden": args.hidden,
-            "repeats": args.repeats,
-            "python": platform.python_version(),
-            "machine": platform.machine(),
-            "torch": version("torch"),
-            "results": results,
-            "verdict": verdict,
-        }
-        args.out.write_text(json.dumps(payload, indent=2))
-        print(f"wrote {args.out}")
+    write_json(
+        args,
+        dataset="sklearn digits, StandardScaler, float32, 1797 x 64",
+        k=k,
+        updates=args.updates,
+        repeats=args.repeats,
+        results=results,
+        verdict=verdict,
+    )
+
+
+def write_json(args: argparse.Namespace, **payload: Any) -> None:
+    """``payload`` and the run's settings and versions, as JSON at ``--out`` (if given)."""
+    if not args.out:
+        return
+    payload.update(
+        threads=args.threads,
+        hidden=args.hidden,
+        python=platform.python_version(),
+        machine=platform.machine(),
+        torch=version("torch"),
+    )
+    args.out.write_text(json.dumps(payload, indent=2))
+    print(f"wrote {args.out}")
+
+
+# ----------------------------------------------------------------------------- moving features
+
+
+def run_moving(x: np.ndarray, y: np.ndarray, args: argparse.Namespace) -> None:
+    """A backbone that learns while LatentViz maps it; UMAP maps the same rows at every map."""
+    import lightning as L
+    import torch
+    import torch.nn.functional as F
+    import umap
+    from sklearn.manifold import trustworthiness
+    from torch import nn
+    from torch.utils.data import DataLoader
+
+    from spt_core.testing import DictDataset
+    from spt_latentviz import LatentViz, projection_mlp
+
+    class SimCLR(L.LightningModule):
+        """An MLP encoder trained with NT-Xent on two noisy, masked views of each digit."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.encoder = nn.Sequential(
+                nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 128), nn.ReLU()
+            )
+            self.head = nn.Linear(128, 64)
+
+        def training_step(self, batch: dict, batch_idx: int) -> dict:
+            rows = batch["x"]
+            views = [(rows + 0.5 * torch.randn_like(rows)) * (torch.rand_like(rows) > 0.3)]
+            views.append((rows + 0.5 * torch.randn_like(rows)) * (torch.rand_like(rows) > 0.3))
+            z = F.normalize(self.head(self.encoder(torch.cat(views))), dim=1)
+            logits = (z @ z.T / 0.2).fill_diagonal_(float("-inf"))
+            n = len(rows)
+            pairs = torch.cat([torch.arange(n, 2 * n), torch.arange(n)])
+            loss = F.cross_entropy(logits, pairs)
+            return {"loss": loss, "embedding": self.encoder(rows), "label": batch["label"]}
+
+        def configure_optimizers(self) -> torch.optim.Optimizer:
+            return torch.optim.AdamW(self.parameters(), lr=2e-3)
+
+    frames: list[dict[str, Any]] = []
+
+    class TimedViz(LatentViz):
+        """Keeps, at every map, the rows drawn, the coordinates and the time of the map."""
+
+        def refine_map(self, rows: Any, seed: int) -> int:
+            start = time.perf_counter()
+            steps = super().refine_map(rows, seed)
+            coordinates = self.project(rows)
+            seconds = time.perf_counter() - start
+            record = {"rows": rows.numpy().copy(), "coordinates": coordinates.numpy()}
+            frames.append({**record, "epoch": seed, "steps": steps, "seconds": seconds})
+            return steps
+
+    L.seed_everything(args.seed, verbose=False)
+    data = DictDataset(x=torch.from_numpy(x), label=torch.from_numpy(y).long())
+    with tempfile.TemporaryDirectory() as scratch:
+        viz = TimedViz(
+            "moving",
+            "embedding",
+            "label",
+            projection=projection_mlp(128, args.hidden),
+            plot_interval=args.plot_interval,
+            save_dir=args.plots or Path(scratch),
+        )
+        trainer = L.Trainer(
+            accelerator="cpu",
+            max_epochs=args.epochs,
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            enable_checkpointing=False,
+            default_root_dir=scratch,
+            callbacks=[viz],
+        )
+        trainer.fit(SimCLR(), DataLoader(data, batch_size=150, shuffle=True))
+    umap.UMAP(n_neighbors=viz.k_neighbors).fit_transform(x[:200])  # numba compiles, untimed
+    plots = []
+    for frame in frames:
+        rows = frame["rows"]
+        start = time.perf_counter()
+        reference = umap.UMAP(n_neighbors=viz.k_neighbors, n_jobs=args.threads).fit_transform(rows)
+        umap_seconds = time.perf_counter() - start
+        k = viz.k_neighbors
+        ours = float(trustworthiness(rows, frame["coordinates"], n_neighbors=k))
+        theirs = float(trustworthiness(rows, reference, n_neighbors=k))
+        plots.append(
+            {
+                "epoch": frame["epoch"],
+                "rows": len(rows),
+                "latentviz_trustworthiness": ours,
+                "umap_trustworthiness": theirs,
+                "gap": theirs - ours,
+                "latentviz_seconds": frame["seconds"],
+                "latentviz_steps": frame["steps"],
+                "umap_seconds": umap_seconds,
+            }
+        )
+    report_moving(plots, args, viz.k_neighbors)
+
+
+def report_moving(plots: list[dict[str, Any]], args: argparse.Namespace, k: int) -> None:
+    print(
+        f"\nmoving features: SimCLR MLP on digits, {args.epochs} epochs of 12 batches, "
+        f"a map every {args.plot_interval} epochs, {args.threads} thread(s)"
+    )
+    print(f"| epoch | rows | LatentViz T@{k} | UMAP T@{k} | gap | LatentViz s (steps) | UMAP s |")
+    print("|---|---|---|---|---|---|---|")
+    for p in plots:
+        print(
+            f"| {p['epoch']} | {p['rows']} | {p['latentviz_trustworthiness']:.4f} | "
+            f"{p['umap_trustworthiness']:.4f} | {p['gap']:+.4f} | "
+            f"{p['latentviz_seconds']:.2f} ({p['latentviz_steps']}) | {p['umap_seconds']:.2f} |"
+        )
+    within = all(p["gap"] <= 0.02 for p in plots)
+    faster = all(p["latentviz_seconds"] < p["umap_seconds"] for p in plots)
+    print(f"\nevery map within 0.02 of UMAP: {within}; every map faster than UMAP: {faster}")
+    write_json(
+        args,
+        scenario="moving features (SimCLR MLP on sklearn digits, StandardScaler)",
+        k=k,
+        epochs=args.epochs,
+        plot_interval=args.plot_interval,
+        umap=version("umap-learn"),
+        plots=plots,
+        verdict={"within_0.02_of_umap": within, "faster_than_umap": faster},
+    )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Shared pieces of the spt-latentviz tests: clustered data and a real Trainer harness."""
+"""Shared pieces of the spt-latentviz tests: clustered data, and fits on spt-core's test harness."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from typing import Any
 import lightning as L
 import pytest
 import torch
-from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
+from spt_core.testing import Backbone, DictDataset, quiet_trainer
 from spt_queue import OnlineQueue
 
 
@@ -25,52 +25,19 @@ def make_blobs(
     return centers[labels] + torch.randn(n, dim, generator=generator), labels
 
 
-class Rows(Dataset):
-    """Dict batches ``{"x", "label"}``."""
-
-    def __init__(self, features: torch.Tensor, labels: torch.Tensor) -> None:
-        self.features, self.labels = features, labels
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return {"x": self.features[i], "label": self.labels[i]}
+def _no_rows(batch: dict[str, torch.Tensor], module: Backbone) -> dict[str, torch.Tensor]:
+    return {"embedding": batch["x"][:0], "label": batch["label"][:0]}
 
 
-class Backbone(L.LightningModule):
-    """A frozen-by-construction encoder: it never steps, so its gradients must stay ``None``.
+class InputBackbone(Backbone):
+    """spt-core's test ``Backbone`` whose embedding is the input itself (exact results).
 
-    Steps return ``{"embedding", "label"}``; with ``emit_rows=False`` they return no rows
-    (the queue then keeps whatever it was filled with); ``shape`` reshapes each embedding.
+    With ``emit_rows=False`` its steps return no rows (the queue then keeps whatever it was
+    filled with); ``shape`` reshapes each embedding.
     """
 
     def __init__(self, dim: int, emit_rows: bool = True, shape: tuple[int, ...] | None = None):
-        super().__init__()
-        self.shape = shape
-        self.automatic_optimization = False
-        self.encoder = nn.Linear(dim, dim)
-        with torch.no_grad():
-            self.encoder.weight.copy_(torch.eye(dim))
-            self.encoder.bias.zero_()
-        self.emit_rows = emit_rows
-
-    def _step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        embedding = self.encoder(batch["x"])
-        if self.shape is not None:
-            embedding = embedding.reshape(len(embedding), *self.shape)
-        if not self.emit_rows:
-            return {"embedding": embedding[:0], "label": batch["label"][:0]}
-        return {"embedding": embedding, "label": batch["label"]}
-
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict:
-        return self._step(batch)
-
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict:
-        return self._step(batch)
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.SGD(self.parameters(), lr=0.0)
+        super().__init__(dim, shape=shape, outputs=None if emit_rows else _no_rows)
 
 
 def fit(
@@ -85,23 +52,12 @@ def fit(
     model: Backbone | None = None,
     **trainer_kwargs: Any,
 ) -> L.Trainer:
-    """Fit a :class:`Backbone` on CPU with ``callbacks``; returns the Trainer."""
-    data = Rows(features, labels)
-    settings: dict[str, Any] = {
-        "accelerator": "cpu",
-        "devices": 1,
-        "max_epochs": epochs,
-        "logger": False,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
-        "enable_checkpointing": False,
-        "num_sanity_val_steps": 0,
-        "default_root_dir": str(root),
-        "callbacks": callbacks,
-    }
-    settings.update(trainer_kwargs)
-    trainer = L.Trainer(**settings)
-    model = model or Backbone(features.shape[1])
+    """Fit a backbone (default: :class:`InputBackbone`) on CPU with ``callbacks``."""
+    data = DictDataset(x=features, label=labels)
+    trainer = quiet_trainer(
+        max_epochs=epochs, default_root_dir=str(root), callbacks=callbacks, **trainer_kwargs
+    )
+    model = model or InputBackbone(features.shape[1])
     train = DataLoader(data, batch_size=batch_size)
     val = DataLoader(data, batch_size=batch_size) if validate else None
     trainer.fit(model, train, val, ckpt_path=ckpt_path)
@@ -141,8 +97,8 @@ def run_fit(tmp_path: Path) -> Callable[..., L.Trainer]:
 
 
 @pytest.fixture(scope="session")
-def backbone() -> type[Backbone]:
-    return Backbone
+def backbone() -> type[InputBackbone]:
+    return InputBackbone
 
 
 @pytest.fixture(scope="session")

@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 
 from spt_latentviz import (
     knn_recall,
-    neighbor_embedding_loss,
-    neighbor_graph,
+    neighbour_embedding_loss,
+    neighbour_graph,
     sample_negatives,
     trustworthiness,
 )
@@ -22,7 +22,7 @@ def random_points(n: int, dim: int, seed: int) -> torch.Tensor:
     return torch.randn(n, dim, generator=torch.Generator().manual_seed(seed))
 
 
-def brute_neighbors(x: torch.Tensor, k: int) -> list[list[int]]:
+def brute_neighbours(x: torch.Tensor, k: int) -> list[list[int]]:
     x = x.double()
     d = torch.cdist(x, x)
     d.fill_diagonal_(math.inf)
@@ -32,8 +32,8 @@ def brute_neighbors(x: torch.Tensor, k: int) -> list[list[int]]:
 def brute_trustworthiness(high: torch.Tensor, low: torch.Tensor, k: int) -> float:
     """The definition, with full float64 matrices (ties ranked by index)."""
     n = len(high)
-    high_order = brute_neighbors(high, n - 1)
-    low_near = brute_neighbors(low, k)
+    high_order = brute_neighbours(high, n - 1)
+    low_near = brute_neighbours(low, k)
     penalty = 0
     for i in range(n):
         rank = {j: r + 1 for r, j in enumerate(high_order[i])}
@@ -41,11 +41,11 @@ def brute_trustworthiness(high: torch.Tensor, low: torch.Tensor, k: int) -> floa
     return 1.0 - 2.0 * penalty / (n * k * (2 * n - 3 * k - 1))
 
 
-def reference_loss(z: torch.Tensor, neighbors: torch.Tensor, negatives: torch.Tensor) -> float:
+def reference_loss(z: torch.Tensor, neighbours: torch.Tensor, negatives: torch.Tensor) -> float:
     z = z.double()
     total, pairs = 0.0, 0
     for i in range(len(z)):
-        for a, j in enumerate(neighbors[i].tolist()):
+        for a, j in enumerate(neighbours[i].tolist()):
             q = 1.0 / (1.0 + float((z[i] - z[j]).square().sum()))
             total -= math.log(q)
             for m in negatives[i, a].tolist():
@@ -62,18 +62,18 @@ def reference_loss(z: torch.Tensor, neighbors: torch.Tensor, negatives: torch.Te
     k=st.integers(1, 8),
     seed=st.integers(0, 2**16),
 )
-def test_neighbor_graph_matches_brute_force(n, dim, k, seed):
+def test_neighbour_graph_matches_brute_force(n, dim, k, seed):
     x = random_points(n, dim, seed)
     k = min(k, n - 1)
-    assert neighbor_graph(x, k).tolist() == brute_neighbors(x, k)
+    assert neighbour_graph(x, k).tolist() == brute_neighbours(x, k)
 
 
 @settings(max_examples=25, deadline=None)
 @given(n=st.integers(3, 30), k=st.integers(1, 6), copies=st.integers(2, 5), seed=st.integers(0, 99))
-def test_neighbor_graph_never_lists_a_point_itself_even_among_duplicates(n, k, copies, seed):
+def test_neighbour_graph_never_lists_a_point_itself_even_among_duplicates(n, k, copies, seed):
     x = random_points(n, 3, seed).repeat_interleave(copies, dim=0)
     k = min(k, len(x) - 1)
-    graph = neighbor_graph(x, k)
+    graph = neighbour_graph(x, k)
     assert graph.shape == (len(x), k)
     rows = torch.arange(len(x)).unsqueeze(1)
     assert not (graph == rows).any()
@@ -92,17 +92,17 @@ def test_neighbor_graph_never_lists_a_point_itself_even_among_duplicates(n, k, c
 def test_loss_matches_the_float64_definition(n, k, m, seed):
     generator = torch.Generator().manual_seed(seed)
     z = torch.randn(n, 2, generator=generator, dtype=torch.float64) * 3
-    neighbors = torch.randint(n, (n, k), generator=generator)
-    negatives = sample_negatives(n, neighbors, m, generator)
-    value = neighbor_embedding_loss(z, neighbors, negatives)
-    assert value.item() == pytest.approx(reference_loss(z, neighbors, negatives), rel=1e-9)
+    neighbours = torch.randint(n, (n, k), generator=generator)
+    negatives = sample_negatives(n, neighbours, m, generator)
+    value = neighbour_embedding_loss(z, neighbours, negatives)
+    assert value.item() == pytest.approx(reference_loss(z, neighbours, negatives), rel=1e-9)
 
 
 def test_loss_is_finite_with_coincident_points_and_pulls_neighbours_in():
     z = torch.tensor([[0.0, 0.0], [0.0, 0.0], [4.0, 0.0]], requires_grad=True)
-    neighbors = torch.tensor([[2], [0], [1]])
+    neighbours = torch.tensor([[2], [0], [1]])
     negatives = torch.tensor([[[1]], [[0]], [[2]]])  # two of them coincide with the anchor
-    loss = neighbor_embedding_loss(z, neighbors, negatives)
+    loss = neighbour_embedding_loss(z, neighbours, negatives)
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(z.grad).all()
     # Point 0 is attracted towards its neighbour 2 (at +x): a gradient step moves it right.
@@ -167,7 +167,7 @@ def test_knn_recall_matches_set_overlap(n, k, seed):
     high = random_points(n, 5, seed)
     low = random_points(n, 2, seed + 7)
     k = min(k, n - 1)
-    true, kept = brute_neighbors(high, k), brute_neighbors(low, k)
+    true, kept = brute_neighbours(high, k), brute_neighbours(low, k)
     expected = sum(len(set(a) & set(b)) for a, b in zip(true, kept, strict=True)) / (n * k)
     assert knn_recall(high, low, k).item() == pytest.approx(expected, abs=1e-6)
 
@@ -188,11 +188,11 @@ def test_scores_are_perfect_for_an_isometry_and_low_for_noise():
         (lambda x: trustworthiness(x, x, 5), "k < N / 2"),
         (lambda x: trustworthiness(x, x[:5], 2), "same rows"),
         (lambda x: knn_recall(x, x, 10), "at most N - 1"),
-        (lambda x: neighbor_graph(x, 0), "positive int"),
-        (lambda x: neighbor_graph(x[0], 1), r"shape \(N, D\)"),
+        (lambda x: neighbour_graph(x, 0), "positive int"),
+        (lambda x: neighbour_graph(x[0], 1), r"shape \(N, D\)"),
         (lambda x: sample_negatives(10, x.long(), 0), "n_negatives"),
         (
-            lambda x: neighbor_embedding_loss(
+            lambda x: neighbour_embedding_loss(
                 x[:, :2], torch.zeros(10, 2).long(), torch.zeros(10, 3, 1).long()
             ),
             "negatives must have shape",
@@ -209,12 +209,12 @@ def test_cuda_gives_the_cpu_results():
     high = random_points(300, 16, 0)
     low = high[:, :2] + 0.3 * random_points(300, 2, 1)
     cuda = torch.device("cuda")
-    graph = neighbor_graph(high, 10)
-    assert torch.equal(neighbor_graph(high.to(cuda), 10).cpu(), graph)
+    graph = neighbour_graph(high, 10)
+    assert torch.equal(neighbour_graph(high.to(cuda), 10).cpu(), graph)
     negatives = sample_negatives(300, graph.to(cuda), 5, torch.Generator().manual_seed(0))
     assert negatives.device.type == "cuda"
-    on_gpu = neighbor_embedding_loss(low.to(cuda), graph.to(cuda), negatives)
-    on_cpu = neighbor_embedding_loss(low, graph, negatives.cpu())
+    on_gpu = neighbour_embedding_loss(low.to(cuda), graph.to(cuda), negatives)
+    on_cpu = neighbour_embedding_loss(low, graph, negatives.cpu())
     assert on_gpu.item() == pytest.approx(on_cpu.item(), rel=1e-5)
     for score in (trustworthiness, knn_recall):
         assert score(high.to(cuda), low.to(cuda), 10).item() == pytest.approx(

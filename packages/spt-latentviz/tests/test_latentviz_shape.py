@@ -15,8 +15,8 @@ from spt_core import distributed
 from spt_latentviz import (
     LatentViz,
     load_map,
-    neighbor_embedding_loss,
-    neighbor_graph,
+    neighbour_embedding_loss,
+    neighbour_graph,
     projection_loss,
     projection_mlp,
     sample_negatives,
@@ -156,12 +156,12 @@ def test_projection_loss_is_the_loss_of_the_projected_rows(n, k, n_negatives, se
     generator = torch.Generator().manual_seed(seed)
     rows = torch.randn(n, 5, generator=generator)
     projection = torch.nn.Linear(5, 2)
-    neighbors = neighbor_graph(rows, k)
+    neighbours = neighbour_graph(rows, k)
     state = generator.get_state()
-    loss = projection_loss(projection, rows, neighbors, n_negatives, generator)
+    loss = projection_loss(projection, rows, neighbours, n_negatives, generator)
     generator.set_state(state)
-    negatives = sample_negatives(n, neighbors, n_negatives, generator)
-    expected = neighbor_embedding_loss(projection(rows), neighbors, negatives)
+    negatives = sample_negatives(n, neighbours, n_negatives, generator)
+    expected = neighbour_embedding_loss(projection(rows), neighbours, negatives)
     assert torch.equal(loss, expected)
 
 
@@ -169,5 +169,5 @@ def test_projection_loss_names_its_owner_when_the_map_is_not_2d():
     rows = torch.randn(6, 3)
     with pytest.raises(ValueError, match=r"LatentViz\[name=m\]: the projection must map 6 rows"):
         projection_loss(
-            torch.nn.Identity(), rows, neighbor_graph(rows, 1), 1, owner=("LatentViz[name=m]")
+            torch.nn.Identity(), rows, neighbour_graph(rows, 1), 1, owner=("LatentViz[name=m]")
         )

@@ -1,11 +1,13 @@
 """spt-latentviz: a live, faithfulness-scored 2D map of the latent space while it trains."""
 
 from spt_latentviz.__about__ import __version__
+from spt_latentviz.alignment import align_map, alignment, feature_scaling
+from spt_latentviz.animation import save_animation
 from spt_latentviz.functional import (
     knn_recall,
     map_scores,
-    neighbor_embedding_loss,
-    neighbor_graph,
+    neighbour_embedding_loss,
+    neighbour_graph,
     projection_loss,
     sample_negatives,
     trustworthiness,
@@ -18,15 +20,19 @@ __all__ = [
     "DEFAULT_LR",
     "LatentViz",
     "__version__",
+    "align_map",
+    "alignment",
     "draw_map",
+    "feature_scaling",
     "knn_recall",
     "load_map",
     "map_scores",
-    "neighbor_embedding_loss",
-    "neighbor_graph",
+    "neighbour_embedding_loss",
+    "neighbour_graph",
     "projection_loss",
     "projection_mlp",
     "sample_negatives",
+    "save_animation",
     "save_map",
     "trustworthiness",
 ]

@@ -8,10 +8,10 @@ from torch import Tensor
 from spt_distance import knn_search
 from spt_latentviz._checks import as_rows, check_k
 
-__all__ = ["neighbor_graph"]
+__all__ = ["neighbour_graph"]
 
 
-def neighbor_graph(
+def neighbour_graph(
     x: Tensor, k: int, metric: str = "euclidean", chunk_size: int | None = None
 ) -> Tensor:
     """The ``k`` nearest other rows of every row of ``x``, nearest first.
@@ -32,7 +32,7 @@ def neighbor_graph(
 
     Example:
         >>> x = torch.tensor([[0.0], [1.0], [3.0], [7.0]])
-        >>> neighbor_graph(x, 2).tolist()
+        >>> neighbour_graph(x, 2).tolist()
         [[1, 2], [0, 2], [1, 0], [2, 1]]
     """
     x = as_rows(x, "x")

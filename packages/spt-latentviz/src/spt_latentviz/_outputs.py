@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import glob
 import os
 from typing import Any
 
 import torch
-from lightning.pytorch import Trainer
+from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.loggers import WandbLogger
 from torch import Tensor
 
 from spt_core import SPTCallback, distributed
 from spt_latentviz import plotting
 from spt_latentviz._checks import unwritable_reason
+from spt_latentviz.animation import save_animation
 
 
 class MapOutputs(SPTCallback):
@@ -42,6 +44,26 @@ class MapOutputs(SPTCallback):
                 f"{self.state_key}: save_dir {folder!r} is not a folder rank 0 can write "
                 f"to ({reason or 'see rank 0'}); pass another save_dir"
             )
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_fit_end(trainer, pl_module)
+        if trainer.is_global_zero:
+            self._write_animation(trainer)
+
+    def _write_animation(self, trainer: Trainer) -> None:
+        """``maps.gif``: every ``epoch_XXXX.npz`` of the folder, in order (rank 0, with
+        matplotlib)."""
+        folder = self.map_folder(trainer)
+        frames = sorted(glob.glob(os.path.join(glob.escape(folder), "epoch_[0-9]*.npz")))
+        if not frames or not plotting.has_matplotlib():
+            return
+        path = os.path.join(folder, "maps.gif")
+        try:
+            count = save_animation(frames, path, self.name)
+        except Exception as error:  # a picture must not fail the fit at its very end
+            self.warn_once(trainer, "animation", f"could not write {path}: {error!r}")
+            return
+        self.info(f"wrote the animation of {count} map(s) to {path}")
 
     def _write(
         self,

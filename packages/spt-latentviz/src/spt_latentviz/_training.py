@@ -10,12 +10,12 @@ from lightning.pytorch import LightningModule, Trainer
 from torch import Tensor
 
 from spt_core import distributed, logger_writes_this_step
-from spt_latentviz.functional import drop_non_finite, neighbor_graph, projection_loss
+from spt_latentviz._frames import MapFrames
+from spt_latentviz.functional import drop_non_finite, neighbour_graph, projection_loss
 from spt_queue import OnlineQueue, find_or_create_queue, read_aligned
-from spt_trainable import TrainableCallback
 
 
-class MapTraining(TrainableCallback):
+class MapTraining(MapFrames):
     """Trains :class:`~spt_latentviz.LatentViz`'s projection on this rank's queue rows.
 
     Each update reads the queue, rebuilds the neighbour graph when enough rows are new, and
@@ -75,15 +75,16 @@ class MapTraining(TrainableCallback):
         graph = self._current_graph(trainer)
         if graph is None:
             return None
-        rows, neighbors = graph
+        rows, neighbours = graph
+        self.agree_scaling(rows)
         with self.training_context() as projection:
-            if neighbors is None:
+            if neighbours is None:
                 # Too few finite rows here: a zero gradient keeps the ranks' steps in lockstep.
                 loss = sum(p.sum() for p in projection.parameters()) * 0.0
             else:
                 loss = projection_loss(
-                    projection, rows, neighbors, self.n_negatives, self._generator,
-                    owner=self.state_key,
+                    lambda x: self.map_rows(projection, x), rows, neighbours,
+                    self.n_negatives, self._generator, owner=self.state_key,
                 )  # fmt: skip
         self.backward_and_step(loss, trainer)
         loss = loss.detach()
@@ -110,6 +111,7 @@ class MapTraining(TrainableCallback):
             "last_plot_epoch": self.last_plot_epoch,
             "generators": None if generator is None else generator.unsqueeze(0),
             "loss_total": self._loss_total,
+            **self.frame_state(),
         }
         return state
 
@@ -130,6 +132,7 @@ class MapTraining(TrainableCallback):
             self.train_batches = own["train_batches"]
             self.last_plot_epoch = own["last_plot_epoch"]
             self._loss_total = own.get("loss_total")
+            self.load_frame_state(own)
             states = own["generators"]
             if states is not None:
                 # A run on another number of processes takes the states round-robin. clone():
@@ -178,9 +181,9 @@ class MapTraining(TrainableCallback):
             )
             return None
         if self._graph is not None:
-            built_at, rows, neighbors = self._graph
+            built_at, rows, neighbours = self._graph
             if queue.appended - built_at < self.graph_refresh * available:
-                return rows, neighbors
+                return rows, neighbours
         rows = self.prepare_input(queue.read(self.queue_length))
         rows = rows.reshape(len(rows), -1)
         self.check_input_width(rows, self.input)
@@ -191,12 +194,12 @@ class MapTraining(TrainableCallback):
                 f"rank {distributed.rank()}: left out {len(kept) - len(rows)} rows of "
                 f"'{self.input}' with non-finite values"
             )
-        neighbors = None
+        neighbours = None
         if len(rows) > self.k_neighbors:
-            neighbors = neighbor_graph(rows, self.k_neighbors, metric=self.distance_metric)
-        self._graph = (queue.appended, rows, neighbors)
+            neighbours = neighbour_graph(rows, self.k_neighbors, metric=self.distance_metric)
+        self._graph = (queue.appended, rows, neighbours)
         self.debug(f"rebuilt the neighbour graph of {len(rows)} rows")
-        return rows, neighbors
+        return rows, neighbours
 
     def _gathered_rows(self) -> tuple[Tensor, Tensor | None]:
         """Every rank's queue rows (and labels), each once in rank order: the queues hold this

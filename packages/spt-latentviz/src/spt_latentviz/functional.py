@@ -13,15 +13,15 @@ import torch
 from torch import Tensor
 
 from spt_latentviz._checks import check_map
-from spt_latentviz._graph import neighbor_graph
+from spt_latentviz._graph import neighbour_graph
 from spt_latentviz.scores import knn_recall, map_scores, trustworthiness
 
 __all__ = [
     "drop_non_finite",
     "knn_recall",
     "map_scores",
-    "neighbor_embedding_loss",
-    "neighbor_graph",
+    "neighbour_embedding_loss",
+    "neighbour_graph",
     "projection_loss",
     "sample_negatives",
     "trustworthiness",
@@ -33,7 +33,7 @@ _REPULSION_EPS = 1e-3
 
 def sample_negatives(
     num_points: int,
-    neighbors: Tensor,
+    neighbours: Tensor,
     n_negatives: int,
     generator: torch.Generator | None = None,
 ) -> Tensor:
@@ -41,10 +41,10 @@ def sample_negatives(
 
     Args:
         num_points: Number of points to draw from.
-        neighbors: The neighbour graph, shape ``(N, k)``; only its shape and device are used.
+        neighbours: The neighbour graph, shape ``(N, k)``; only its shape and device are used.
         n_negatives: Negatives per positive pair (>= 1).
         generator: Random source; drawing happens on its device, then moves to
-            ``neighbors``'s device. ``None`` uses the global generator.
+            ``neighbours``'s device. ``None`` uses the global generator.
 
     Returns:
         int64 tensor of shape ``(N, k, n_negatives)`` with values in ``[0, num_points)``.
@@ -56,14 +56,14 @@ def sample_negatives(
     """
     if isinstance(n_negatives, bool) or not isinstance(n_negatives, int) or n_negatives < 1:
         raise ValueError(f"n_negatives must be a positive int, got {n_negatives!r}")
-    device = generator.device if generator is not None else neighbors.device
+    device = generator.device if generator is not None else neighbours.device
     drawn = torch.randint(
-        num_points, (*neighbors.shape, n_negatives), generator=generator, device=device
+        num_points, (*neighbours.shape, n_negatives), generator=generator, device=device
     )
-    return drawn.to(neighbors.device, non_blocking=True)
+    return drawn.to(neighbours.device, non_blocking=True)
 
 
-def neighbor_embedding_loss(z: Tensor, neighbors: Tensor, negatives: Tensor) -> Tensor:
+def neighbour_embedding_loss(z: Tensor, neighbours: Tensor, negatives: Tensor) -> Tensor:
     """Negative-sampling cross-entropy of a low-dimensional embedding (UMAP/LargeVis style).
 
     With the Student-t similarity ``q_ij = 1 / (1 + ||z_i - z_j||^2)``, every positive pair
@@ -77,7 +77,7 @@ def neighbor_embedding_loss(z: Tensor, neighbors: Tensor, negatives: Tensor) -> 
 
     Args:
         z: Embedding, shape ``(N, d)`` (usually ``d = 2``); computed in fp32 at least.
-        neighbors: Neighbour indices, shape ``(N, k)`` (from :func:`neighbor_graph`).
+        neighbours: Neighbour indices, shape ``(N, k)`` (from :func:`neighbour_graph`).
         negatives: Negative indices, shape ``(N, k, n_negatives)`` (from
             :func:`sample_negatives`).
 
@@ -89,27 +89,27 @@ def neighbor_embedding_loss(z: Tensor, neighbors: Tensor, negatives: Tensor) -> 
 
     Example:
         >>> z = torch.tensor([[0.0, 0.0], [1.0, 0.0], [3.0, 0.0]])
-        >>> neighbors = torch.tensor([[1], [0], [1]])
+        >>> neighbours = torch.tensor([[1], [0], [1]])
         >>> negatives = torch.tensor([[[2]], [[2]], [[0]]])
-        >>> round(neighbor_embedding_loss(z, neighbors, negatives).item(), 4)
+        >>> round(neighbour_embedding_loss(z, neighbours, negatives).item(), 4)
         1.143
     """
     if z.dim() != 2:
         raise ValueError(f"z must have shape (N, d), got {tuple(z.shape)}")
-    if neighbors.dim() != 2 or neighbors.shape[0] != z.shape[0]:
+    if neighbours.dim() != 2 or neighbours.shape[0] != z.shape[0]:
         raise ValueError(
-            f"neighbors must have shape (N={z.shape[0]}, k), got {tuple(neighbors.shape)}"
+            f"neighbours must have shape (N={z.shape[0]}, k), got {tuple(neighbours.shape)}"
         )
-    if negatives.dim() != 3 or negatives.shape[:2] != neighbors.shape:
+    if negatives.dim() != 3 or negatives.shape[:2] != neighbours.shape:
         raise ValueError(
-            f"negatives must have shape {(*neighbors.shape, 'n_negatives')}, "
+            f"negatives must have shape {(*neighbours.shape, 'n_negatives')}, "
             f"got {tuple(negatives.shape)}"
         )
     z = z if z.dtype == torch.float64 else z.float()
-    n, k = neighbors.shape
+    n, k = neighbours.shape
     # One gather for every pair (index_select's backward, index_add, is the cheap one), then
     # squared distances one coordinate at a time: reductions over a last axis of size 2 are slow.
-    others = torch.cat((neighbors, negatives.reshape(n, -1)), dim=1)
+    others = torch.cat((neighbours, negatives.reshape(n, -1)), dim=1)
     paired = z.index_select(0, others.reshape(-1)).view(n, -1, z.shape[1])
     d2 = sum((z[:, c : c + 1] - paired[..., c]).square() for c in range(z.shape[1]))
     # -log q = log(1 + d^2) on positives; -log(1 - q) = log(1 + d^2) - log(d^2 + eps) on negatives.
@@ -119,7 +119,7 @@ def neighbor_embedding_loss(z: Tensor, neighbors: Tensor, negatives: Tensor) -> 
 def projection_loss(
     projection: Callable[[Tensor], Tensor],
     rows: Tensor,
-    neighbors: Tensor,
+    neighbours: Tensor,
     n_negatives: int,
     generator: torch.Generator | None = None,
     *,
@@ -133,13 +133,13 @@ def projection_loss(
     Args:
         projection: Maps ``(N, D)`` rows to ``(N, 2)`` points (usually an ``nn.Module``).
         rows: The points, shape ``(N, D)``.
-        neighbors: Their neighbour graph, shape ``(N, k)`` (from :func:`neighbor_graph`).
+        neighbours: Their neighbour graph, shape ``(N, k)`` (from :func:`neighbour_graph`).
         n_negatives: Negatives per neighbour pair (see :func:`sample_negatives`).
         generator: Random source of the negatives; ``None`` uses the global generator.
         owner: Who asks, named in the error message.
 
     Returns:
-        Scalar :func:`neighbor_embedding_loss` (differentiable with respect to the
+        Scalar :func:`neighbour_embedding_loss` (differentiable with respect to the
         projection's parameters).
 
     Raises:
@@ -148,14 +148,14 @@ def projection_loss(
     Example:
         >>> rows = torch.tensor([[0.0, 0.0], [0.0, 1.0], [5.0, 5.0], [5.0, 6.0]])
         >>> g = torch.Generator().manual_seed(0)
-        >>> loss = projection_loss(torch.nn.Identity(), rows, neighbor_graph(rows, 1), 2, g)
+        >>> loss = projection_loss(torch.nn.Identity(), rows, neighbour_graph(rows, 1), 2, g)
         >>> loss.shape, bool(loss > 0)
         (torch.Size([]), True)
     """
     z = projection(rows)
     check_map(z, len(rows), owner)
-    negatives = sample_negatives(len(rows), neighbors, n_negatives, generator)
-    return neighbor_embedding_loss(z, neighbors, negatives)
+    negatives = sample_negatives(len(rows), neighbours, n_negatives, generator)
+    return neighbour_embedding_loss(z, neighbours, negatives)
 
 
 def drop_non_finite(rows: Tensor) -> tuple[Tensor, Tensor | None]:

@@ -12,7 +12,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor, nn
 
 from spt_core import lookup
-from spt_latentviz._checks import check_arguments, check_labels, check_map
+from spt_latentviz._checks import check_arguments, check_labels
 from spt_latentviz._outputs import MapOutputs
 from spt_latentviz._training import MapTraining
 from spt_latentviz.functional import drop_non_finite, map_scores
@@ -41,11 +41,13 @@ class LatentViz(MapTraining, MapOutputs):
 
     At the end of every epoch ``e`` with ``e % plot_interval == 0`` and
     ``e >= warmup_epochs`` (the seed's rule: epochs 0, 10, 20... for ``plot_interval=10``;
-    with ``warmup_epochs=3`` the first map is drawn at epoch 10; never in the sanity check;
-    in ``trainer.validate`` or ``trainer.test`` after a fit, at the epoch the fit reached, if
-    it has no map yet),
-    the projection maps the queue rows of every rank, gathered by this callback at the end of
-    the validation epoch (or of the training epoch when no validation ran), and the callback
+    with ``warmup_epochs=3`` the first map is drawn at epoch 10), and at the fit's last epoch
+    (never in the sanity check; in ``trainer.validate`` or ``trainer.test`` after a fit, at
+    the epoch the fit reached, if it has no map yet), the callback gathers the queue rows of
+    every rank (at the end of the validation epoch, or of the training epoch when no
+    validation ran); while fitting, it fits the map to them (its points along the same loss,
+    then the projection to the points: :meth:`refine_map`) and aligns the frame to the
+    previous one; then it
 
     - logs ``eval/{name}_trustworthiness`` and ``eval/{name}_knn_recall`` at ``k_neighbors``;
     - on rank 0 writes ``epoch_XXXX.npz`` (``coordinates``, ``labels`` when ``target`` is set,
@@ -163,6 +165,9 @@ class LatentViz(MapTraining, MapOutputs):
         self._graph: tuple[int, Tensor, Tensor | None] | None = None
         self._non_finite_epoch: int | None = None
         self._loss_total: Tensor | None = None  # (sum of the update losses, updates) this epoch
+        self._scaling: tuple[Tensor, Tensor] | None = None
+        self._alignment: tuple[Tensor, Tensor] | None = None
+        self._frame_module: dict[str, Tensor] | None = None
 
     def default_optimizer(self) -> dict[str, Any]:
         """``AdamW(lr=1e-2, weight_decay=1e-2)`` (see :data:`DEFAULT_LR`)."""
@@ -172,15 +177,6 @@ class LatentViz(MapTraining, MapOutputs):
     def projection(self) -> nn.Module:
         """The trained projection (the same object as :attr:`module`)."""
         return self.module
-
-    def project(self, features: Tensor) -> Tensor:
-        """Map ``features`` (``(N, ...)``, flattened to ``(N, D)``) to ``(N, 2)`` fp32 points."""
-        x = self.prepare_input(features).reshape(len(features), -1)
-        self.check_input_width(x, self.input)
-        with self.evaluation_context() as projection:
-            z = projection(x)
-        check_map(z, len(x), self.state_key)
-        return z.float()
 
     # ------------------------------------------------------------------ Lightning hooks
 
@@ -262,6 +258,9 @@ class LatentViz(MapTraining, MapOutputs):
                 f"the queue holds {n} rows; scores at k={k} need more than {2 * k}: no map yet",
             )
             return None
+        if trainer.state.fn == TrainerFn.FITTING:  # evaluating alone draws the learnt map
+            steps = self.refine_map(x, seed=epoch)
+            self.debug(f"epoch {epoch}: the map of {n} rows took {steps} steps")
         z = self.project(x)
         scores = map_scores(x, z, k, self.distance_metric)
         self.log_values(
@@ -275,9 +274,10 @@ class LatentViz(MapTraining, MapOutputs):
 
     def _plot_due(self, trainer: Trainer) -> bool:
         epoch = trainer.current_epoch
+        last = trainer.state.fn == TrainerFn.FITTING and epoch == (trainer.max_epochs or 0) - 1
         return (
             self._input_queue is not None
             and epoch >= self.warmup_epochs
-            and epoch % self.plot_interval == 0
+            and (epoch % self.plot_interval == 0 or last)
             and self.last_plot_epoch != epoch
         )

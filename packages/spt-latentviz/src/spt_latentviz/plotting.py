@@ -125,6 +125,7 @@ def draw_map(
     title: str = "",
     size: tuple[float, float] = (7.0, 6.0),
     dpi: int = 100,
+    limits: tuple[float, float, float, float] | None = None,
 ) -> Figure:
     """A scatter plot of a 2D map, coloured by class.
 
@@ -138,6 +139,8 @@ def draw_map(
         title: Figure title.
         size: Figure size in inches; the picture is ``size * dpi`` pixels.
         dpi: Dots per inch.
+        limits: ``(x_min, x_max, y_min, y_max)`` of the axes (the frames of an animation
+            share them); ``None``: fitted to the points.
 
     Returns:
         A ``matplotlib.figure.Figure`` (not registered with pyplot).
@@ -191,7 +194,12 @@ def draw_map(
                 fontsize="small",
                 frameon=False,
             )
-    ax.set_aspect("equal", adjustable="datalim")
+    if limits is None:
+        ax.set_aspect("equal", adjustable="datalim")
+    else:
+        ax.set_xlim(limits[0], limits[1])
+        ax.set_ylim(limits[2], limits[3])
+        ax.set_aspect("equal", adjustable="box")
     ax.set_xticks([])
     ax.set_yticks([])
     ax.set_title(title, fontsize="medium")

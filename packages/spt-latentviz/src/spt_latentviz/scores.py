@@ -12,7 +12,7 @@ from torch import Tensor
 
 from spt_distance import pairwise_distances
 from spt_latentviz._checks import as_rows, check_k
-from spt_latentviz._graph import neighbor_graph
+from spt_latentviz._graph import neighbour_graph
 
 __all__ = ["knn_recall", "trustworthiness"]
 
@@ -21,11 +21,7 @@ _BLOCK_ELEMENTS = 1 << 22
 
 
 def trustworthiness(
-    high: Tensor,
-    low: Tensor,
-    k: int,
-    metric: str = "euclidean",
-    chunk_size: int | None = None,
+    high: Tensor, low: Tensor, k: int, metric: str = "euclidean", chunk_size: int | None = None
 ) -> Tensor:
     """How much the ``k`` nearest neighbours of the low-dimensional map can be trusted.
 
@@ -61,12 +57,8 @@ def trustworthiness(
         >>> round(trustworthiness(x, shuffled, k=2).item(), 4)
         0.5667
     """
-    high, low = as_rows(high, "high"), as_rows(low, "low")
+    high, low_neighbours = _paired(high, low, k, chunk_size, trustworthiness=True)
     n = high.shape[0]
-    if low.shape[0] != n:
-        raise ValueError(f"high and low must have the same rows, got {n} and {low.shape[0]}")
-    check_k(k, n, (n - 1) // 2, "trustworthiness needs k < N / 2")
-    low_neighbors = neighbor_graph(low, k, chunk_size=chunk_size).to(high.device)
     block = chunk_size or max(1, _BLOCK_ELEMENTS // n)
     penalty = torch.zeros((), dtype=torch.float64, device=high.device)
     positions = torch.arange(n, device=high.device).unsqueeze(0)
@@ -76,17 +68,13 @@ def trustworthiness(
         distances[torch.arange(len(rows), device=high.device), rows] = torch.inf
         order = torch.argsort(distances, dim=1, stable=True)
         rank_of = torch.empty_like(order).scatter_(1, order, positions.expand_as(order))
-        ranks = rank_of.gather(1, low_neighbors[rows]) + 1
+        ranks = rank_of.gather(1, low_neighbours[rows]) + 1
         penalty += (ranks - k).clamp(min=0).sum()
     return 1.0 - penalty * (2.0 / (n * k * (2.0 * n - 3.0 * k - 1.0)))
 
 
 def knn_recall(
-    high: Tensor,
-    low: Tensor,
-    k: int,
-    metric: str = "euclidean",
-    chunk_size: int | None = None,
+    high: Tensor, low: Tensor, k: int, metric: str = "euclidean", chunk_size: int | None = None
 ) -> Tensor:
     """Fraction of each point's ``k`` nearest neighbours that stay among its ``k`` nearest in
     the embedding, averaged over points.
@@ -111,15 +99,26 @@ def knn_recall(
         >>> knn_recall(x, torch.tensor([[0.0], [1.0], [9.0], [3.0]]), k=1).item()
         0.5
     """
+    high, kept = _paired(high, low, k, chunk_size, trustworthiness=False)
+    true = neighbour_graph(high, k, metric=metric, chunk_size=chunk_size)
+    shared = (true.unsqueeze(2) == kept.unsqueeze(1)).any(dim=2)
+    return shared.float().mean()
+
+
+def _paired(
+    high: Tensor, low: Tensor, k: int, chunk_size: int | None, trustworthiness: bool
+) -> tuple[Tensor, Tensor]:
+    """Both maps checked (the same rows, ``k`` in range) as ``(N, D)`` rows: ``high`` and
+    the ``k`` nearest neighbours of every row of ``low``, on ``high``'s device."""
     high, low = as_rows(high, "high"), as_rows(low, "low")
     n = high.shape[0]
     if low.shape[0] != n:
         raise ValueError(f"high and low must have the same rows, got {n} and {low.shape[0]}")
-    check_k(k, n, n - 1, "it must be at most N - 1")
-    true = neighbor_graph(high, k, metric=metric, chunk_size=chunk_size)
-    kept = neighbor_graph(low, k, chunk_size=chunk_size).to(true.device)
-    shared = (true.unsqueeze(2) == kept.unsqueeze(1)).any(dim=2)
-    return shared.float().mean()
+    if trustworthiness:
+        check_k(k, n, (n - 1) // 2, "trustworthiness needs k < N / 2")
+    else:
+        check_k(k, n, n - 1, "it must be at most N - 1")
+    return high, neighbour_graph(low, k, chunk_size=chunk_size).to(high.device)
 
 
 def map_scores(high: Tensor, low: Tensor, k: int, metric: str = "euclidean") -> dict[str, Tensor]:
