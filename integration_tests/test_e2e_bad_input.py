@@ -135,14 +135,14 @@ def test_a_wrong_feature_size_names_the_callback_and_both_sizes(tmp_path, names,
         (  # the first validation batch is checked at once, later ones at the epoch's end
             ["knn"],
             e2e.relabel("val", 2, 5),
-            r"OnlineKNN\[name=knn\]: a validation batch of 'label' holds label 5, outside "
-            r"num_classes=3 .* set num_classes to at least 6",
+            r"OnlineKNN\[name=knn\]: a validation batch of 'label' holds label 5, but "
+            r"num_classes gives 3 classes .* make it at least 6",
             "eval/knn_accuracy",
         ),
         (  # the last training batch is in the queue the bank is read from
             ["knn"],
             e2e.relabel("train", 7, 5),
-            r"OnlineKNN\[name=knn\]: the queue of 'label' holds label 5, outside num_classes=3",
+            r"OnlineKNN\[name=knn\]: the queue of 'label' holds label 5, but num_classes gives 3",
             "eval/knn_accuracy",
         ),
         (

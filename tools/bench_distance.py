@@ -18,6 +18,9 @@ the measured peak growth of the process's resident set during one call (sampled 
 packing buffers included). On CUDA the measured figure is the growth of
 `torch.cuda.max_memory_allocated`, and faiss-cpu and scikit-learn are left out.
 
+The cost of ``exact_distances=True`` (the search spt-knn runs) is measured on its own few
+cells, the search with and without it taking turns (``--exact-only`` runs that part alone).
+
 Run from the repository root (faiss-cpu and scikit-learn are benchmark-only dependencies):
 
     python tools/bench_distance.py --out bench_results/distance.json
@@ -38,6 +41,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 
 import torch
 
@@ -45,6 +49,11 @@ from spt_distance import METRICS, knn_search, plan_chunks
 
 FULL_GRID = {"B": 256, "N": (8192, 65536), "D": (128, 512, 2048), "k": (20, 200)}
 QUICK_GRID = {"B": 64, "N": (2048,), "D": (32, 128), "k": (5, 20)}
+EXACT_CELLS = (  # (B, N, D, k): the demo's kNN (k=10 and a sweep's k=100), then wider rows
+    (256, 1500, 128, 10), (256, 1500, 128, 100), (256, 8192, 512, 20), (256, 8192, 512, 200),
+    (256, 8192, 2048, 200),
+)  # fmt: skip
+QUICK_EXACT_CELLS = ((256, 1500, 128, 10), (256, 1500, 128, 100))
 TARGET_METRICS = ("euclidean", "cosine")
 SKLEARN_NAMES = {
     "euclidean": "euclidean",
@@ -78,13 +87,15 @@ def main() -> None:
         raise SystemExit("--device cuda needs a CUDA device")
     threads = args.threads or torch.get_num_threads()
     torch.set_num_threads(threads)
-    faiss, neighbors = optional_baselines(device, threads)
+    faiss, neighbors = (None, None) if args.exact_only else optional_baselines(device, threads)
     grid = QUICK_GRID if args.quick else FULL_GRID
     metrics = tuple(args.metrics.split(",")) if args.metrics else METRICS
     started = time.perf_counter()
     matmul = matmul_gflops(device, 1024 if args.quick else 4096)
     print(f"device {device}, {threads} threads, torch.matmul fp32: {matmul:.1f} GFLOP/s")
     cells: list[Cell] = []
+    if args.exact_only:
+        grid = {**grid, "N": ()}
     for n_keys in grid["N"]:
         for dim in grid["D"]:
             generator = torch.Generator().manual_seed(args.seed)
@@ -97,9 +108,12 @@ def main() -> None:
                     measure_cell(cell, queries, keys, indexes, args)
                     cells.append(cell)
                     print_row(cell, matmul)
-    low_precision = measure_low_precision(grid, device, args)
-    summary = summarize(cells, matmul)
+    low_precision = [] if args.exact_only else measure_low_precision(grid, device, args)
+    summary = summarize(cells, matmul) if cells else {"matmul_gflops": round(matmul, 1)}
     summary["low_precision"] = low_precision
+    summary["exact_distances"] = measure_exact(
+        QUICK_EXACT_CELLS if args.quick else EXACT_CELLS, device, args
+    )
     summary["wall_s"] = round(time.perf_counter() - started, 1)
     print_summary(summary)
     if args.out:
@@ -132,6 +146,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=0, help="torch/faiss/BLAS threads")
     parser.add_argument("--metrics", default="", help="comma-separated subset of the metrics")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--exact-only", action="store_true", help="only the cost of exact_distances=True"
+    )
     parser.add_argument(
         "--pause", type=float, default=0.2, help="idle seconds before every timed call"
     )
@@ -311,6 +328,36 @@ def _malloc_trim() -> Callable[[], None]:
         return lambda: None
 
 
+def measure_exact(shapes, device: torch.device, args) -> list[dict]:
+    """The cost of ``exact_distances=True`` (cosine and euclidean): the median time of the
+    search with it and without it, taking turns, their ratio, and the ratio of the fastest
+    calls (steadier on a busy machine)."""
+    rows = []
+    for n_queries, n_keys, dim, k in shapes:
+        generator = torch.Generator().manual_seed(args.seed)
+        keys = torch.randn(n_keys, dim, generator=generator).to(device)
+        queries = torch.randn(n_queries, dim, generator=generator).to(device)
+        for metric in ("cosine", "euclidean"):
+            calls = {
+                exact: partial(knn_search, queries, keys, k, metric, exact_distances=exact)
+                for exact in (False, True)
+            }
+            samples: dict[bool, list[float]] = {False: [], True: []}
+            for call in calls.values():
+                call()  # warm-up
+            for _ in range(max(args.repeats, 15)):
+                for exact, call in calls.items():
+                    time.sleep(args.pause / 4)
+                    samples[exact].append(timed(call, device))
+            plain, exact = (statistics.median(samples[e]) * 1e3 for e in (False, True))
+            fastest = {e: min(samples[e]) for e in (False, True)}
+            row = {"metric": metric, "B": n_queries, "N": n_keys, "D": dim, "k": k}
+            row |= {"plain_ms": round(plain, 2), "exact_ms": round(exact, 2)}
+            row |= {"ratio": round(exact / plain, 3)}
+            rows.append(row | {"ratio_of_minima": round(fastest[True] / fastest[False], 3)})
+    return rows
+
+
 def measure_low_precision(grid: dict, device: torch.device, args) -> list[dict]:
     """float16/bfloat16 keys and queries against float32 ones: time, and equal results."""
     n_keys, dim, k = max(grid["N"]), grid["D"][len(grid["D"]) // 2], grid["k"][0]
@@ -401,7 +448,14 @@ def _fmt(value: float | None, width: int, digits: int) -> str:
 def print_summary(summary: dict) -> None:
     print("\nsummary")
     for key, value in summary.items():
-        if key == "low_precision":
+        if key == "exact_distances":
+            for row in value:
+                print(
+                    f"  exact {row['metric']:<10}B={row['B']} N={row['N']} D={row['D']} "
+                    f"k={row['k']}: {row['exact_ms']:.1f} ms vs {row['plain_ms']:.1f} ms "
+                    f"without (x{row['ratio']:.2f}; fastest calls x{row['ratio_of_minima']:.2f})"
+                )
+        elif key == "low_precision":
             for row in value:
                 print(
                     f"  {row['metric']:<10}{row['dtype']:<9} N={row['N']} D={row['D']} "

@@ -7,8 +7,8 @@ fixed, so that one and two processes embed identical features).
 
 The training and validation loaders are sharded by this script without shuffling (rank r
 takes rows r, r + W, ...), so one process with W times the batch size sees the same global
-batches. The result holds the clean probe, its schedule, the logged clean accuracy, the final
-backbone and the data, for an offline recomputation.
+batches. The result holds the last clean probe, the last epoch of its schedule, the logged
+clean accuracy, the final backbone and the data, for an offline recomputation.
 """
 
 import torch
@@ -59,8 +59,8 @@ save(
     args,
     fit,
     {
-        "clean_probe": {k: v.clone() for k, v in state["probe"].items()},
-        "trained_epoch": state["trained_epoch"],
+        "clean_probe": {k: v.clone() for k, v in probe._clean.probe.state_dict().items()},
+        "trained_epoch": state["schedule"]["last_epoch"],
         "clean_accuracy": fit.callback_metrics["eval/linear_clean_accuracy"].clone(),
         "accuracy": fit.callback_metrics["eval/linear_accuracy"].clone(),
         "backbone": {k: v.clone() for k, v in model.state_dict().items()},

@@ -5,7 +5,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from spt_distance import METRICS, _plan, _scores, knn_search
+from spt_distance import METRICS, _plan, _scores, knn, knn_search
 
 SETTINGS = settings(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
@@ -69,10 +69,7 @@ def test_a_pairs_distance_depends_on_its_two_rows_only(ref, data, metric):
 
 def test_each_returned_pair_is_computed_once_and_nothing_is_refined(monkeypatch):
     computed, refined = [], []
-    exact = _scores.exact_distances
-    monkeypatch.setattr(
-        _scores, "exact_distances", lambda *a: computed.append(len(a[1])) or exact(*a)
-    )
+    monkeypatch.setattr(_scores, "exact_rows", _recording(_scores.exact_rows, computed))
     monkeypatch.setattr(_scores, "refine_near_zero", lambda *a, **kw: refined.append(a))
     generator = torch.Generator().manual_seed(0)
     keys = torch.randn(500, 16, generator=generator)
@@ -87,3 +84,50 @@ def test_each_returned_pair_is_computed_once_and_nothing_is_refined(monkeypatch)
 def test_exact_distances_must_be_a_bool():
     with pytest.raises(TypeError, match="exact_distances must be a bool, got 'yes'"):
         knn_search(torch.zeros(1, 2), torch.zeros(3, 2), 1, exact_distances="yes")
+
+
+@SETTINGS
+@given(
+    data=st.data(),
+    metric=st.sampled_from(METRICS),
+    dtype=st.sampled_from([torch.float32, torch.float16, torch.float64]),
+)
+def test_a_row_against_its_keys_is_the_pairs_own_arithmetic(ref, data, metric, dtype):
+    """Each query row broadcast against its keys gives, bit for bit, the float64 value of
+    the pair computed alone (zero rows included)."""
+    values = data.draw(st.sampled_from([ref.decimals, ref.small_ints]))
+    queries, keys, k = data.draw(ref.problems(values, max_keys=30))
+    noise = torch.randn(keys.shape, generator=torch.Generator().manual_seed(k))
+    queries, keys = queries.to(dtype), (keys + noise / 7).to(dtype)  # sums that round
+    keys[0] = 0
+    generator = torch.Generator().manual_seed(keys.shape[0])
+    index = torch.randint(0, keys.shape[0], (queries.shape[0], k), generator=generator)
+    index[:, 0] = 0
+    rows = torch.arange(queries.shape[0]).unsqueeze(1).expand_as(index)
+    pairs = _scores.exact_distances(queries, rows.reshape(-1), keys, index.reshape(-1), metric)
+    assert torch.equal(_scores.exact_rows(queries, keys, index, metric), pairs.view_as(index))
+
+
+@pytest.mark.parametrize("metric", METRICS)
+@pytest.mark.parametrize("block", [1, 16 * 3, 16 * 9 * 2, 16 * 9 * 40])
+def test_the_blocks_of_the_exact_distances_change_no_bit(monkeypatch, metric, block):
+    """Single pairs, part of a row, whole rows or every row at once: the same result."""
+    generator = torch.Generator().manual_seed(3)
+    keys = torch.randn(300, 16, generator=generator)
+    queries = torch.cat((keys[:4], torch.randn(33, 16, generator=generator)))
+    whole = knn_search(queries, keys, 9, metric, exact_distances=True)
+    monkeypatch.setattr(knn, "EXACT_BLOCK", block)
+    blocks = []
+    monkeypatch.setattr(_scores, "exact_rows", _recording(_scores.exact_rows, blocks))
+    distances, index = knn_search(queries, keys, 9, metric, exact_distances=True)
+    assert torch.equal(distances, whole[0]) and torch.equal(index, whole[1])
+    assert max(blocks) <= max(block // 16, 1)
+    assert sum(blocks) in (37 * 9, 37 * 10)  # the k kept pairs, and the (k+1)-th candidate
+
+
+def _recording(function, sizes):
+    def recorded(queries, keys, index, metric):
+        sizes.append(index.numel())
+        return function(queries, keys, index, metric)
+
+    return recorded

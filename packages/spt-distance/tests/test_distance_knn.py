@@ -349,14 +349,15 @@ class _StoragePeak(TorchDispatchMode):
 @pytest.mark.parametrize(
     ("n_queries", "dim", "budget"), [(301, 24, 2 * 2**20), (1029, 256, 24 * 2**20)]
 )
-def test_knn_allocates_at_most_its_budget(selection, metric, n_queries, dim, budget):
+@pytest.mark.parametrize("exact", [False, True])
+def test_knn_allocates_at_most_its_budget(selection, metric, n_queries, dim, budget, exact):
     generator = torch.Generator().manual_seed(8)
     queries = torch.randn(n_queries, dim, generator=generator)
     keys = torch.randn(5000, dim, generator=generator)
     plan = plan_chunks(n_queries, 5000, dim, 20, metric, memory_budget=budget)
     assert plan.query_block < n_queries  # the last block is smaller: its buffers differ
     with _StoragePeak(queries, keys) as tracked:
-        knn_search(queries, keys, 20, metric, memory_budget=budget)
+        knn_search(queries, keys, 20, metric, memory_budget=budget, exact_distances=exact)
     # Beyond one step's scratch, the call holds the prepared queries and its results.
     assert 0 < tracked.peak <= budget
 

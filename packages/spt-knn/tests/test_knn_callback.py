@@ -6,11 +6,10 @@ import contextlib
 import lightning as L
 import pytest
 import torch
-import torchmetrics
 from torchmetrics.classification import MulticlassAccuracy
 
 from spt_core import callbacks_metrics
-from spt_core.testing import forbid_host_sync
+from spt_core.testing import SyncFreeAccuracy, forbid_host_sync
 from spt_distance import _plan
 from spt_knn import OnlineKNN, knn_predict
 from spt_queue import find_queue
@@ -29,8 +28,8 @@ class Recorder(L.Callback):
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
-        ({"k": 0}, ValueError, "k must be a positive integer, got 0"),
-        ({"k": -3}, ValueError, "k must be a positive integer"),
+        ({"k": 0}, ValueError, "k must be an integer >= 1, got 0"),
+        ({"k": -3}, ValueError, "k must be an integer >= 1"),
         ({"temperature": 0}, ValueError, "temperature must be a finite number > 0"),
         ({"temperature": -0.1}, ValueError, "temperature"),
         ({"chunk_size": 0}, ValueError, r"chunk_size must be -1 \(one block\)"),
@@ -39,22 +38,26 @@ class Recorder(L.Callback):
         ({"distance_metric": "cos"}, ValueError, r"distance_metric must be one of \("),
         ({"weighting": "gaussian"}, ValueError, r"weighting must be one of \('inverse'"),
         ({"distributed": "ring"}, ValueError, r"distributed must be one of \('gather', 'shard'\)"),
-        ({"queue_length": -1}, ValueError, "queue_length must be a non-negative integer, got -1"),
+        ({"queue_length": -1}, ValueError, "queue_length must be an integer >= 0, got -1"),
         ({"input_dim": (4, 0)}, ValueError, r"input_dim must hold positive sizes, got \(4, 0\)"),
         ({"input_dim": 2.5}, TypeError, r"input_dim must be None, an int or a tuple/list"),
         (
             {"queue_length": 8.0},
             TypeError,
-            "queue_length must be a non-negative integer, got 8.0",
+            "queue_length must be an integer >= 0, got 8.0",
         ),
-        ({"k": 2.0}, TypeError, "k must be a positive integer, got 2.0"),
-        ({"num_classes": "3"}, TypeError, "num_classes must be a positive integer, got '3'"),
+        ({"k": 2.0}, TypeError, "k must be an integer >= 1, got 2.0"),
+        ({"num_classes": "3"}, TypeError, "num_classes must be an integer >= 1, got '3'"),
         ({"target": 3}, TypeError, "target must be a non-empty string"),
         ({"target_dim": 3}, ValueError, "target_dim must be None or 1"),
-        ({"num_classes": 0}, ValueError, "num_classes must be a positive integer, got 0"),
+        ({"num_classes": 0}, ValueError, "num_classes must be an integer >= 1, got 0"),
         ({"input": ""}, ValueError, "input must be a non-empty string"),
         ({"name": "a/b"}, ValueError, "name"),
-        ({"metrics": {"acc": len}}, TypeError, r"metrics\['acc'\] must be a torchmetrics Metric"),
+        (
+            {"metrics": {"acc": len}},
+            TypeError,
+            r"metrics\['acc'\] must be a metric with update/compute/reset",
+        ),
     ],
 )
 def test_bad_arguments_are_refused_at_construction(kwargs, error, match, make_knn):
@@ -161,7 +164,8 @@ def test_explicit_num_classes_is_checked_against_the_queue(tiny, make_knn):
     features, labels = tiny.data(64, 4, 3)
     knn = make_knn(num_classes=2, metrics={})
     trainer = tiny.trainer([knn])
-    with pytest.raises(ValueError, match=r"queue of 'label' holds label 2, outside num_classes=2"):
+    match = r"queue of 'label' holds label 2, but num_classes gives 2 classes"
+    with pytest.raises(ValueError, match=match):
         trainer.fit(tiny.model(), tiny.loader(features, labels), tiny.loader(features, labels))
 
 
@@ -228,26 +232,6 @@ class _Counting:
         return counted
 
 
-class _Hits(torchmetrics.Metric):
-    """Top-1 accuracy without a host sync in ``update``. Like torchmetrics' classification
-    metrics it has an ``ignore_index`` (``None`` by default; spt's metric copies set it to
-    -1) and leaves the rows with that label out."""
-
-    def __init__(self, ignore_index=None):
-        super().__init__()
-        self.ignore_index = ignore_index
-        self.add_state("hits", torch.zeros(()), dist_reduce_fx="sum")
-        self.add_state("total", torch.zeros(()), dist_reduce_fx="sum")
-
-    def update(self, preds, target):
-        counted = target != self.ignore_index if self.ignore_index is not None else True
-        self.hits += ((preds.argmax(dim=1) == target) & counted).sum()
-        self.total += torch.as_tensor(counted).expand_as(target).sum()
-
-    def compute(self):
-        return self.hits / self.total
-
-
 @pytest.mark.parametrize("distributed", ["gather", "shard"])
 def test_validation_batches_after_the_first_do_not_sync(tiny, monkeypatch, distributed):
     counter = _Counting(monkeypatch)
@@ -270,9 +254,9 @@ def test_validation_batches_after_the_first_do_not_sync(tiny, monkeypatch, distr
     val_x, val_y = tiny.data(40, 4, 3, 1)
     val_y = torch.where(torch.arange(40) % 3 == 1, -1, val_y)  # unlabelled rows in every batch
     # torchmetrics' classification metrics sync in their update (bincount); this one does not.
-    knn = Watched(
-        "knn", "embedding", "label", 32, metrics={"acc": _Hits()}, k=5, distributed=distributed
-    )
+    # A plain metric (update/compute/reset, not a torchmetrics Metric) is accepted.
+    metrics = {"acc": SyncFreeAccuracy()}
+    knn = Watched("knn", "embedding", "label", 32, metrics=metrics, k=5, distributed=distributed)
     trainer = tiny.trainer([knn], max_epochs=2)
     trainer.fit(tiny.model(), tiny.loader(features, labels), tiny.loader(val_x, val_y))
     assert counter.calls == []
@@ -346,7 +330,7 @@ def test_a_label_beyond_num_classes_after_the_first_batch_fails_before_logging(
     val_y[20] = 7  # third batch: not read when the epoch's plan is made
     knn = make_knn(metrics={"accuracy": MulticlassAccuracy(3, **settings)})
     trainer = tiny.trainer([knn])
-    match = r"OnlineKNN\[name=knn\]: a validation batch of 'label' holds label 7, outside num_"
+    match = r"OnlineKNN\[name=knn\]: a validation batch of 'label' holds label 7, but num_"
     with pytest.raises(ValueError, match=match):
         trainer.fit(tiny.model(), tiny.loader(features, labels), tiny.loader(val_x, val_y))
     assert "eval/knn_accuracy" not in trainer.callback_metrics

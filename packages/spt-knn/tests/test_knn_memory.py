@@ -13,8 +13,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 from torchmetrics.classification import MulticlassAccuracy
 
+from spt_core.checks import finite_rows
 from spt_knn import OnlineKNN
-from spt_knn.bank import finite_rows
 
 ROWS, DIM = 8192, 128
 BANK_BYTES = ROWS * DIM * 4  # 4 MiB of float32 features

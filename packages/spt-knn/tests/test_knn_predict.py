@@ -97,7 +97,7 @@ def test_a_bank_without_labelled_rows_gives_uniform_scores():
 
 
 def test_a_label_outside_num_classes_names_the_label_and_the_fix():
-    with pytest.raises(ValueError, match=r"label 7, outside num_classes=5.*at least 8"):
+    with pytest.raises(ValueError, match=r"label 7, but num_classes gives 5 classes.*at least 8"):
         knn_predict(torch.randn(2, 3), torch.randn(4, 3), torch.tensor([0, 7, 1, -1]), 5)
 
 
@@ -109,15 +109,15 @@ def test_float_labels_are_refused():
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"k": 0}, "k must be a positive integer, got 0"),
-        ({"k": 2.0}, "k must be a positive integer"),
+        ({"k": 0}, "k must be an integer >= 1, got 0"),
+        ({"k": 2.0}, "k must be an integer >= 1"),
         ({"temperature": 0.0}, "temperature must be a finite number > 0, got 0.0"),
         ({"temperature": float("inf")}, "temperature"),
         ({"chunk_size": 0}, r"chunk_size must be -1 \(one block\), None"),
         ({"chunk_size": -5}, "chunk_size"),
         ({"distance_metric": "l2"}, r"distance_metric must be one of \('euclidean'"),
         ({"weighting": "softmax"}, r"weighting must be one of \('inverse', 'exp', 'uniform'\)"),
-        ({"num_classes": 0}, "num_classes must be a positive integer, got 0"),
+        ({"num_classes": 0}, "num_classes must be an integer >= 1, got 0"),
     ],
 )
 def test_bad_arguments_name_the_argument_and_the_allowed_values(kwargs, match):

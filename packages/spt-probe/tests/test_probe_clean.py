@@ -206,56 +206,103 @@ def test_modes_requires_grad_and_grads_of_the_backbone_are_restored(
     assert grads["weight"] is not None and grads["encoder.weight"] is None
 
 
-def test_schedule_sanity_check_and_runs_outside_fit(backbone, trainer, loader, data):
-    trainings = []
-    probe = make_probe(clean_loader=loader(data), clean_every_n_epochs=2, **CLEAN)
+class Trainings(list):
+    """Where each clean training happened: the epoch of ``self.fit`` (the Trainer watched),
+    ``"sanity"``, or the stage outside a fit (``"validate"``, ``"test"``)."""
+
+    fit: L.Trainer | None = None
+
+
+@pytest.fixture
+def trainings(monkeypatch) -> Trainings:
+    seen = Trainings()
     original = clean_module.fit_probe
 
     def spy(*args, **kwargs):
-        trainings.append(fit.current_epoch if not fit.sanity_checking else "sanity")
+        fit = seen.fit
+        if fit.sanity_checking:
+            seen.append("sanity")
+        else:
+            seen.append(fit.current_epoch if fit.state.fn == "fit" else fit.state.fn.value)
         return original(*args, **kwargs)
 
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(clean_module, "fit_probe", spy)
+    monkeypatch.setattr(clean_module, "fit_probe", spy)
+    return seen
+
+
+def test_clean_values_come_only_from_a_probe_trained_at_that_evaluation(
+    backbone, trainer, loader, data, trainings
+):
+    """Trained at epochs 0, 2, 4 (not the sanity check), logged at those epochs only; validate
+    and test after the fit train again on the current features (no stale probe)."""
+    probe = make_probe(clean_loader=loader(data), clean_every_n_epochs=2, **CLEAN)
+    logger = RecordingLogger()
+    fit = trainer(callbacks=[probe], logger=logger, max_epochs=5, num_sanity_val_steps=2)
+    trainings.fit = fit
+    torch.manual_seed(0)
+    model = backbone()
+    fit.fit(model, loader(data), loader(data))
+    assert trainings == [0, 2, 4] and probe.state_dict()["clean"]["schedule"]["last_epoch"] == 4
+    epochs = [m["epoch"] for _, m in logger.records if "eval/linear_clean_accuracy" in m]
+    assert epochs == [0, 2, 4]
+    assert len(logger.values("eval/linear_accuracy")) == 5
+    fit.validate(model, loader(data), verbose=False)
+    fit.test(model, loader(data), verbose=False)
+    assert trainings == [0, 2, 4, "validate", "test"]
+    assert len(logger.values("eval/linear_clean_accuracy")) == 5
+    model.eval()
+    with torch.no_grad():
+        features = model.encoder(data.columns["x"])
+    offline = hand_trained(
+        features, data.columns["label"], lambda: nn.Linear(5, 3), seed=5, epochs=3, batch_size=8
+    )
+    expected = accuracy_of(offline, features, data.columns["label"])
+    assert logger.values("eval/linear_clean_accuracy")[-1] == pytest.approx(expected, abs=1e-6)
+    fresh = make_probe(name="fresh", clean_loader=loader(data), **CLEAN)
+    other = trainer(callbacks=[fresh])
+    trainings.fit = other
+    other.validate(model, loader(data), verbose=False)
+    assert trainings[-1] == "validate" and fresh._clean.probe is not None
+
+
+def test_a_probe_reused_in_a_second_fit_starts_its_schedule_over(
+    backbone, trainer, loader, data, trainings
+):
+    probe = make_probe(clean_loader=loader(data), clean_every_n_epochs=3, **CLEAN)
+    for _ in range(2):
         logger = RecordingLogger()
-        fit = trainer(callbacks=[probe], logger=logger, max_epochs=5, num_sanity_val_steps=2)
+        fit = trainer(callbacks=[probe], logger=logger, max_epochs=2)
+        trainings.fit = fit
         torch.manual_seed(0)
-        model = backbone()
-        fit.fit(model, loader(data), loader(data))
-        assert trainings == [0, 2, 4] and probe._clean.trained_epoch == 4
-        assert len(logger.values("eval/linear_clean_accuracy")) == 5
-        kept = {k: v.clone() for k, v in probe._clean.probe.state_dict().items()}
-        fit.test(model, loader(data), verbose=False)  # the kept probe scores the test set
-        assert trainings == [0, 2, 4]
-        assert all(torch.equal(v, kept[k]) for k, v in probe._clean.probe.state_dict().items())
-        assert len(logger.values("eval/linear_clean_accuracy")) == 6
-        fresh = make_probe(name="fresh", clean_loader=loader(data), **CLEAN)
-        trainer(callbacks=[fresh]).validate(model, loader(data), verbose=False)
-        assert len(trainings) == 4 and fresh._clean.trained_epoch is None
+        fit.fit(backbone(), loader(data), loader(data))
+        assert len(logger.values("eval/linear_clean_accuracy")) == 1
+    assert trainings == [0, 0]
 
 
-def test_resume_keeps_the_schedule_and_the_clean_probe(backbone, trainer, loader, data, tmp_path):
+def test_resume_trains_at_the_epochs_of_the_uninterrupted_run(
+    backbone, trainer, loader, data, tmp_path, trainings
+):
     def fit(epochs, ckpt=None, save=None):
         torch.manual_seed(0)
         probe = make_probe(clean_loader=loader(data), clean_every_n_epochs=3, **CLEAN)
         logger = RecordingLogger()
         model = backbone()
         run = trainer(callbacks=[probe], logger=logger, max_epochs=epochs)
+        trainings.fit = run
         run.fit(model, loader(data), loader(data), ckpt_path=ckpt)
         if save:
             run.save_checkpoint(save)
         return probe, logger.values("eval/linear_clean_accuracy")
 
-    straight, straight_logged = fit(4)
+    straight, straight_logged = fit(5)
     fit(2, save=tmp_path / "two.ckpt")
-    resumed, resumed_logged = fit(4, ckpt=tmp_path / "two.ckpt")
-    assert straight._clean.trained_epoch == resumed._clean.trained_epoch == 3
-    assert resumed_logged == straight_logged[2:]  # epoch 2 reuses epoch 0's probe
+    resumed, resumed_logged = fit(5, ckpt=tmp_path / "two.ckpt")
+    assert trainings == [0, 3, 0, 3]  # the resumed run starts at epoch 2: no training there
+    assert len(straight_logged) == 2 and resumed_logged == straight_logged[1:]
     for key, value in straight._clean.probe.state_dict().items():
         assert torch.equal(resumed._clean.probe.state_dict()[key], value), key
     saved = torch.load(tmp_path / "two.ckpt", weights_only=False)["callbacks"]
-    state = saved["OnlineProbe[name=linear]"]["clean"]
-    assert state["trained_epoch"] == 0 and set(state["probe"]) == {"weight", "bias"}
+    assert saved["OnlineProbe[name=linear]"]["clean"] == {"schedule": {"last_epoch": 0}}
 
 
 def test_no_host_sync_per_validation_batch(backbone, trainer, loader, data, no_host_sync):
@@ -272,14 +319,14 @@ def test_bad_options_and_clean_labels_name_the_probe(backbone, trainer, loader, 
         make_probe(metrics=None, clean_loader=loader(data))
     with pytest.raises(ValueError, match=r"OnlineProbe\[name=linear\]: clean_epochs.*0"):
         make_probe(clean_loader=loader(data), clean_epochs=0)
-    with pytest.raises(TypeError, match=r"clean_every_n_epochs.*True"):
+    with pytest.raises(TypeError, match=r"OnlineProbe\[name=linear\]: clean_every_n_epochs.*True"):
         make_probe(clean_loader=loader(data), clean_every_n_epochs=True)
     with pytest.raises(TypeError, match=r"OnlineProbe\[name=linear\]: clean_optimizer.*instance"):
         make_probe(
             clean_loader=loader(data), clean_optimizer=torch.optim.SGD(nn.Linear(1, 1).parameters())
         )
-    with pytest.raises(TypeError, match=r"OnlineProbe\[name=linear\]: embed must be callable"):
-        make_probe(clean_loader=loader(data), embed="encoder")
+    with pytest.raises(TypeError, match=r"OnlineProbe\[name=linear\]: clean_embed must be call"):
+        make_probe(clean_loader=loader(data), clean_embed="encoder")
     with pytest.raises(TypeError, match=r"OnlineProbe\[name=linear\]: clean_loader"):
         make_probe(clean_loader=3)
     wide = make_data(12)
@@ -288,11 +335,11 @@ def test_bad_options_and_clean_labels_name_the_probe(backbone, trainer, loader, 
         run(backbone, trainer, loader, data, make_probe(clean_loader=loader(wide)))
 
 
-def test_embed_function_replaces_validation_step(backbone, trainer, loader, data):
+def test_clean_embed_function_replaces_validation_step(backbone, trainer, loader, data):
     def raw(pl_module, batch):
         return batch["x"][:, :5] * 0  # every clean row identical: the probe learns the prior
 
-    probe = make_probe(clean_loader=loader(data), embed=raw, **CLEAN)
+    probe = make_probe(clean_loader=loader(data), clean_embed=raw, **CLEAN)
     run(backbone, trainer, loader, data, probe, epochs=1)
     offline = hand_trained(
         torch.zeros(48, 5), data.columns["label"], lambda: nn.Linear(5, 3), seed=5, epochs=3,
@@ -373,7 +420,7 @@ def test_non_finite_clean_rows_empty_loaders_and_kept_parameters_warn_once(
         features = pl_module.encoder(batch["x"])
         return torch.where(batch["index"][:, None] == 0, float("nan"), features)
 
-    probe = make_probe(clean_loader=loader(data), embed=with_nan, probe=Scaled(), **CLEAN)
+    probe = make_probe(clean_loader=loader(data), clean_embed=with_nan, probe=Scaled(), **CLEAN)
     run(backbone, trainer, loader, data, probe, epochs=1)
     assert all(v.isfinite().all() for v in probe._clean.probe.state_dict().values())
     text = "\n".join(lines)

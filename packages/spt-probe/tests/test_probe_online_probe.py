@@ -61,7 +61,7 @@ def test_signature_is_the_reference_one_plus_keyword_options():
         "module", "name", "input", "target", "probe", "loss_fn", "optimizer", "scheduler",
         "accumulate_grad_batches", "gradient_clip_val", "gradient_clip_algorithm", "metrics",
         "clean_loader", "clean_every_n_epochs", "clean_epochs", "clean_batch_size",
-        "clean_optimizer", "clean_seed", "embed", "verbose",
+        "clean_optimizer", "clean_seed", "clean_embed", "verbose",
     ]  # fmt: skip
     defaults = {k: p.default for k, p in parameters.items()}
     assert defaults["module"] is None and defaults["loss_fn"] is None
@@ -79,7 +79,7 @@ def test_the_seed_order_is_positional_and_every_extra_parameter_keyword_only():
     ]  # fmt: skip
     assert [p.name for p in parameters if p.kind is p.KEYWORD_ONLY] == [
         "clean_loader", "clean_every_n_epochs", "clean_epochs", "clean_batch_size",
-        "clean_optimizer", "clean_seed", "embed", "verbose",
+        "clean_optimizer", "clean_seed", "clean_embed", "verbose",
     ]  # fmt: skip
     seed = (None, "p", "x", "y", nn.Linear(2, 2), None, None, None, 1, None, "norm", None)
     assert OnlineProbe(*seed).gradient_clip_algorithm == "norm"

@@ -228,16 +228,39 @@ def exact_distances(
     return difference.abs_().sum(dim=1)
 
 
-def exact_metric(
-    left: Tensor, left_index: Tensor, right: Tensor, right_index: Tensor, metric: str
-) -> Tensor:
-    """The metric's distance of each pair, in float64 from `exact_distances` (the square root
-    of euclidean taken in float64 too), so that rounding it to the output dtype is the only
-    rounding after the float64 arithmetic."""
-    values = exact_distances(left, left_index, right, right_index, metric)
+def exact_metric(queries: Tensor, keys: Tensor, index: Tensor, metric: str) -> Tensor:
+    """The metric's distance of each (query row, ``index``) pair, in float64 from
+    `exact_rows` (the square root of euclidean taken in float64 too), so that rounding it to
+    the output dtype is the only rounding after the float64 arithmetic."""
+    values = exact_rows(queries, keys, index, metric)
     if metric == "cosine":
         return values.clamp_(0, 2)
     return values.sqrt_() if metric == "euclidean" else values
+
+
+def exact_rows(queries: Tensor, keys: Tensor, index: Tensor, metric: str) -> Tensor:
+    """Distance of query row ``r`` to each key ``index[r, c]``, as ``(R, C)`` float64, from
+    the differences: the same arithmetic, bit for bit, as `exact_distances` on each pair.
+
+    Each query row is converted once and broadcast against its keys instead of gathered
+    once per pair: at most 12 bytes per (pair, feature) at once.
+    """
+    rows, columns = index.shape
+    picked = keys.index_select(0, index.reshape(-1)).view(rows, columns, keys.shape[1])
+    a = picked.double()
+    b = queries.double().unsqueeze(1)
+    if metric == "cosine":
+        norm_a = torch.linalg.vector_norm(a, dim=2, keepdim=True)
+        norm_b = torch.linalg.vector_norm(b, dim=2, keepdim=True)
+        a.div_(torch.where(norm_a > 0, norm_a, 1))
+        b = b / torch.where(norm_b > 0, norm_b, 1)
+        half_sq = a.sub_(b).square_().sum(dim=2) / 2
+        nonzero = ((norm_a > 0) & (norm_b > 0)).squeeze(2)
+        return torch.where(nonzero, half_sq, torch.ones_like(half_sq))
+    difference = a.sub_(b)
+    if metric in _EUCLIDEAN:
+        return difference.square_().sum(dim=2)
+    return difference.abs_().sum(dim=2)
 
 
 def refine_near_zero(

@@ -6,10 +6,9 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torchmetrics import Metric
 
 from spt_core import StageMetrics
-from spt_knn._checks import check_labels
+from spt_core.checks import check_label_range
 from spt_knn._epoch import EvalEpoch, Loader
 from spt_knn.sweep import Pair, Sweep
 
@@ -25,7 +24,7 @@ class Boards:
     for the clean one, each followed by the pair's :meth:`Sweep.suffix`.
     """
 
-    def __init__(self, metrics: dict[str, Metric], sweep: Sweep, banks: tuple[str, ...]) -> None:
+    def __init__(self, metrics: dict[str, Any], sweep: Sweep, banks: tuple[str, ...]) -> None:
         self.prototypes = metrics
         self.sweep = sweep
         self.banks = banks
@@ -84,7 +83,7 @@ class Boards:
                 self.boards[bank, pair].update_labelled(*loader, pair_scores, targets)
         except (RuntimeError, ValueError, IndexError):
             top = int(targets.max()) if targets.numel() else -1
-            check_labels(top, epoch.bank.num_classes, where)
+            check_label_range(top, epoch.bank.num_classes, where)
             raise
 
     def compute_and_reset(

@@ -1,4 +1,5 @@
-"""Argument checks shared by the kNN functions and ``OnlineKNN``."""
+"""The kNN-specific argument checks of the kNN functions and ``OnlineKNN`` (the checks every
+package shares live in :mod:`spt_core.checks`)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from torch import Tensor
 
+from spt_core.checks import positive_int
 from spt_distance import METRICS
 
 if TYPE_CHECKING:
@@ -18,27 +20,6 @@ WEIGHTINGS = ("inverse", "exp", "uniform")
 
 DISTRIBUTED_MODES = ("gather", "shard")
 """How ``OnlineKNN`` searches a bank whose rows are spread over the ranks."""
-
-
-def check_positive_int(value: object, argument: str, allow_zero: bool = False) -> int:
-    """``value`` if it is a positive int (or 0, with ``allow_zero``).
-
-    Raises:
-        TypeError: If it is not an int (a bool is not one).
-        ValueError: If it is below 1.
-
-    Example:
-        >>> check_positive_int(0, "k")
-        Traceback (most recent call last):
-        ...
-        ValueError: k must be a positive integer, got 0
-    """
-    allowed = "a non-negative integer" if allow_zero else "a positive integer"
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{argument} must be {allowed}, got {value!r}")
-    if value < (0 if allow_zero else 1):
-        raise ValueError(f"{argument} must be {allowed}, got {value!r}")
-    return value
 
 
 def check_keys(**keys: object) -> None:
@@ -107,7 +88,7 @@ def check_knn_arguments(
         ...
         ValueError: temperature must be a finite number > 0, got 0.0
     """
-    check_positive_int(k, "k")
+    positive_int(k, "k")
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
         raise TypeError(f"temperature must be a positive number, got {temperature!r}")
     if not (math.isfinite(temperature) and temperature > 0):
@@ -123,23 +104,3 @@ def check_knn_arguments(
         raise ValueError(f"distance_metric must be one of {METRICS}, got {distance_metric!r}")
     if weighting not in WEIGHTINGS:
         raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
-
-
-def check_labels(top: int, num_classes: int, where: str) -> None:
-    """Raise if a label ``top`` (the largest seen in ``where``) does not fit ``num_classes``.
-
-    Raises:
-        ValueError: If ``top >= num_classes``; the message names the label and what to set.
-
-    Example:
-        >>> check_labels(9, num_classes=10, where="the bank")
-        >>> check_labels(10, num_classes=10, where="the bank")
-        Traceback (most recent call last):
-        ...
-        ValueError: the bank holds label 10, outside num_classes=10 ... at least 11
-    """
-    if top >= num_classes:
-        raise ValueError(
-            f"{where} holds label {top}, outside num_classes={num_classes} (labels must be "
-            f"< num_classes); set num_classes to at least {top + 1}"
-        )

@@ -9,62 +9,63 @@ import torch
 from lightning.pytorch import LightningModule, Trainer
 from torch import Tensor
 
-from spt_core import distributed, embed_loader
+from spt_core import EvaluationSchedule, distributed, embed_loader
 from spt_knn._boards import CLEAN, QUEUE
-from spt_knn._checks import check_positive_int
 from spt_knn._rows import queue_rows
 from spt_knn.bank import KNNBank, knn_bank
 from spt_knn.sharded import agree_on_rounds
+from spt_knn.sweep import Sweep
 
 if TYPE_CHECKING:
     from spt_knn.online_knn import OnlineKNN
 
 
 class CleanBank:
-    """When to embed the clean loader, and the :class:`KNNBank` of its rows.
+    """When to embed the clean loader (an :class:`spt_core.EvaluationSchedule`), and the
+    :class:`KNNBank` of its rows.
 
-    Due at the first validation of every training epoch ``e`` with ``(e + 1)`` a multiple of
-    ``every_n_epochs`` (with Lightning's default ``val_check_interval``, the validation at the
-    end of epochs ``n - 1, 2n - 1, ...``), never in the sanity check; at every ``test`` and
-    every ``validate`` outside ``fit``. The schedule depends on the epoch number only, plus
-    the epoch last embedded (:meth:`state_dict`), so a resumed run embeds where the
+    Due at the first validation of a fit (never the sanity check), then at the first
+    validation at least ``every_n_epochs`` training epochs after the last embedding (epochs
+    ``0, n, 2n, ...`` when every epoch validates), and at every ``validate``/``test`` outside
+    ``fit``. The schedule starts over at every fit (:meth:`setup`) and its
+    state is the epoch last embedded (:meth:`state_dict`), so a resumed run embeds where the
     uninterrupted run would have.
 
     Raises:
-        TypeError: If ``loader`` is not iterable, ``embed`` not callable, or
+        TypeError: If ``loader`` is not iterable, ``clean_embed`` not callable, or
             ``every_n_epochs`` not an int.
-        ValueError: If ``every_n_epochs < 1``.
+        ValueError: If ``every_n_epochs < 1``, or ``queue_length=0`` without a loader.
     """
 
     def __init__(
         self,
         loader: Iterable[Any] | None,
         every_n_epochs: int,
-        embed: Callable[[LightningModule, Any], Tensor] | None,
+        clean_embed: Callable[[LightningModule, Any], Tensor] | None,
         owner: str,
+        queue_length: int,
     ) -> None:
-        check_positive_int(every_n_epochs, "clean_every_n_epochs")
+        self.schedule = EvaluationSchedule(every_n_epochs, f"{owner}: clean_every_n_epochs")
         if loader is not None and not isinstance(loader, Iterable):
             raise TypeError(
                 f"{owner}: clean_loader must be an iterable of labelled batches (a DataLoader) "
                 f"or None, got {type(loader).__name__}"
             )
-        if embed is not None and not callable(embed):
+        if clean_embed is not None and not callable(clean_embed):
             raise TypeError(
-                f"{owner}: embed must be a function embed(pl_module, batch) -> features or "
-                f"None, got {type(embed).__name__}"
+                f"{owner}: clean_embed must be a function clean_embed(pl_module, batch) -> "
+                f"features or None, got {type(clean_embed).__name__}"
             )
-        self.loader, self.every_n_epochs, self.embed = loader, every_n_epochs, embed
-        self.last_epoch = -1
+        if not queue_length and loader is None:
+            raise ValueError(
+                f"{owner}: queue_length=0 turns the queue bank off, which leaves nothing to "
+                "evaluate without a clean_loader; pass queue_length >= 1"
+            )
+        self.loader, self.clean_embed = loader, clean_embed
 
-    def due(self, trainer: Trainer, stage: str) -> bool:
+    def due(self, trainer: Trainer) -> bool:
         """Whether this evaluation embeds the clean loader (the same on every rank)."""
-        if self.loader is None or trainer.sanity_checking:
-            return False
-        if stage == "test" or trainer.state.fn != "fit":
-            return True
-        epoch = trainer.current_epoch
-        return (epoch + 1) % self.every_n_epochs == 0 and epoch != self.last_epoch
+        return self.loader is not None and self.schedule.due(trainer)
 
     def build(
         self,
@@ -81,10 +82,10 @@ class CleanBank:
         every rank (gather), or this rank's as its shard (``sharded``). Every rank calls
         together (under DDP one small gather, then the bank's collectives)."""
         features, labels = embed_loader(
-            pl_module, self.loader, input=input, target=target, embed=self.embed, owner=owner
-        )
-        if trainer.state.fn == "fit" and not trainer.sanity_checking:
-            self.last_epoch = trainer.current_epoch
+            pl_module, self.loader, input=input, target=target, embed=self.clean_embed,
+            owner=owner,
+        )  # fmt: skip
+        self.schedule.mark(trainer)
         if distributed.is_distributed():  # ranks without rows must agree on width and dtype
             shape = agree_on_rounds(features if len(features) else None, 0, pl_module.device)
             if not len(features):
@@ -98,12 +99,18 @@ class CleanBank:
             where=f"{owner}: the clean loader's '{target}'",
         )  # fmt: skip
 
-    def state_dict(self) -> dict[str, int]:
-        """The epoch last embedded (``-1``: none); the features are not kept."""
-        return {"clean_embedded_epoch": self.last_epoch}
+    def setup(self, stage: str) -> None:
+        """At ``setup``: a fit starts the schedule over (a checkpoint then restores it)."""
+        if stage == "fit":
+            self.schedule.reset()
+
+    def state_dict(self) -> dict[str, Any]:
+        """``{"schedule": {"last_epoch": e}}`` (``None``: none yet); the features are not
+        kept, they are embedded again when next due."""
+        return {"schedule": self.schedule.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.last_epoch = int(state.get("clean_embedded_epoch", -1))
+        self.schedule.load_state_dict(state.get("schedule", {}))
 
 
 def class_count(bank: KNNBank, sharded: bool) -> Tensor:
@@ -118,8 +125,32 @@ def class_count(bank: KNNBank, sharded: bool) -> Tensor:
     return present.sum().long()
 
 
+def check_uniform_sweep(sweep: Sweep, weighting: str, temperature: Any, owner: str) -> None:
+    """Refuse a sweep of several temperatures with ``weighting="uniform"``, which ignores the
+    temperature (every pair of a ``k`` would log the same values).
+
+    Raises:
+        ValueError: Naming both arguments and the temperatures given.
+    """
+    if weighting == "uniform" and len(sweep.temperatures) > 1:
+        raise ValueError(
+            f"{owner}: weighting='uniform' ignores temperature, so temperature={temperature!r} "
+            "would log identical values for every temperature; pass one temperature or "
+            "weighting='inverse'/'exp'"
+        )
+
+
+def sweep_arguments(sweep: Sweep) -> dict[str, Any]:
+    """The ``k`` and ``temperature`` of :func:`spt_knn.knn_predict` for the parsed ``sweep``
+    (scalars when it is not swept): the pairs scored are always the callback's metric boards',
+    whatever ``k``/``temperature`` attributes say later."""
+    if sweep.swept:
+        return {"k": sweep.ks, "temperature": sweep.temperatures}
+    return {"k": sweep.ks[0], "temperature": sweep.temperatures[0]}
+
+
 def read_banks(
-    knn: OnlineKNN, trainer: Trainer, pl_module: LightningModule, stage: str, sharded: bool
+    knn: OnlineKNN, trainer: Trainer, pl_module: LightningModule, sharded: bool
 ) -> dict[str, KNNBank]:
     """This evaluation's banks: the queue's (unless ``queue_length=0``), then the clean one
     when it is due. Every rank calls together (one host sync per bank; collectives under
@@ -134,7 +165,7 @@ def read_banks(
             features, labels, knn.num_classes, sharded=sharded,
             where=f"{knn.state_key}: the queue of '{knn.target}'",
         )  # fmt: skip
-    if knn.clean.due(trainer, stage):
+    if knn.clean.due(trainer):
         banks[CLEAN] = knn.clean.build(
             trainer, pl_module, input=knn.input, target=knn.target,
             num_classes=knn.num_classes, sharded=sharded, owner=knn.state_key,

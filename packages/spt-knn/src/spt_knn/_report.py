@@ -7,31 +7,27 @@ from typing import TYPE_CHECKING, Any
 
 from lightning.pytorch import LightningModule, Trainer
 from torch import Tensor
-from torchmetrics import Metric, MetricCollection
+from torchmetrics import MetricCollection
 
 from spt_core import named_metrics
-from spt_knn._checks import check_labels
+from spt_core.checks import check_label_range, check_metrics
 from spt_knn.bank import KNNBank
 
 if TYPE_CHECKING:
     from spt_knn.online_knn import OnlineKNN
 
 
-def metric_dict(metrics: Any, owner: str) -> dict[str, Metric]:
-    """``metrics`` as ``{name: Metric}`` (a ``MetricCollection`` is unpacked).
+def metric_dict(metrics: Any, owner: str) -> dict[str, Any]:
+    """``metrics`` as ``{name: metric}`` (a ``MetricCollection`` is unpacked).
 
     Raises:
-        TypeError: If a metric is not a torchmetrics ``Metric``.
+        TypeError: If a metric has no ``update``/``compute``/``reset``
+            (:func:`spt_core.checks.is_metric`).
     """
     if isinstance(metrics, MetricCollection):
         metrics = dict(metrics.items(keep_base=True))
     named = named_metrics(metrics, owner=owner)
-    for key, metric in named.items():
-        if not isinstance(metric, Metric):
-            raise TypeError(
-                f"{owner}: metrics[{key!r}] must be a torchmetrics Metric instance, got "
-                f"{type(metric).__name__}"
-            )
+    check_metrics(named, owner)
     return named
 
 
@@ -130,7 +126,7 @@ def log_epoch(
     for idx, (non_finite, top) in enumerate(knn.data_checks.read(stage, loaders, pl_module.device)):
         if num_classes is None:
             continue
-        check_labels(top, num_classes, labels_of(knn, stage))
+        check_label_range(top, num_classes, labels_of(knn, stage))
         if non_finite:
             skip.add(idx)
             knn.warn_once(

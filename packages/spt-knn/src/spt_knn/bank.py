@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from spt_core import distributed
-from spt_knn._checks import check_labels, check_positive_int
+from spt_core.checks import check_label_range, finite_rows, positive_int
 from spt_knn.search import knn_neighbours
 from spt_knn.sharded import RoundShape, sharded_neighbours
 
@@ -119,7 +119,7 @@ def knn_bank(
     if labels.is_floating_point() or labels.is_complex():
         raise TypeError(f"{where} must be an integer tensor, got {labels.dtype}")
     if num_classes is not None:
-        check_positive_int(num_classes, "num_classes")
+        positive_int(num_classes, "num_classes")
     finite = finite_rows(features)
     labels = torch.where(finite, labels.long(), -1)
     summary = torch.stack(((labels >= 0).sum(), _largest(labels), (~finite).sum()))
@@ -129,7 +129,7 @@ def knn_bank(
     if num_classes is None:
         num_classes = top + 1
     else:
-        check_labels(top, num_classes, where)
+        check_label_range(top, num_classes, where)
     here = counts[distributed.rank()] if sharded else counts[0]
     features, labels = keep_labelled(features, labels, here)
     return KNNBank(features, labels, num_classes, sum(counts), sum(non_finite))
@@ -137,23 +137,6 @@ def knn_bank(
 
 def _largest(labels: Tensor) -> Tensor:
     return labels.max() if labels.numel() else labels.new_tensor(-1)
-
-
-def finite_rows(features: Tensor) -> Tensor:
-    """Which rows of the ``(N, D)`` ``features`` hold finite values only, as ``(N,)`` bools.
-
-    Read from each row's smallest and largest value (a NaN or an infinity shows in one of
-    them), so the only temporaries are ``2 N`` values, where an elementwise check allocates
-    about 1.75 times ``features``. Nothing waits for the device.
-
-    Example:
-        >>> finite_rows(torch.tensor([[1.0, 2.0], [float("nan"), 0.0], [0.0, float("inf")]]))
-        tensor([ True, False, False])
-    """
-    if features.shape[1] == 0:
-        return torch.ones(features.shape[0], dtype=torch.bool, device=features.device)
-    low, high = torch.aminmax(features, dim=1)
-    return torch.isfinite(low) & torch.isfinite(high)
 
 
 def keep_labelled(bank: Tensor, labels: Tensor, count: int) -> tuple[Tensor, Tensor]:

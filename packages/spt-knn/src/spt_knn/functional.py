@@ -8,7 +8,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from spt_knn._checks import WEIGHTINGS, check_knn_arguments, check_positive_int
+from spt_core.checks import positive_int
+from spt_knn._checks import WEIGHTINGS, check_knn_arguments
 from spt_knn.bank import KNNBank, knn_bank
 from spt_knn.sweep import Pair, parse_sweep
 
@@ -40,7 +41,9 @@ def knn_predict(
     A sweep, ``k`` and/or ``temperature`` given as a tuple or list, scores every pair
     ``(k, T)`` from one search at the largest ``k``: a smaller ``k`` votes with the first
     ``k`` of the distance-sorted neighbours, so each pair's scores equal those of a separate
-    call with that ``k`` and ``T``, at the cost of one search and a few cheap votes.
+    call with that ``k`` and ``T``, at the cost of one search and a few cheap votes. (Where two
+    rows lie at exactly the same distance at the ``k``-th place, both choices are a correct
+    ``k``-nearest set, and the sweep may keep the other one.)
 
     Args:
         queries: ``(B, D)`` features; any float dtype (bf16/fp16 accumulate in float32).
@@ -99,7 +102,7 @@ def knn_predict(
     elif bank_labels is None or num_classes is None:
         raise TypeError("knn_predict: a bank tensor needs its bank_labels and num_classes")
     else:
-        bank = knn_bank(bank, bank_labels, check_positive_int(num_classes, "num_classes"))
+        bank = knn_bank(bank, bank_labels, positive_int(num_classes, "num_classes"))
     width = bank.features.shape[1]
     if queries.dim() != 2 or (queries.shape[1] != width and bank.features.shape[0]):
         raise ValueError(

@@ -7,13 +7,12 @@ from typing import Any, Literal
 
 from lightning.pytorch import LightningModule, Trainer
 from torch import Tensor
-from torchmetrics import Metric, MetricCollection
+from torchmetrics import MetricCollection
 
 from spt_core import DataChecks, SPTCallback, callbacks_metrics, distributed
-from spt_core.checks import flat_dim
-from spt_knn import _checks, _report
+from spt_core.checks import flat_dim, positive_int
+from spt_knn import _checks, _clean, _report
 from spt_knn._boards import CLEAN, QUEUE, Boards
-from spt_knn._clean import CleanBank, class_count, read_banks
 from spt_knn._epoch import EvalEpoch, Loader, batch_counts, uneven_batches
 from spt_knn._rows import batch_rows
 from spt_knn.bank import KNNBank
@@ -47,14 +46,14 @@ class OnlineKNN(SPTCallback):
 
     **Clean bank.** With ``clean_loader``, the validation batches are also scored against
     that labelled loader's features, embedded in eval mode under ``torch.no_grad()`` by
-    :func:`spt_core.embed_loader` (each rank its own batches), at the first validation of
-    every ``clean_every_n_epochs``-th training epoch (never the sanity check) and at every
-    ``validate``/``test`` outside ``fit``. The features keep the model's dtype, are searched
-    like the queue's (chunked, gathered or sharded) and released at the end of that
-    evaluation: between due epochs nothing is embedded and no clean name is logged. Names:
+    :func:`spt_core.embed_loader` (each rank its own batches) when
+    :class:`spt_core.EvaluationSchedule` says so: epochs ``0, n, 2n, ...`` of each fit for
+    ``clean_every_n_epochs=n`` (never the sanity check), every ``validate``/``test`` outside
+    ``fit``. The features keep the model's dtype, are searched like the queue's and released
+    at the end of that evaluation (no clean name is logged between due epochs). Names:
     ``eval/{name}_clean_{metric}``, ``eval/{name}_clean_bank_rows``/``_bank_classes``,
-    ``batch["{name}_clean_preds"]``, copies under ``"val/0/clean"``. Checkpoints keep the
-    epoch last embedded, not the features: a resumed run embeds where the whole run would.
+    ``batch["{name}_clean_preds"]``, copies under ``"val/0/clean"``. Checkpoints keep
+    ``{"clean": {"schedule": ...}}``, not the features.
 
     At the start of every evaluation epoch the queues are read once into a
     :class:`spt_knn.KNNBank` (:func:`spt_knn.knn_bank`): rows with a negative label or a
@@ -84,7 +83,8 @@ class OnlineKNN(SPTCallback):
         target: Key of the integer class labels (one per row).
         queue_length: Training rows kept per rank; ``0``: no queue bank (needs
             ``clean_loader``).
-        metrics: ``{name: metric}`` of torchmetrics ``Metric`` objects (a ``MetricCollection``,
+        metrics: ``{name: metric}`` of stateful metrics: anything with ``update``,
+            ``compute`` and ``reset``, such as a torchmetrics ``Metric`` (a ``MetricCollection``,
             list or single metric is named automatically; ``None`` or ``{}`` for predictions
             only). They receive ``(scores (B, num_classes), target)`` for the labelled rows
             (see :meth:`spt_core.StageMetrics.update_labelled`). The callback adds no host
@@ -110,16 +110,17 @@ class OnlineKNN(SPTCallback):
         distributed: ``"gather"`` or ``"shard"`` (see above).
         clean_loader: A labelled loader (``shuffle=False``) for the clean bank, or ``None``.
         clean_every_n_epochs: Training epochs between two embeddings of ``clean_loader``.
-        embed: ``embed(pl_module, batch) -> features`` for the clean loader, in place of
-            ``validation_step``'s ``input``.
+        clean_embed: ``clean_embed(pl_module, batch) -> features`` for the clean loader, in
+            place of ``validation_step``'s ``input``.
 
     Raises:
         ValueError: If a ``k``, ``queue_length`` (below 0, or 0 without ``clean_loader``),
             ``num_classes`` or ``clean_every_n_epochs`` is below 1, a ``temperature <= 0``, a
-            sweep is empty or repeats a value, ``chunk_size`` is invalid, a key is empty, or
-            a name (metric, weighting, distributed mode) is not one of the allowed values.
-        TypeError: If an argument has the wrong type, or a metric is not a torchmetrics
-            ``Metric``.
+            sweep is empty or repeats a value (or sweeps ``temperature`` with
+            ``weighting="uniform"``), ``chunk_size`` is invalid, a key is empty, or a name
+            (metric, weighting, distributed mode) is not one of the allowed values.
+        TypeError: If an argument has the wrong type, or a metric has no
+            ``update``/``compute``/``reset``.
 
     Example:
         >>> import torchmetrics
@@ -138,7 +139,7 @@ class OnlineKNN(SPTCallback):
         input: str,
         target: str,
         queue_length: int,
-        metrics: dict[str, Metric] | MetricCollection | None,
+        metrics: dict[str, Any] | MetricCollection | None,
         input_dim: tuple[int, ...] | list[int] | int | None = None,
         target_dim: int | None = None,
         num_classes: int | None = None,
@@ -154,29 +155,27 @@ class OnlineKNN(SPTCallback):
         distributed: Literal["gather", "shard"] = "gather",
         clean_loader: Iterable[Any] | None = None,
         clean_every_n_epochs: int = 1,
-        embed: Callable[[LightningModule, Any], Tensor] | None = None,
+        clean_embed: Callable[[LightningModule, Any], Tensor] | None = None,
     ) -> None:
         super().__init__(name, verbose)
         _checks.check_keys(input=input, target=target)
-        _checks.check_positive_int(queue_length, "queue_length", allow_zero=True)
+        positive_int(queue_length, "queue_length", minimum=0)
         self.sweep = parse_sweep(k, temperature)
+        _clean.check_uniform_sweep(self.sweep, weighting, temperature, self.state_key)
         _checks.check_knn_arguments(
             k=self.sweep.largest_k, temperature=self.sweep.temperatures[0],
             distance_metric=distance_metric, weighting=weighting, chunk_size=chunk_size,
         )  # fmt: skip
         if num_classes is not None:
-            _checks.check_positive_int(num_classes, "num_classes")
+            positive_int(num_classes, "num_classes")
         _checks.check_target_dim(target_dim)
         if distributed not in _checks.DISTRIBUTED_MODES:
             raise ValueError(
                 f"distributed must be one of {_checks.DISTRIBUTED_MODES}, got {distributed!r}"
             )
-        self.clean = CleanBank(clean_loader, clean_every_n_epochs, embed, self.state_key)
-        if not queue_length and clean_loader is None:
-            raise ValueError(
-                f"{self.state_key}: queue_length=0 turns the queue bank off, which leaves "
-                "nothing to evaluate without a clean_loader; pass queue_length >= 1"
-            )
+        self.clean = _clean.CleanBank(
+            clean_loader, clean_every_n_epochs, clean_embed, self.state_key, queue_length
+        )
         self.input, self.target = input, target
         self.queue_length = queue_length
         self.input_dim = flat_dim(input_dim, "input_dim")
@@ -196,6 +195,7 @@ class OnlineKNN(SPTCallback):
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
+        self.clean.setup(stage)  # a fit starts over, before a checkpoint restores the schedule
         if self.queue_length:
             previous = self._queues or (None, None)
             self._queues = (
@@ -220,10 +220,10 @@ class OnlineKNN(SPTCallback):
         batch counts)."""
         self._epochs, self._bank_report = {}, {}
         sharded = self.distributed == "shard" and distributed.is_distributed()
-        banks = read_banks(self, trainer, pl_module, stage, sharded)
+        banks = _clean.read_banks(self, trainer, pl_module, sharded)
         for which, bank in banks.items():  # insertion order: the same on every rank
             _report.describe_bank(self, trainer, bank, which)
-            self._bank_report[which] = (bank.size, class_count(bank, sharded))
+            self._bank_report[which] = (bank.size, _clean.class_count(bank, sharded))
         live = {which: bank for which, bank in banks.items() if bank.size}
         if live:
             uneven = sharded and uneven_batches(trainer, stage, pl_module.device)
@@ -275,17 +275,17 @@ class OnlineKNN(SPTCallback):
         self._epochs, self._bank_report = {}, {}
 
     def state_dict(self) -> dict[str, Any]:
-        """The clean bank's schedule (the epoch last embedded); nothing else is kept."""
-        return self.clean.state_dict() if self.clean.loader is not None else {}
+        """``{"clean": {"schedule": ...}}`` with a clean loader (the epoch last embedded),
+        else ``{}``."""
+        return {"clean": self.clean.state_dict()} if self.clean.loader is not None else {}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.clean.load_state_dict(state_dict)
+        self.clean.load_state_dict(state_dict.get("clean", {}))
 
     def _predict(self, queries: Tensor, bank: KNNBank) -> dict[Pair, Tensor]:
         scores = knn_predict(
-            queries, bank, k=self.k, temperature=self.temperature,
-            distance_metric=self.distance_metric, weighting=self.weighting,
-            chunk_size=self.chunk_size,
+            queries, bank, **_clean.sweep_arguments(self.sweep), weighting=self.weighting,
+            distance_metric=self.distance_metric, chunk_size=self.chunk_size,
         )  # fmt: skip
         return scores if self.sweep.swept else {self.sweep.pairs[0]: scores}
 

@@ -6,7 +6,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from spt_knn._checks import check_positive_int
+from spt_core.checks import positive_int
 
 Pair = tuple[int, float]
 """A ``(k, temperature)`` pair of a sweep."""
@@ -74,7 +74,7 @@ def parse_sweep(k: int | Sequence[int], temperature: float | Sequence[float]) ->
         ...
         ValueError: k must not repeat a value, got (10, 10)
     """
-    ks = _values(k, "k", lambda value, name: check_positive_int(value, name))
+    ks = _values(k, "k", positive_int)
     temperatures = _values(temperature, "temperature", _check_temperature)
     swept = isinstance(k, (tuple, list)) or isinstance(temperature, (tuple, list))
     return Sweep(tuple(ks), tuple(float(t) for t in temperatures), swept)

@@ -8,46 +8,50 @@ from typing import Any
 
 import torch
 from lightning.pytorch import LightningModule, Trainer
-from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor, nn
 
 from spt_core import SPTCallback, StageMetrics, callbacks_metrics, distributed, embed_loader
 from spt_core.checks import check_label_range, finite_rows, positive_int
+from spt_core.schedule import EvaluationSchedule
 from spt_probe._targets import PROBE_OUTPUT
 from spt_probe.functional import probe_predict
 from spt_probe.linear_eval import DEFAULT_FIT_OPTIMIZER, fit_probe, fresh_probe, not_reset
 from spt_trainable.optimizers import OptimizerSpec, check_optimizer
 
-__all__ = ["CleanEvaluation"]
+__all__ = ["CleanEvaluation", "NoCleanEvaluation"]
 
 
 class CleanEvaluation:
     """Train a fresh probe on a labelled loader's clean features when due; score with it.
 
-    Due at the first validation epoch of a fit (not the sanity check), then at the first
-    validation epoch ``every_n_epochs`` training epochs after the last training, and at a
-    ``validate``/``test`` run outside ``fit`` when no clean probe exists yet. The probe is
-    kept until the next due epoch: validation epochs in between score with it. Under DDP each
-    rank embeds its share of the loader, every rank gathers all rows (in rank order) and trains
-    the same probe from the same seed; rank 0's weights are then broadcast. The probe and the
-    epoch it was trained are the checkpointed state.
+    Due on the schedule of :class:`spt_core.EvaluationSchedule`: the first validation of a
+    fit (not the sanity check), then the first validation ``every_n_epochs`` training epochs
+    after the last clean evaluation (epochs ``0, n, 2n, ...`` when every epoch validates), and
+    every ``validate``/``test`` run outside ``fit``; each fit starts over. The probe is trained
+    at the start of a due evaluation and scores that evaluation only: between due epochs
+    nothing is trained, scored or logged under the clean names. Under DDP each rank embeds its
+    share of the loader, every rank gathers all rows (in rank order) and trains the same probe
+    from the same seed; rank 0's weights are then broadcast. The checkpointed state is the
+    schedule alone (``{"schedule": {"last_epoch": e}}``): the probe is trained again when next
+    due, so a resumed run logs what the uninterrupted one would have. :attr:`probe` keeps the
+    last clean probe for inspection.
 
     Args:
         owner: The online probe (keys, loss, architecture, messages).
         loader: Labelled batches.
-        every_n_epochs: Training epochs between two trainings.
+        every_n_epochs: Training epochs between two clean evaluations.
         epochs: Passes of :func:`~spt_probe.fit_probe` over the cached features.
         batch_size: Rows per step of :func:`~spt_probe.fit_probe`.
         optimizer: Its optimizer form (``None``: AdamW, lr 1e-3).
         seed: Seeds the fresh probe and its training (the same on every rank).
-        embed: ``embed(pl_module, batch) -> features`` or ``None`` (see
+        clean_embed: ``clean_embed(pl_module, batch) -> features`` or ``None`` (see
             :func:`spt_core.embed_loader`).
         metrics: ``{name: metric}`` prototypes, logged as ``eval/{owner}_clean_{name}``.
 
     Raises:
         ValueError: For a count below its minimum, or no ``metrics``.
-        TypeError: For a loader that is not iterable, an ``embed`` that is not callable, or
-            an optimizer of no accepted form (an ``Optimizer`` instance included).
+        TypeError: For a loader that is not iterable, a ``clean_embed`` that is not callable,
+            or an optimizer of no accepted form (an ``Optimizer`` instance included).
     """
 
     def __init__(
@@ -60,12 +64,12 @@ class CleanEvaluation:
         batch_size: int,
         optimizer: OptimizerSpec | None,
         seed: int,
-        embed: Callable[[LightningModule, Any], Tensor] | None,
+        clean_embed: Callable[[LightningModule, Any], Tensor] | None,
         metrics: Mapping[str, Any],
     ) -> None:
         key = owner.state_key
+        self.schedule = EvaluationSchedule(every_n_epochs, f"{key}: clean_every_n_epochs")
         for argument, value, least in (
-            ("clean_every_n_epochs", every_n_epochs, 1),
             ("clean_epochs", epochs, 1),
             ("clean_batch_size", batch_size, 1),
             ("clean_seed", seed, 0),
@@ -73,8 +77,10 @@ class CleanEvaluation:
             positive_int(value, f"{key}: {argument}", least)
         if not isinstance(loader, Iterable):
             raise TypeError(f"{key}: clean_loader must be an iterable of batches, got {loader!r}")
-        if embed is not None and not callable(embed):
-            raise TypeError(f"{key}: embed must be callable(pl_module, batch), got {embed!r}")
+        if clean_embed is not None and not callable(clean_embed):
+            raise TypeError(
+                f"{key}: clean_embed must be callable(pl_module, batch), got {clean_embed!r}"
+            )
         if isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(
                 f"{key}: clean_optimizer cannot be an Optimizer instance (each clean "
@@ -84,77 +90,77 @@ class CleanEvaluation:
             check_optimizer(optimizer, "clean_optimizer")
         if not metrics:
             raise ValueError(f"{key}: clean_loader needs metrics=..., the values it logs")
-        self.owner, self.loader, self.embed = owner, loader, embed
-        self.every_n_epochs, self.epochs, self.batch_size = every_n_epochs, epochs, batch_size
+        self.owner, self.loader, self.clean_embed = owner, loader, clean_embed
+        self.epochs, self.batch_size = epochs, batch_size
         self.optimizer = DEFAULT_FIT_OPTIMIZER if optimizer is None else optimizer
         self.seed = seed
         self.stages = StageMetrics({f"clean_{name}": m for name, m in metrics.items()})
         self.probe: nn.Module | None = None
-        self.trained_epoch: int | None = None  # the fit epoch of the last training
-        self._pending: dict[str, Tensor] | None = None
+        """The probe of the last clean evaluation (``None`` before one, or after an empty
+        loader); it scores nothing outside that evaluation."""
+        self._scoring = False  # this evaluation is due and has a probe
+
+    def setup(self, stage: str) -> None:
+        """At ``setup``: a fit starts the schedule over (a checkpoint then restores it)."""
+        if stage == "fit":
+            self.schedule.reset()
 
     def prepare(
         self, trainer: Trainer, pl_module: LightningModule, stage: str, loaders: int
     ) -> None:
-        """At an evaluation epoch's start: train when due, create the metric copies. Every
-        rank calls it together."""
-        if trainer.sanity_checking:
+        """At an evaluation epoch's start: when due, train the probe and create the metric
+        copies. Every rank calls it together."""
+        self._scoring = False
+        if not self.schedule.due(trainer):
             return
-        self._restore()
-        if trainer.state.fn == TrainerFn.FITTING:
-            last, epoch = self.trained_epoch, trainer.current_epoch
-            if last is None or epoch >= last + self.every_n_epochs:
-                self._train(trainer, pl_module)
-                self.trained_epoch = epoch
-        elif self.probe is None:
-            self._train(trainer, pl_module)
+        self._train(trainer, pl_module)
+        self.schedule.mark(trainer)
+        if self.probe is None:
+            return
+        self._scoring = True
         for idx in range(loaders):
             self.stages.get(stage, idx, pl_module.device)
-        live = {f"clean/{key}": copies for key, copies in self.stages.all_live().items()}
+        live = {f"{key}/clean": copies for key, copies in self.stages.all_live().items()}
         callbacks_metrics(pl_module).setdefault(self.owner.name, {}).update(live)
 
     def update(self, stage: str, idx: int, features: Tensor, target: Tensor) -> None:
-        """Score one evaluation batch with the clean probe (no host sync)."""
-        if self.probe is not None:
+        """Score one batch of a due evaluation with its clean probe (no host sync)."""
+        if self._scoring:
             preds = probe_predict(self.probe, features.reshape(len(features), -1))
             self.stages.update_labelled(stage, idx, preds, target)
 
     def compute(
         self, stage: str, loaders: int, device: torch.device, skip: set[int]
     ) -> dict[str, Tensor]:
-        """``{eval/{name}_clean_{metric}: value}``, then reset (one collective)."""
+        """``{eval/{name}_clean_{metric}: value}`` of a due evaluation, then reset (one
+        collective; every rank agrees whether it is due); ``{}`` otherwise."""
+        if not self._scoring:
+            return {}
+        self._scoring = False
         values = self.stages.compute_and_reset(stage, loaders, device, skip=skip)
         return {f"eval/{self.owner.name}_{key}": value for key, value in values.items()}
 
     def state_dict(self) -> dict[str, Any]:
-        probe = self.probe.state_dict() if self.probe is not None else self._pending
-        return {"probe": probe, "trained_epoch": self.trained_epoch}
+        """``{"schedule": {"last_epoch": e}}``; the probe is trained again when next due."""
+        return {"schedule": self.schedule.state_dict()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.trained_epoch = state.get("trained_epoch")
-        self.probe, self._pending = None, state.get("probe")
+        self.schedule.load_state_dict(state.get("schedule", {}))
 
     # ------------------------------------------------------------------ internals
-
-    def _restore(self) -> None:
-        if self._pending is not None:
-            self.probe = fresh_probe(self.owner.module, self.seed)
-            self.probe.load_state_dict(self._pending)
-            self.probe.eval()
-            self._pending = None
 
     def _train(self, trainer: Trainer, pl_module: LightningModule) -> None:
         owner = self.owner
         features, labels = embed_loader(
-            pl_module, self.loader, input=owner.input, target=owner.target, embed=self.embed,
-            owner=owner.state_key,
+            pl_module, self.loader, input=owner.input, target=owner.target,
+            embed=self.clean_embed, owner=owner.state_key,
         )  # fmt: skip
         # Lightning evaluates under inference mode, whose tensors cannot be trained on.
         with torch.inference_mode(False):
             features, labels = _gathered(features.clone(), labels.clone(), owner.module)
             if not len(features):
                 message = f"the clean loader gave no row: no eval/{owner.name}_clean_* this epoch"
-                owner.warn_once(trainer, "clean-empty", message)
+                owner.info_once(trainer, "clean-empty", message)
                 self.probe = None
                 return
             owner.check_input_width(features, owner.input)
@@ -182,6 +188,32 @@ class CleanEvaluation:
         if kept:
             message = f"the clean probe's {kept} have no reset_parameters: they start from the "
             owner.warn_once(trainer, "clean-not-reset", message + "online probe's values")
+
+
+class NoCleanEvaluation:
+    """What an :class:`~spt_probe.OnlineProbe` without ``clean_loader`` holds in place of a
+    :class:`CleanEvaluation`: every step does nothing, and it is falsy."""
+
+    probe = None
+
+    def __bool__(self) -> bool:
+        return False
+
+    def setup(self, stage: str) -> None:
+        """Nothing to start over."""
+
+    def prepare(self, trainer: Trainer, pl_module: LightningModule, stage: str, loaders: int):
+        """Nothing to train."""
+
+    def update(self, stage: str, idx: int, features: Tensor, target: Tensor) -> None:
+        """Nothing to score."""
+
+    def compute(self, stage: str, loaders: int, device: torch.device, skip: set[int]) -> dict:
+        """Nothing to log: ``{}``."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Nothing to restore (a clean state from another configuration is ignored)."""
 
 
 def _gathered(features: Tensor, labels: Tensor, probe: nn.Module) -> tuple[Tensor, Tensor]:

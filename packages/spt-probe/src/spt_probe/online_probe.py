@@ -12,7 +12,7 @@ from torchmetrics import Metric
 from spt_core import logger_writes_this_step, named_metrics
 from spt_core.checks import check_metrics
 from spt_probe._arguments import DEFAULT_OPTIMIZER, check_arguments
-from spt_probe._clean import CleanEvaluation
+from spt_probe._clean import CleanEvaluation, NoCleanEvaluation
 from spt_probe._epoch_loss import EpochLoss
 from spt_probe._inputs import ProbeInputs
 from spt_probe._probe_metrics import WHERE, ProbeMetrics, loaders_of
@@ -48,13 +48,14 @@ class OnlineProbe(ProbeInputs, TrainableCallback):
     - ``eval/{name}_clean_{metric}``: the same, from the clean probe (with ``clean_loader``).
 
     **Clean evaluation** (``clean_loader``, see the README): at the first validation epoch of
-    a fit and every ``clean_every_n_epochs`` after, a fresh probe is trained on ``clean_loader``
-    embedded in eval mode (:func:`spt_core.embed_loader`, :func:`~spt_probe.fit_probe`); it
-    scores validation batches until the next due epoch (the epochs in between reuse it).
+    a fit, every ``clean_every_n_epochs`` after (:class:`spt_core.EvaluationSchedule`) and at
+    every ``validate``/``test`` outside ``fit``, a fresh probe is trained on ``clean_loader``
+    embedded in eval mode (:func:`spt_core.embed_loader`, :func:`~spt_probe.fit_probe`) and
+    scores that evaluation's batches only; other epochs log no clean value.
 
     Train, validation (per loader) and test own separate metric copies, exposed at
-    ``pl_module.callbacks_metrics[name]``; the probe is at
-    ``pl_module.callbacks_modules[name]``.
+    ``pl_module.callbacks_metrics[name]`` (``"val/0"``; the clean copies ``"val/0/clean"``);
+    the probe is at ``pl_module.callbacks_modules[name]``.
 
     **Targets.** With the default loss, ``target`` holds one integer class index per row;
     negative labels mark unlabelled rows, which stay out of the loss (a batch without a
@@ -115,8 +116,8 @@ class OnlineProbe(ProbeInputs, TrainableCallback):
         clean_batch_size: Rows per step of the clean probe.
         clean_optimizer: Its optimizer form (not an instance); ``None`` is AdamW, lr 1e-3.
         clean_seed: Seed of the clean probe's initialisation and row order.
-        embed: ``embed(pl_module, batch) -> features`` for the clean loader; ``None`` reads
-            ``input`` from ``validation_step``.
+        clean_embed: ``clean_embed(pl_module, batch) -> features`` for the clean loader;
+            ``None`` reads ``input`` from ``validation_step``.
         verbose: See :class:`~spt_core.SPTCallback` (keyword-only, like every argument
             beyond the seed's).
 
@@ -156,7 +157,7 @@ class OnlineProbe(ProbeInputs, TrainableCallback):
         clean_batch_size: int = 256,
         clean_optimizer: OptimizerSpec | None = None,
         clean_seed: int = 0,
-        embed: Callable[[LightningModule, Any], Tensor] | None = None,
+        clean_embed: Callable[[LightningModule, Any], Tensor] | None = None,
         verbose: bool | None = None,
     ) -> None:
         check_arguments(module, name, input, target, probe, loss_fn)
@@ -173,10 +174,10 @@ class OnlineProbe(ProbeInputs, TrainableCallback):
         self._metrics = ProbeMetrics(named, self, input, target)
         self._epoch_loss = EpochLoss()
         self._classes: int | None = None  # the probe's output width, seen at its first call
-        self._clean = None if clean_loader is None else CleanEvaluation(
+        self._clean = NoCleanEvaluation() if clean_loader is None else CleanEvaluation(
             self, clean_loader, every_n_epochs=clean_every_n_epochs, epochs=clean_epochs,
             batch_size=clean_batch_size, optimizer=clean_optimizer, seed=clean_seed,
-            embed=embed, metrics=named,
+            clean_embed=clean_embed, metrics=named,
         )  # fmt: skip
 
     def default_optimizer(self) -> OptimizerSpec:
@@ -192,6 +193,7 @@ class OnlineProbe(ProbeInputs, TrainableCallback):
                 "one being run; pass the trained module or leave module=None"
             )
         super().setup(trainer, pl_module, stage)
+        self._clean.setup(stage)  # a fit starts over, before a checkpoint restores it
 
     # ------------------------------------------------------------------ training
 
@@ -249,8 +251,7 @@ class OnlineProbe(ProbeInputs, TrainableCallback):
     def _eval_epoch_start(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         super()._eval_epoch_start(trainer, pl_module, stage)
         self._metrics.expose(pl_module, stage, loaders_of(trainer, stage))
-        if self._clean is not None:
-            self._clean.prepare(trainer, pl_module, stage, loaders_of(trainer, stage))
+        self._clean.prepare(trainer, pl_module, stage, loaders_of(trainer, stage))
         if self._metrics and not trainer.sanity_checking and self.optimizer_steps == 0:
             self.warn_once(
                 trainer,
@@ -272,8 +273,7 @@ class OnlineProbe(ProbeInputs, TrainableCallback):
             target = self._target(outputs, batch, features, stage)
             self._metrics.check(stage, dataloader_idx, features, target)
             self._metrics.update(stage, dataloader_idx, preds, target, self._classes)
-            if self._clean is not None:
-                self._clean.update(stage, dataloader_idx, features, target)
+            self._clean.update(stage, dataloader_idx, features, target)
 
     def _eval_epoch_end(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if not self._metrics or trainer.sanity_checking:
@@ -281,20 +281,17 @@ class OnlineProbe(ProbeInputs, TrainableCallback):
         loaders, device = loaders_of(trainer, stage), pl_module.device
         skip = self._metrics.read_checks(trainer, device, stage, loaders, self._classes)
         values = self._metrics.compute(stage, loaders, device, skip)
-        if self._clean is not None:
-            values.update(self._clean.compute(stage, loaders, device, skip))
+        values.update(self._clean.compute(stage, loaders, device, skip))
         self.log_values(pl_module, values, sync_dist=True, add_dataloader_idx=False)
 
     # ------------------------------------------------------------------ checkpoints
 
     def state_dict(self) -> dict[str, Any]:
-        clean = {"clean": self._clean.state_dict()} if self._clean is not None else {}
+        clean = {"clean": self._clean.state_dict()} if self._clean else {}
         return {**super().state_dict(), "loss_total": self._epoch_loss.total, **clean}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         state = dict(state_dict)
         self._epoch_loss.load(state.pop("loss_total", None))
-        clean = state.pop("clean", None)
-        if self._clean is not None and clean is not None:
-            self._clean.load_state_dict(clean)
+        self._clean.load_state_dict(state.pop("clean", {}))
         super().load_state_dict(state)
