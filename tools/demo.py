@@ -10,7 +10,7 @@ RankMe, effective rank, the dimensions carrying 99% of the energy, the per-dimen
 and mean cosine similarity of the validation embeddings, and the alignment, uniformity and
 LiDAR of the two training views.
 
-    hatch run demo                      # about 30 s of training on 2 CPU cores
+    hatch run demo                      # about a minute on 2 CPU cores
     hatch run demo --epochs 5 --out runs/quick
     hatch run demo --devices 2          # the same with DDP on CPU (gloo)
 """
@@ -116,9 +116,11 @@ class SimCLR(L.LightningModule):
         z1, z2 = self.projector(features).split(n)
         loss = nt_xent(z1, z2)
         self.log("train/loss", loss, prog_bar=True)
-        # spt reads these entries: the embedding of the first augmented view (what the online
-        # kNN queue, the online probes and the map see) and the two projected views.
-        return {"loss": loss, "embedding": features[:n], "z1": z1, "z2": z2}
+        with torch.no_grad():  # the unaugmented images, for the map only
+            plain = self.backbone(images)
+        # spt reads these entries: the embedding of the first augmented view (the online kNN
+        # queue and probes), of the plain images (the map) and the two projected views.
+        return {"loss": loss, "embedding": features[:n], "plain": plain, "z1": z1, "z2": z2}
 
     def validation_step(self, batch: dict, batch_idx: int) -> dict:
         return {"embedding": self.backbone(batch["image"])}
@@ -185,7 +187,7 @@ def callbacks(
         ),
         spt.LatentViz(
             name="latent",
-            input="embedding",
+            input="plain",
             target="label",
             projection=nn.Sequential(nn.Linear(EMBEDDING, 128), nn.ReLU(), nn.Linear(128, 2)),
             queue_length=1500,
