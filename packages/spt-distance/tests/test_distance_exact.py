@@ -5,7 +5,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from spt_distance import METRICS, _plan, _scores, knn, knn_search
+from spt_distance import METRICS, _exact, _plan, _scores, knn, knn_search
 
 SETTINGS = settings(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
@@ -69,7 +69,7 @@ def test_a_pairs_distance_depends_on_its_two_rows_only(ref, data, metric):
 
 def test_each_returned_pair_is_computed_once_and_nothing_is_refined(monkeypatch):
     computed, refined = [], []
-    monkeypatch.setattr(_scores, "exact_rows", _recording(_scores.exact_rows, computed))
+    monkeypatch.setattr(_exact, "exact_rows", _recording(_exact.exact_rows, computed))
     monkeypatch.setattr(_scores, "refine_near_zero", lambda *a, **kw: refined.append(a))
     generator = torch.Generator().manual_seed(0)
     keys = torch.randn(500, 16, generator=generator)
@@ -104,8 +104,8 @@ def test_a_row_against_its_keys_is_the_pairs_own_arithmetic(ref, data, metric, d
     index = torch.randint(0, keys.shape[0], (queries.shape[0], k), generator=generator)
     index[:, 0] = 0
     rows = torch.arange(queries.shape[0]).unsqueeze(1).expand_as(index)
-    pairs = _scores.exact_distances(queries, rows.reshape(-1), keys, index.reshape(-1), metric)
-    assert torch.equal(_scores.exact_rows(queries, keys, index, metric), pairs.view_as(index))
+    pairs = _exact.exact_distances(queries, rows.reshape(-1), keys, index.reshape(-1), metric)
+    assert torch.equal(_exact.exact_rows(queries, keys, index, metric), pairs.view_as(index))
 
 
 @pytest.mark.parametrize("metric", METRICS)
@@ -118,7 +118,7 @@ def test_the_blocks_of_the_exact_distances_change_no_bit(monkeypatch, metric, bl
     whole = knn_search(queries, keys, 9, metric, exact_distances=True)
     monkeypatch.setattr(knn, "EXACT_BLOCK", block)
     blocks = []
-    monkeypatch.setattr(_scores, "exact_rows", _recording(_scores.exact_rows, blocks))
+    monkeypatch.setattr(_exact, "exact_rows", _recording(_exact.exact_rows, blocks))
     distances, index = knn_search(queries, keys, 9, metric, exact_distances=True)
     assert torch.equal(distances, whole[0]) and torch.equal(index, whole[1])
     assert max(blocks) <= max(block // 16, 1)

@@ -16,6 +16,7 @@ from spt_distance._checks import (
     check_pair,
     compute_dtype,
 )
+from spt_distance._exact import exact_metric
 from spt_distance._plan import ChunkPlan, plan_chunks
 from spt_distance._select import Block, drop_kth_plus_one, scan
 
@@ -170,7 +171,7 @@ def _exact(
     for r in range(0, n_queries, rows):
         for c in range(0, k, columns):
             block = index[r : r + rows, c : c + columns]
-            out[r : r + rows, c : c + columns] = _scores.exact_metric(
+            out[r : r + rows, c : c + columns] = exact_metric(
                 queries[r : r + rows], keys, block, metric
             )
     return out
