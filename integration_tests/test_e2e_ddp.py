@@ -132,8 +132,8 @@ def test_bad_rows_on_one_rank_skip_or_stop_every_rank_together(run_scenario):
         )
         assert 0.0 <= first_epoch["eval/viz_trustworthiness"] <= 1.0  # the map: training rows
         assert result["error"].startswith(
-            "OnlineKNN[name=knn]: a validation batch of 'label' holds label 5, outside "
-            "num_classes=3"
+            "OnlineKNN[name=knn]: a validation batch of 'label' holds label 5, but num_classes "
+            "gives 3 classes"
         )
 
 
