@@ -183,6 +183,30 @@ def print_table(result: dict[str, Any]) -> None:
         )
 
 
+LINEAR_ONLINE = "linear online"
+"""``tools/bench_overhead.py``'s configuration: the demo's linear probe without clean_loader."""
+
+
+def probe_clean_cost(rows: list[dict[str, Any]], bare_train_s: float) -> dict[str, float]:
+    """One clean evaluation of the demo's linear probe (ms) in ``bench_overhead``'s rows: the
+    validation epoch of ``"linear"`` less that of :data:`LINEAR_ONLINE`; and its ratio to a
+    bare training epoch."""
+    val_ms = {row["config"]: row["val_ms"] for row in rows}
+    clean_ms = val_ms["linear"] - val_ms[LINEAR_ONLINE]
+    return {
+        "probe_clean_eval_ms": round(clean_ms, 1),
+        "probe_clean_eval_per_train_epoch": round(clean_ms / (bare_train_s * 1e3), 3),
+    }
+
+
+def print_probe_clean(result: dict[str, Any]) -> None:
+    print(
+        f"linear probe clean evaluation (1500 rows embedded, a fresh probe trained): "
+        f"{result['probe_clean_eval_ms']:.1f} ms, "
+        f"{result['probe_clean_eval_per_train_epoch']:.2f}x a bare training epoch"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)

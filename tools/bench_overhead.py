@@ -10,8 +10,9 @@ training hooks per epoch and "share" its ratio to the bare epoch (a direct measu
 noisy than the difference of two epoch times on a shared machine); the kNN validation cost
 per batch and its share of the validation epoch come from the same timings.
 
-"knn queue" takes turns too (the demo's kNN without its clean bank: the difference is one
-clean evaluation, reported against a bare training epoch); a kNN sweep (k = 10, 20, 50, 100
+"knn queue" and "linear online" take turns too (the demo's kNN and linear probe without their
+clean variants: the differences are one clean evaluation each, reported against a bare
+training epoch); a kNN sweep (k = 10, 20, 50, 100
 from one search) is timed per `knn_predict` call against single k, in the same run.
 
     python tools/bench_overhead.py --out bench_results/overhead.json
@@ -38,6 +39,7 @@ from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).parent))
 import demo
+from bench_clean_eval import LINEAR_ONLINE, print_probe_clean, probe_clean_cost
 from bench_knn import KNN_QUEUE, clean_cost, print_knn, queue_only_knn, sweep_cost
 
 import spt_all as spt
@@ -106,7 +108,7 @@ def configurations(out: Path, clean: DataLoader) -> list[str]:
     """Bare, each of the demo's callbacks alone, the issue's list (kNN queue, probes,
     LatentViz), all of them, the demo's kNN without its clean bank."""
     demos = [callback_name(c) for c in demo.callbacks(out, clean)]
-    return ["bare", *demos, QUEUE_PROBES_MAP, "all", KNN_QUEUE]
+    return ["bare", *demos, QUEUE_PROBES_MAP, "all", KNN_QUEUE, LINEAR_ONLINE]
 
 
 def build(config: str, out: Path, clean: DataLoader) -> list[Callback]:
@@ -117,6 +119,8 @@ def build(config: str, out: Path, clean: DataLoader) -> list[Callback]:
         return []
     if config == KNN_QUEUE:
         return [queue_only_knn(every)]
+    if config == LINEAR_ONLINE:  # clean=None: the demo's linear probe without clean_loader
+        return [c for c in demo.callbacks(out, None) if callback_name(c) == "linear"]
     if config == "all":
         return every
     if config == QUEUE_PROBES_MAP:
@@ -251,6 +255,7 @@ def summarize(runs: dict[str, list[dict]], val_rows: int, threads: int) -> dict[
         "knn_validation_ms_per_batch": knn_batch_ms,
         "knn_share_of_validation_epoch": round(knn_batch_ms * batches / knn["val_ms"], 3),
         **clean_cost(rows, batches, bare_train),
+        **probe_clean_cost(rows, bare_train),
     }
 
 
@@ -287,6 +292,7 @@ def print_table(result: dict[str, Any]) -> None:
         f"{100 * result['knn_share_of_validation_epoch']:.1f}% of the validation epoch"
     )
     print_knn(result)
+    print_probe_clean(result)
 
 
 if __name__ == "__main__":

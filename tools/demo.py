@@ -130,12 +130,12 @@ class SimCLR(L.LightningModule):
 
 
 def callbacks(
-    out: Path, clean: DataLoader, latent_update_interval: int | None = None
+    out: Path, clean: DataLoader | None, latent_update_interval: int | None = None
 ) -> list[Callback]:
     """Every spt callback, reading the entries `SimCLR` returns. `clean` is the labelled
     training set without augmentation: the kNN bank and the periodic linear evaluation of the
-    clean variants. LatentViz takes a step every `latent_update_interval` batches (`None`: its
-    default)."""
+    clean variants (``None``: no clean variant). LatentViz takes a step every
+    `latent_update_interval` batches (``None``: its default)."""
     latent_schedule = (
         {} if latent_update_interval is None else {"update_interval": latent_update_interval}
     )
