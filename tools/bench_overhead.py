@@ -120,7 +120,7 @@ def build(config: str, out: Path, clean: DataLoader) -> list[Callback]:
     if config == KNN_QUEUE:
         return [queue_only_knn(every)]
     if config == LINEAR_ONLINE:  # clean=None: the demo's linear probe without clean_loader
-        return [c for c in demo.callbacks(out, None) if callback_name(c) == "linear"]
+        return [c for c in demo.callbacks(out, None) if callback_name(c) == "linear probe"]
     if config == "all":
         return every
     if config == QUEUE_PROBES_MAP:
