@@ -15,6 +15,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from spt_core.testing import quiet_trainer
+
 
 def parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser()
@@ -27,19 +29,10 @@ def parse() -> argparse.Namespace:
 
 
 def trainer(args: argparse.Namespace, **kwargs: Any) -> L.Trainer:
-    """A quiet CPU Trainer; DDP (gloo) when ``args.devices > 1``."""
-    settings = {
-        "accelerator": "cpu",
-        "devices": args.devices,
-        "strategy": "ddp" if args.devices > 1 else "auto",
-        "logger": False,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
-        "enable_checkpointing": False,
-        "num_sanity_val_steps": 0,
-    }
-    settings.update(kwargs)
-    return L.Trainer(**settings)
+    """spt's quiet CPU Trainer (`spt_core.testing.quiet_trainer`); DDP (gloo) when
+    ``args.devices > 1``."""
+    strategy = "ddp" if args.devices > 1 else "auto"
+    return quiet_trainer(**{"devices": args.devices, "strategy": strategy, **kwargs})
 
 
 def save(args: argparse.Namespace, trainer: L.Trainer, result: dict[str, Any]) -> None:
