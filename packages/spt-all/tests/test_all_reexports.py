@@ -12,6 +12,7 @@ TOP_LEVEL = {
     "spt_distance": ["knn_search", "pairwise_distances"],
     "spt_queue": ["OnlineQueue", "RingBuffer", "find_or_create_queue"],
     "spt_trainable": ["LARS", "TrainableCallback"],
+    "spt_embed": [],
     "spt_knn": ["OnlineKNN", "knn_predict"],
     "spt_probe": ["OnlineProbe", "probe_step"],
     "spt_latentviz": ["LatentViz", "projection_loss"],

@@ -2,8 +2,8 @@
 
 ``import spt_all as spt`` gives the callbacks and the functions a user calls most (the list
 is ``spt.__all__``, documented in the README). Everything else stays in its package, which is
-an attribute: ``spt.core``, ``spt.distance``, ``spt.queue``, ``spt.trainable``, ``spt.knn``,
-``spt.probe``, ``spt.latentviz``, ``spt.metrics`` (``spt.knn`` *is* ``spt_knn``).
+an attribute: ``spt.core``, ``spt.distance``, ``spt.queue``, ``spt.trainable``, ``spt.embed``,
+``spt.knn``, ``spt.probe``, ``spt.latentviz``, ``spt.metrics`` (``spt.knn`` *is* ``spt_knn``).
 
 Example:
     >>> import spt_all as spt
@@ -21,6 +21,7 @@ from importlib import metadata
 
 import spt_core as core
 import spt_distance as distance
+import spt_embed as embed
 import spt_knn as knn
 import spt_latentviz as latentviz
 import spt_metrics as metrics
@@ -38,7 +39,7 @@ from spt_queue import OnlineQueue, RingBuffer, find_or_create_queue
 from spt_trainable import LARS, TrainableCallback
 
 #: Every spt package, in dependency order (each is also an attribute: ``spt.knn``, ...).
-PACKAGES = (core, distance, queue, trainable, knn, probe, latentviz, metrics)
+PACKAGES = (core, distance, queue, trainable, embed, knn, probe, latentviz, metrics)
 
 
 def versions() -> dict[str, str]:

@@ -9,15 +9,12 @@ from spt_core.callback import (
     logger_writes_this_step,
 )
 from spt_core.checks import DataChecks
-from spt_core.embedding import embed_loader
 from spt_core.keys import lookup
 from spt_core.metrics import StageMetrics, metric_name, named_metrics, unique_names
-from spt_core.schedule import EvaluationSchedule
 from spt_core.verbosity import get_verbosity, set_verbosity
 
 __all__ = [
     "DataChecks",
-    "EvaluationSchedule",
     "SPTCallback",
     "StageMetrics",
     "__version__",
@@ -25,7 +22,6 @@ __all__ = [
     "callbacks_modules",
     "checks",
     "distributed",
-    "embed_loader",
     "get_verbosity",
     "logger_writes_this_step",
     "lookup",

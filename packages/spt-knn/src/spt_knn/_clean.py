@@ -9,7 +9,8 @@ import torch
 from lightning.pytorch import LightningModule, Trainer
 from torch import Tensor
 
-from spt_core import EvaluationSchedule, distributed, embed_loader
+from spt_core import distributed
+from spt_embed import EvaluationSchedule, embed_loader
 from spt_knn._boards import CLEAN, QUEUE
 from spt_knn._rows import queue_rows
 from spt_knn.bank import KNNBank, knn_bank
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
 
 
 class CleanBank:
-    """When to embed the clean loader (an :class:`spt_core.EvaluationSchedule`), and the
+    """When to embed the clean loader (an :class:`spt_embed.EvaluationSchedule`), and the
     :class:`KNNBank` of its rows.
 
     Due at the first validation of a fit (never the sanity check), then at the first

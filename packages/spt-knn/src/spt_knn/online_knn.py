@@ -46,8 +46,8 @@ class OnlineKNN(SPTCallback):
 
     **Clean bank.** With ``clean_loader``, the validation batches are also scored against
     that labelled loader's features, embedded in eval mode under ``torch.no_grad()`` by
-    :func:`spt_core.embed_loader` (each rank its own batches) when
-    :class:`spt_core.EvaluationSchedule` says so: epochs ``0, n, 2n, ...`` of each fit for
+    :func:`spt_embed.embed_loader` (each rank its own batches) when
+    :class:`spt_embed.EvaluationSchedule` says so: epochs ``0, n, 2n, ...`` of each fit for
     ``clean_every_n_epochs=n`` (never the sanity check), every ``validate``/``test`` outside
     ``fit``. The features keep the model's dtype, are searched like the queue's and released
     at the end of that evaluation (no clean name is logged between due epochs). Names:

@@ -9,10 +9,11 @@ import torch
 from lightning.pytorch import LightningModule, Trainer
 from torch import Tensor
 
-from spt_core import distributed, logger_writes_this_step
+from spt_core import distributed
 from spt_latentviz._frames import MapFrames
 from spt_latentviz.functional import drop_non_finite, neighbour_graph, projection_loss
 from spt_queue import OnlineQueue, find_or_create_queue, read_aligned
+from spt_trainable import logger_writes_this_step
 
 
 class MapTraining(MapFrames):

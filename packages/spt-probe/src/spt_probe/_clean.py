@@ -10,9 +10,9 @@ import torch
 from lightning.pytorch import LightningModule, Trainer
 from torch import Tensor, nn
 
-from spt_core import SPTCallback, StageMetrics, callbacks_metrics, distributed, embed_loader
+from spt_core import SPTCallback, StageMetrics, callbacks_metrics, distributed
 from spt_core.checks import check_label_range, finite_rows, positive_int
-from spt_core.schedule import EvaluationSchedule
+from spt_embed import EvaluationSchedule, embed_loader
 from spt_probe._targets import PROBE_OUTPUT
 from spt_probe.functional import probe_predict
 from spt_probe.linear_eval import DEFAULT_FIT_OPTIMIZER, fit_probe, fresh_probe, not_reset
@@ -24,7 +24,7 @@ __all__ = ["CleanEvaluation", "NoCleanEvaluation"]
 class CleanEvaluation:
     """Train a fresh probe on a labelled loader's clean features when due; score with it.
 
-    Due on the schedule of :class:`spt_core.EvaluationSchedule`: the first validation of a
+    Due on the schedule of :class:`spt_embed.EvaluationSchedule`: the first validation of a
     fit (not the sanity check), then the first validation ``every_n_epochs`` training epochs
     after the last clean evaluation (epochs ``0, n, 2n, ...`` when every epoch validates), and
     every ``validate``/``test`` run outside ``fit``; each fit starts over. The probe is trained
@@ -45,7 +45,7 @@ class CleanEvaluation:
         optimizer: Its optimizer form (``None``: AdamW, lr 1e-3).
         seed: Seeds the fresh probe and its training (the same on every rank).
         clean_embed: ``clean_embed(pl_module, batch) -> features`` or ``None`` (see
-            :func:`spt_core.embed_loader`).
+            :func:`spt_embed.embed_loader`).
         metrics: ``{name: metric}`` prototypes, logged as ``eval/{owner}_clean_{name}``.
 
     Raises:

@@ -9,7 +9,7 @@ from lightning.pytorch import LightningModule, Trainer
 from torch import Tensor
 from torchmetrics import Metric
 
-from spt_core import logger_writes_this_step, named_metrics
+from spt_core import named_metrics
 from spt_core.checks import check_metrics
 from spt_probe._arguments import DEFAULT_OPTIMIZER, check_arguments
 from spt_probe._clean import CleanEvaluation, NoCleanEvaluation
@@ -17,7 +17,7 @@ from spt_probe._epoch_loss import EpochLoss
 from spt_probe._inputs import ProbeInputs
 from spt_probe._probe_metrics import WHERE, ProbeMetrics, loaders_of
 from spt_probe.functional import masked_cross_entropy, probe_predict, probe_step
-from spt_trainable import TrainableCallback
+from spt_trainable import TrainableCallback, logger_writes_this_step
 from spt_trainable.module_factory import ModuleSpec
 from spt_trainable.optimizers import OptimizerSpec
 from spt_trainable.schedulers import SchedulerSpec
@@ -48,9 +48,9 @@ class OnlineProbe(ProbeInputs, TrainableCallback):
     - ``eval/{name}_clean_{metric}``: the same, from the clean probe (with ``clean_loader``).
 
     **Clean evaluation** (``clean_loader``, see the README): at the first validation epoch of
-    a fit, every ``clean_every_n_epochs`` after (:class:`spt_core.EvaluationSchedule`) and at
+    a fit, every ``clean_every_n_epochs`` after (:class:`spt_embed.EvaluationSchedule`) and at
     every ``validate``/``test`` outside ``fit``, a fresh probe is trained on ``clean_loader``
-    embedded in eval mode (:func:`spt_core.embed_loader`, :func:`~spt_probe.fit_probe`) and
+    embedded in eval mode (:func:`spt_embed.embed_loader`, :func:`~spt_probe.fit_probe`) and
     scores that evaluation's batches only; other epochs log no clean value.
 
     Train, validation (per loader) and test own separate metric copies, exposed at

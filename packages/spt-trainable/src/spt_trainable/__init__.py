@@ -7,6 +7,7 @@ factory (``spt_trainable.module_factory``).
 """
 
 from spt_trainable.__about__ import __version__
+from spt_trainable._stepping import logger_writes_this_step
 from spt_trainable.lars import LARS
 from spt_trainable.module_factory import build_module, input_width
 from spt_trainable.optimizers import create_optimizer
@@ -22,4 +23,5 @@ __all__ = [
     "create_optimizer",
     "create_scheduler",
     "input_width",
+    "logger_writes_this_step",
 ]

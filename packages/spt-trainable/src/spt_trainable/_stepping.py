@@ -16,6 +16,7 @@ from spt_core import distributed
 __all__ = [
     "CLIP_ALGORITHMS",
     "check_stepping",
+    "logger_writes_this_step",
     "prepare_gradients",
     "run_length",
     "window_size",
@@ -104,3 +105,18 @@ def prepare_gradients(
             nn.utils.clip_grad_norm_(params, clip_val)
         else:
             nn.utils.clip_grad_value_(params, clip_val)
+
+
+def logger_writes_this_step(trainer: Trainer) -> bool:
+    """Whether the Trainer's loggers receive the values logged during this training step.
+
+    Lightning writes step values every ``log_every_n_steps`` optimizer steps (and when
+    training stops); a ``log`` call costs about a millisecond, so a callback that logs its
+    loss per batch skips the calls whose values no logger would see.
+
+    Example:
+        >>> logger_writes_this_step(Trainer(logger=False, log_every_n_steps=1))
+        True
+    """
+    connector = getattr(trainer, "_logger_connector", None)  # private, stable since 1.6
+    return bool(getattr(connector, "should_update_logs", True))

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from lightning.pytorch.trainer.states import TrainerFn
 
-from spt_core.schedule import EvaluationSchedule
+from spt_embed import EvaluationSchedule
 
 
 def trainer(epoch, fn=TrainerFn.FITTING, sanity=False):

@@ -11,9 +11,9 @@ import torch
 from lightning.pytorch import LightningModule, Trainer
 from torch import Tensor
 
-from spt_core._clean_mode import clean_mode
-from spt_core._rank_share import this_rank_batches
 from spt_core.keys import lookup
+from spt_embed._clean_mode import clean_mode
+from spt_embed._rank_share import this_rank_batches
 
 __all__ = ["embed_loader"]
 

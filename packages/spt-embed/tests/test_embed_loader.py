@@ -1,4 +1,4 @@
-"""spt_core.embed_loader: clean features of a labelled loader."""
+"""spt_embed.embed_loader: clean features of a labelled loader."""
 
 from __future__ import annotations
 
@@ -21,8 +21,9 @@ from torch.utils.data import (
 )
 from torchmetrics.classification import MulticlassAccuracy
 
-from spt_core import distributed, embed_loader
+from spt_core import distributed
 from spt_core.testing import Backbone, DictDataset, RecordingLogger, quiet_trainer
+from spt_embed import embed_loader
 
 
 def normed_features(batch: dict, module: Backbone) -> dict:

@@ -1,0 +1,13 @@
+"""spt-embed: the clean features of a labelled loader, and when to compute them.
+
+``embed_loader`` runs a loader through the model in eval mode, without gradients, and gives
+back its features and labels (under DDP each rank embeds its share, every row once);
+``EvaluationSchedule`` says at which validations a periodic evaluation on those features is
+due. The clean variants of spt-knn's ``OnlineKNN`` and spt-probe's ``OnlineProbe`` use both.
+"""
+
+from spt_embed.__about__ import __version__
+from spt_embed.embedding import embed_loader
+from spt_embed.schedule import EvaluationSchedule
+
+__all__ = ["EvaluationSchedule", "__version__", "embed_loader"]
