@@ -1,10 +1,12 @@
 """Unique callback names on a Trainer, and unlabelled rows kept out of metrics."""
 
+import inspect
+
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from lightning.pytorch import Trainer
+from lightning.pytorch import Callback, Trainer
 
 from spt_core import SPTCallback, StageMetrics
 
@@ -137,6 +139,17 @@ def test_validation_and_test_hooks_reach_one_method_with_the_stage():
             ("end", stage),
         ]
         recorder.calls.clear()
+
+
+def test_the_routed_hooks_take_lightnings_arguments():
+    for hook in ("start", "epoch_start", "batch_end", "epoch_end", "end"):
+        for stage in ("validation", "test"):
+            name = f"on_{stage}_{hook}"
+            routed = inspect.signature(getattr(SPTCallback, name))
+            assert (
+                routed.parameters.keys()
+                == inspect.signature(getattr(Callback, name)).parameters.keys()
+            ), name
 
 
 def test_a_checkpoint_holds_the_gathered_state_and_state_dict_stays_local(tmp_path):

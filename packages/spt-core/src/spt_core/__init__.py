@@ -6,7 +6,6 @@ from spt_core.callback import (
     SPTCallback,
     callbacks_metrics,
     callbacks_modules,
-    logger_writes_this_step,
 )
 from spt_core.checks import DataChecks
 from spt_core.keys import lookup
@@ -23,7 +22,6 @@ __all__ = [
     "checks",
     "distributed",
     "get_verbosity",
-    "logger_writes_this_step",
     "lookup",
     "metric_name",
     "named_metrics",

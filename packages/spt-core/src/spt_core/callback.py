@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 from lightning.pytorch import Callback, LightningModule, Trainer
@@ -10,15 +11,36 @@ from loguru import logger
 from spt_core.verbosity import get_verbosity
 
 
+def _route(hook: str, stage: str) -> Callable[..., None]:
+    """A Lightning hook that calls ``self.<hook>(trainer, pl_module, stage)``."""
+
+    def route(self: SPTCallback, trainer: Trainer, pl_module: LightningModule) -> None:
+        getattr(self, hook)(trainer, pl_module, stage)
+
+    return route
+
+
+def _route_batch_end(stage: str) -> Callable[..., None]:
+    """A Lightning batch-end hook that calls ``self._eval_batch_end`` (Lightning passes no
+    ``dataloader_idx`` when the stage has a single loader)."""
+
+    def route(
+        self: SPTCallback, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
+        batch_idx: int, dataloader_idx: int = 0,
+    ) -> None:  # fmt: skip
+        self._eval_batch_end(trainer, pl_module, stage, outputs, batch, dataloader_idx)
+
+    return route
+
+
 class SPTCallback(Callback):
     """A Lightning callback with a name, its own checkpoint slot and spt's verbosity.
 
     Subclasses put everything that must survive a resume in :meth:`state_dict` and restore
     it in :meth:`load_state_dict`, and write validation and test behaviour once, in the
-    ``_eval_*`` methods (``_eval_start``, ``_eval_epoch_start``, ``_eval_batch_end``,
-    ``_eval_epoch_end``, ``_eval_end``), which receive ``stage`` (``"val"`` or ``"test"``).
-    Several instances of one class coexist on a Trainer as long as their names differ: each
-    gets its own ``state_key``.
+    ``_eval_*`` methods, which receive ``stage`` (``"val"`` or ``"test"``). Several instances
+    of one class coexist on a Trainer as long as their names differ: each gets its own
+    ``state_key``.
 
     Args:
         name: Unique identifier, used in logged names and in the checkpoint.
@@ -36,9 +58,8 @@ class SPTCallback(Callback):
         'Counter[name=steps]'
     """
 
-    #: Whether ``name`` must differ from every other spt callback's on the Trainer (logged
-    #: names, ``callbacks_modules`` and ``callbacks_metrics`` are keyed by it). Queues, which
-    #: consumers share and which log nothing, opt out.
+    #: Whether ``name`` must differ from every other spt callback's on the Trainer. Queues,
+    #: which consumers share and which log nothing, opt out.
     unique_name: ClassVar[bool] = True
 
     def __init__(self, name: str, verbose: bool | None = None) -> None:
@@ -94,15 +115,13 @@ class SPTCallback(Callback):
                 logger.log(level, f"{self.state_key}: {message}")
 
     def info_if_no_validation(self, trainer: Trainer, what: str) -> None:
-        """Say once per fit that ``what`` will not be logged when the fit runs no validation
-        batch (``limit_val_batches=0`` or empty validation loaders); call it at train start.
+        """Say once per fit that ``what`` will not be logged if the fit runs no validation batch.
 
-        A fit without any validation loader is left to Lightning, which says so itself.
+        Call it at train start. A fit without any validation loader is left to Lightning,
+        which says so itself.
         """
-        loaders = trainer.val_dataloaders
-        if trainer.limit_val_batches == 0 or (
-            loaders is not None and sum(trainer.num_val_batches) == 0
-        ):
+        empty = trainer.val_dataloaders is not None and sum(trainer.num_val_batches) == 0
+        if trainer.limit_val_batches == 0 or empty:
             self.info_once(
                 trainer,
                 "no-validation",
@@ -116,26 +135,17 @@ class SPTCallback(Callback):
         Subclasses that override ``setup`` call ``super().setup(...)`` first.
 
         Raises:
-            ValueError: If another spt callback (of any class) has the same ``name``: both
-                would log into the same names and Lightning would average them.
+            ValueError: If another spt callback (of any class) has the same ``name``.
         """
-        if not self.unique_name:
-            return
         for other in trainer.callbacks:
-            if (
-                other is not self
-                and isinstance(other, SPTCallback)
-                and other.unique_name
-                and other.name == self.name
-            ):
+            if other is self or not isinstance(other, SPTCallback):
+                continue
+            if self.unique_name and other.unique_name and other.name == self.name:
                 raise ValueError(
                     f"{self.state_key}: another spt callback ({other.state_key}) has the name "
                     f"{self.name!r}; names key the logged values, callbacks_modules and "
                     "callbacks_metrics, so each spt callback on a Trainer needs its own"
                 )
-
-    # Validation and test share one implementation: Lightning's hooks of both stages call
-    # the ``_eval_*`` methods below with ``stage`` set to ``"val"`` or ``"test"``.
 
     def _eval_start(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         """A validation (sanity check included) or test run starts."""
@@ -155,41 +165,17 @@ class SPTCallback(Callback):
     def _eval_end(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         """A validation or test run ended."""
 
-    def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._eval_start(trainer, pl_module, "val")
-
-    def on_test_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._eval_start(trainer, pl_module, "test")
-
-    def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._eval_epoch_start(trainer, pl_module, "val")
-
-    def on_test_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._eval_epoch_start(trainer, pl_module, "test")
-
-    def on_validation_batch_end(
-        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
-        batch_idx: int, dataloader_idx: int = 0,
-    ) -> None:  # fmt: skip
-        self._eval_batch_end(trainer, pl_module, "val", outputs, batch, dataloader_idx)
-
-    def on_test_batch_end(
-        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
-        batch_idx: int, dataloader_idx: int = 0,
-    ) -> None:  # fmt: skip
-        self._eval_batch_end(trainer, pl_module, "test", outputs, batch, dataloader_idx)
-
-    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._eval_epoch_end(trainer, pl_module, "val")
-
-    def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._eval_epoch_end(trainer, pl_module, "test")
-
-    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._eval_end(trainer, pl_module, "val")
-
-    def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._eval_end(trainer, pl_module, "test")
+    # Lightning calls its hooks by name; those of both stages reach the ``_eval_*`` methods.
+    on_validation_start = _route("_eval_start", "val")
+    on_test_start = _route("_eval_start", "test")
+    on_validation_epoch_start = _route("_eval_epoch_start", "val")
+    on_test_epoch_start = _route("_eval_epoch_start", "test")
+    on_validation_batch_end = _route_batch_end("val")
+    on_test_batch_end = _route_batch_end("test")
+    on_validation_epoch_end = _route("_eval_epoch_end", "val")
+    on_test_epoch_end = _route("_eval_epoch_end", "test")
+    on_validation_end = _route("_eval_end", "val")
+    on_test_end = _route("_eval_end", "test")
 
     def state_dict(self) -> dict[str, Any]:
         """What must survive a resume; empty for a stateless callback.
@@ -202,10 +188,8 @@ class SPTCallback(Callback):
     def gather_checkpoint_state(self, state: dict[str, Any]) -> dict[str, Any]:
         """The state written to a checkpoint, given this rank's :meth:`state_dict`.
 
-        Called on every rank while a checkpoint is saved (Lightning's ``on_save_checkpoint``,
-        which runs on every rank); override it to gather what each rank holds, through
-        :mod:`spt_core.distributed` in the same order on every rank. The default returns
-        ``state`` unchanged.
+        Called on every rank while a checkpoint is saved; override it to gather what each
+        rank holds, through :mod:`spt_core.distributed`. The default returns ``state``.
         """
         return state
 
@@ -220,34 +204,18 @@ class SPTCallback(Callback):
         """Restore what :meth:`state_dict` returned."""
 
 
-def logger_writes_this_step(trainer: Trainer) -> bool:
-    """Whether the Trainer's loggers receive the values logged during this training step.
-
-    Lightning writes step values every ``log_every_n_steps`` optimizer steps (and when
-    training stops); a ``log`` call costs about a millisecond, so callbacks that log per
-    batch skip the calls whose values no logger would see.
-
-    Example:
-        >>> from lightning.pytorch import Trainer
-        >>> logger_writes_this_step(Trainer(logger=False, log_every_n_steps=1))
-        True
-    """
-    connector = getattr(trainer, "_logger_connector", None)  # private, stable since 1.6
-    return bool(getattr(connector, "should_update_logs", True))
-
-
 def callbacks_modules(pl_module: LightningModule) -> dict[str, Any]:
     """The ``callbacks_modules`` dict of ``pl_module``, created on first use.
 
-    It is a plain attribute, not a registered submodule: the model's parameters, its
+    A plain attribute, not a registered submodule: the model's parameters, its
     ``state_dict`` and DDP's wrapper never see what callbacks put there.
     """
     return _plain_dict(pl_module, "callbacks_modules")
 
 
 def callbacks_metrics(pl_module: LightningModule) -> dict[str, Any]:
-    """The ``callbacks_metrics`` dict of ``pl_module``, created on first use (see
-    :func:`callbacks_modules`)."""
+    """The ``callbacks_metrics`` dict of ``pl_module``, created on first use (a plain
+    attribute, like :func:`callbacks_modules`)."""
     return _plain_dict(pl_module, "callbacks_metrics")
 
 

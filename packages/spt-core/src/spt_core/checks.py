@@ -60,9 +60,8 @@ def flat_dim(dim: int | Sequence[int] | None, argument: str = "dim") -> int | No
 def finite_rows(features: Tensor) -> Tensor:
     """Which rows of ``features`` (rows first) hold finite values only, as ``(N,)`` bools.
 
-    Read from each row's smallest and largest value (a NaN or an infinity shows in one of
-    them), so the temporaries are ``2 N`` values, not a copy of ``features``. Nothing waits
-    for the device.
+    Read from each row's smallest and largest value, where a NaN or an infinity shows, so the
+    temporaries are ``2 N`` values, not a copy of ``features``; nothing waits for the device.
 
     Example:
         >>> finite_rows(torch.tensor([[1.0, 2.0], [float("nan"), 0.0], [0.0, float("inf")]]))
@@ -88,8 +87,7 @@ def check_label_range(
         classes_from: What sets ``num_classes``, for the message.
 
     Raises:
-        ValueError: If ``top >= num_classes``; the message names the label and the size that
-            would fit.
+        ValueError: If ``top >= num_classes``, naming the label and the size that would fit.
 
     Example:
         >>> check_label_range(9, 10, "the bank")
@@ -107,8 +105,8 @@ def check_label_range(
 
 
 def is_metric(metric: object) -> bool:
-    """Whether ``metric`` is a stateful metric: it has ``update``, ``compute`` and ``reset``
-    (a torchmetrics ``Metric`` has them)."""
+    """Whether ``metric`` has ``update``, ``compute`` and ``reset`` (as a torchmetrics
+    ``Metric`` has)."""
     return all(callable(getattr(metric, part, None)) for part in ("update", "compute", "reset"))
 
 
@@ -134,12 +132,8 @@ def check_metrics(metrics: Mapping[str, Any], owner: str) -> None:
 
 class DataChecks:
     """Counts rows with non-finite features and tracks the largest label, per stage and
-    dataloader.
-
-    :meth:`update` runs on every batch without waiting on the device; :meth:`read` returns
-    the totals over every rank (one collective, one host sync) and starts them over.
-    Callbacks read at the end of an epoch, before they log, so that a label outside the
-    classes or a NaN feature is reported instead of being averaged into a metric.
+    dataloader, so that callbacks report a NaN feature or a label outside the classes at the
+    end of an epoch, before they log, instead of averaging it into a metric.
 
     Example:
         >>> checks = DataChecks()
@@ -156,21 +150,15 @@ class DataChecks:
         self._totals: dict[tuple[str, int], Tensor] = {}
 
     def update(self, stage: str, dataloader_idx: int, features: Tensor, labels: Tensor) -> Tensor:
-        """Add one batch of ``features`` (rows first) and integer ``labels``.
-
-        Returns:
-            A ``(rows,)`` bool tensor: which rows hold finite features only.
-        """
+        """Add one batch of ``features`` (rows first) and integer ``labels``, without waiting
+        for the device; returns :func:`finite_rows` of ``features``."""
         finite = finite_rows(features)
         top = labels.max() if labels.numel() else labels.new_tensor(-1)
         batch = torch.stack(((~finite).sum(), top.to(finite.device).long()))
-        key = (stage, dataloader_idx)
-        total = self._totals.get(key)
-        self._totals[key] = (
-            batch
-            if total is None
-            else torch.stack((total[0] + batch[0], torch.maximum(total[1], batch[1])))
-        )
+        total = self._totals.get((stage, dataloader_idx))
+        if total is not None:
+            batch = torch.stack((total[0] + batch[0], torch.maximum(total[1], batch[1])))
+        self._totals[stage, dataloader_idx] = batch
         return finite
 
     def read(
@@ -179,8 +167,8 @@ class DataChecks:
         """``(rows with non-finite features, largest label)`` of each dataloader of ``stage``
         over every rank (``(0, -1)`` where no rank saw a row), then start the stage over.
 
-        Every rank must call it together, with the same ``num_dataloaders``; ``device`` is
-        where the collective runs (the module's device).
+        Every rank calls it together, with the same ``num_dataloaders``: one collective on
+        ``device`` (the module's), one host sync.
         """
         if num_dataloaders < 1:
             return []

@@ -37,53 +37,34 @@ _BYTE = {torch.bool: torch.uint8}
 
 
 def is_distributed() -> bool:
-    """Whether a process group with more than one process is active.
-
-    Example:
-        >>> is_distributed()
-        False
-    """
+    """Whether a process group with more than one process is active."""
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def world_size() -> int:
-    """Number of processes in the default group, 1 without one.
-
-    Example:
-        >>> world_size()
-        1
-    """
+    """Number of processes in the default group, 1 without one."""
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 def rank() -> int:
-    """Rank of this process in the default group, 0 without one.
-
-    Example:
-        >>> rank()
-        0
-    """
+    """Rank of this process in the default group, 0 without one."""
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
 def _wire_dtype(dtype: torch.dtype) -> torch.dtype:
     dtype = _BYTE.get(dtype, dtype)
-    if dist.get_backend() == "gloo":
-        return _GLOO_UPCAST.get(dtype, dtype)
-    return dtype
+    return _GLOO_UPCAST.get(dtype, dtype) if dist.get_backend() == "gloo" else dtype
 
 
 def gather_uneven(tensor: Tensor) -> Tensor:
     """Concatenate every rank's rows in rank order when ranks hold different row counts.
 
-    Every rank must call this with tensors that agree on dtype and on all dimensions but
-    the first. Each rank's rows appear exactly once in the result.
-
     Args:
-        tensor: This rank's rows, shape ``(n_rank, *shape)``; ``n_rank`` may be 0.
+        tensor: This rank's rows, shape ``(n_rank, *shape)``; ``n_rank`` may be 0. Every rank
+            passes the same dtype and the same dimensions but the first.
 
     Returns:
-        Tensor of shape ``(sum(n_rank), *shape)`` on the input's device and dtype; the input
+        ``(sum(n_rank), *shape)`` on the input's device and dtype (one host sync); the input
         itself without a process group.
 
     Example:
@@ -163,8 +144,8 @@ def _by_dtype(tensors: Sequence[Tensor]) -> list[list[Tensor]]:
 def _flat_apply(tensors: Sequence[Tensor], collective) -> None:
     """One ``collective`` per dtype over the flattened tensors, then copy the results back.
 
-    Tensors of one dtype travel together; dtypes are never mixed in one buffer, so no value
-    is rounded through another type (an int64 counter through float32, say).
+    Dtypes are never mixed in one buffer, so no value is rounded through another type (an
+    int64 counter through float32, say).
     """
     for group in _by_dtype(tensors):
         wire = _wire_dtype(group[0].dtype)
@@ -178,12 +159,12 @@ def _flat_apply(tensors: Sequence[Tensor], collective) -> None:
 
 
 def all_reduce_mean(tensors: Sequence[Tensor]) -> None:
-    """Replace each tensor, in place, by its mean over all ranks (one collective per dtype).
+    """Replace each tensor, in place, by its mean over all ranks (one collective per dtype,
+    in the order the dtypes first appear).
 
     Args:
         tensors: Floating-point tensors with the same shapes on every rank, in the same order
-            (for example the gradients of a module's parameters). They may differ in dtype:
-            the collectives run one per dtype, in the order the dtypes first appear.
+            (for example the gradients of a module's parameters).
 
     Raises:
         TypeError: If a tensor is not floating-point (its mean would not fit its dtype).
@@ -210,12 +191,12 @@ def all_reduce_mean(tensors: Sequence[Tensor]) -> None:
 
 
 def broadcast_(tensors: Sequence[Tensor], src: int = 0) -> None:
-    """Overwrite each tensor, in place, with rank ``src``'s value (one collective per dtype).
+    """Overwrite each tensor, in place, with rank ``src``'s value (one collective per dtype,
+    as in :func:`all_reduce_mean`; no value changes type on the way).
 
     Args:
-        tensors: Tensors with the same shapes on every rank, in the same order (for example
-            a module's parameters and buffers), of any dtypes: the collectives run one per
-            dtype, in the order the dtypes first appear, and no value changes type on the way.
+        tensors: Tensors of any dtypes with the same shapes on every rank, in the same order
+            (for example a module's parameters and buffers).
         src: The rank whose values win.
 
     Example:
@@ -230,9 +211,8 @@ def broadcast_(tensors: Sequence[Tensor], src: int = 0) -> None:
 
 
 def any_rank(flag: bool, device: torch.device | None = None) -> bool:
-    """Whether ``flag`` is true on at least one rank (one collective and one host sync).
-
-    Every rank must call it together; ``device`` is where the collective runs.
+    """Whether ``flag`` is true on at least one rank; every rank calls it together (one
+    collective on ``device``, one host sync).
 
     Example:
         >>> any_rank(True), any_rank(False)

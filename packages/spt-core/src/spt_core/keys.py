@@ -13,17 +13,12 @@ def lookup(key: str, outputs: Any, batch: Any, *, owner: str) -> Any:
     over a raw input of the same name.
 
     Args:
-        key: The entry to find.
         outputs: What the step returned (a dict, a tensor, or ``None``).
         batch: The batch the step received (a dict, or anything else).
         owner: Who asks, for the error message (e.g. ``"OnlineKNN[name=knn]"``).
 
-    Returns:
-        The value stored under ``key``.
-
     Raises:
-        KeyError: If neither ``outputs`` nor ``batch`` holds ``key``; the message lists the
-            keys that do exist.
+        KeyError: If neither holds ``key``; the message lists the keys that do exist.
 
     Example:
         >>> lookup("z", {"z": 1, "loss": 0}, {"z": 2, "y": 3}, owner="demo")

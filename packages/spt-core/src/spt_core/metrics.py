@@ -53,31 +53,24 @@ def unique_names(names: Iterable[str]) -> list[str]:
         >>> unique_names(["acc", "acc", "f1", "acc"])
         ['acc', 'acc_2', 'f1', 'acc_3']
     """
-    seen: dict[str, int] = {}
-    result = []
-    taken = set()
+    taken: dict[str, None] = {}  # an ordered set
     for name in names:
-        count = seen.get(name, 0) + 1
-        candidate = name if count == 1 else f"{name}_{count}"
+        candidate, count = name, 1
         while candidate in taken:
             count += 1
             candidate = f"{name}_{count}"
-        seen[name] = count
-        taken.add(candidate)
-        result.append(candidate)
-    return result
+        taken[candidate] = None
+    return list(taken)
 
 
 def named_metrics(metrics: Any, *, owner: str, argument: str = "metrics") -> dict[str, Any]:
-    """Normalise a dict, list, tuple, single metric or ``None`` into ``{name: metric}``.
+    """Normalise a dict, list, tuple, single metric or ``None`` into a new ``{name: metric}``.
 
     Args:
-        metrics: What the user passed.
+        metrics: What the user passed; entries of a list or tuple, or a single metric, are
+            named by :func:`metric_name` and made unique.
         owner: Who asks, for error messages.
         argument: The argument's name, for error messages.
-
-    Returns:
-        A new dict; list entries are named by :func:`metric_name` and made unique.
 
     Raises:
         TypeError: If a key is not a string.
@@ -121,8 +114,8 @@ class StageMetrics:
     """Independent copies of a set of metrics for every (stage, dataloader) pair.
 
     The prototypes are never updated; each ``(stage, dataloader_idx)`` gets its own clones
-    on first use, so a validation run in the middle of a training epoch never mixes into
-    the training value, and two validation loaders never mix either.
+    on first use, so neither a validation run inside a training epoch nor a second
+    validation loader mixes into another's value.
 
     Args:
         metrics: ``{name: metric}`` prototypes (see :func:`named_metrics`).
@@ -152,11 +145,9 @@ class StageMetrics:
         self, stage: str, dataloader_idx: int = 0, device: torch.device | None = None
     ) -> dict[str, Any]:
         """The live copies for ``(stage, dataloader_idx)``, created (and moved) on first use."""
-        key = (stage, dataloader_idx)
-        live = self._live.get(key)
-        if live is None:
-            live = {name: _copy(m) for name, m in self.prototypes.items()}
-            self._live[key] = live
+        if (stage, dataloader_idx) not in self._live:
+            self._live[stage, dataloader_idx] = {n: _copy(m) for n, m in self.prototypes.items()}
+        live = self._live[stage, dataloader_idx]
         if device is not None:
             for metric in live.values():
                 mover = getattr(metric, "to", None)
@@ -175,12 +166,11 @@ class StageMetrics:
     ) -> None:
         """Update every copy with the rows whose integer ``target`` is a class (``>= 0``).
 
-        Unlabelled rows carry a negative label; they never reach a metric. A metric with an
-        ``ignore_index`` attribute left at ``None`` (torchmetrics' classification metrics)
-        gets ``ignore_index=-1`` on its copies and receives negative labels as ``-1``, which
-        costs no host sync. Any other metric receives the labelled rows only, selected by a
-        boolean mask (one host sync per batch on an accelerator). Floating-point targets
-        (regression, soft labels) are passed through unchanged.
+        Unlabelled rows (negative labels) never reach a metric. A copy whose ``ignore_index``
+        was left at ``None`` (torchmetrics' classification metrics) has it set to ``-1`` and
+        receives negative labels as ``-1``, with no host sync; any other metric receives the
+        labelled rows only, selected by a boolean mask (one host sync per batch on an
+        accelerator). Floating-point targets (regression, soft labels) pass unchanged.
 
         Example:
             >>> class Hits:  # counts correct rows; knows nothing of unlabelled ones
@@ -220,12 +210,10 @@ class StageMetrics:
         device: torch.device | None = None,
         skip: Collection[int] = (),
     ) -> dict[str, Tensor]:
-        """Compute and reset every copy of ``stage`` that was updated on any rank.
+        """Compute and reset every copy of ``stage`` that was updated on any rank (the ranks
+        agree on which with one collective on ``device`` and one host sync).
 
         Args:
-            stage: The stage whose copies are computed.
-            num_dataloaders: How many dataloaders the stage has.
-            device: Where the ranks agree on which loaders were updated.
             skip: Dataloader indices whose copies are reset without being computed (the
                 same on every rank), e.g. because their inputs were found unusable.
 
@@ -243,18 +231,10 @@ class StageMetrics:
         for idx, flag in enumerate(updated.tolist()):
             if not flag:
                 continue
-            if idx in skip:
-                for metric in self.get(stage, idx).values():
-                    metric.reset()
-                self._updated.discard((stage, idx))
-                continue
             suffix = f"/dataloader_idx_{idx}" if num_dataloaders > 1 else ""
-            for name, metric in self.get(stage, idx, device).items():
-                results[f"{name}{suffix}"] = _as_tensor(metric.compute())
+            for name, metric in self.get(stage, idx, None if idx in skip else device).items():
+                if idx not in skip:
+                    results[f"{name}{suffix}"] = torch.as_tensor(metric.compute())
                 metric.reset()
             self._updated.discard((stage, idx))
         return results
-
-
-def _as_tensor(value: Any) -> Tensor:
-    return value if isinstance(value, Tensor) else torch.as_tensor(value)

@@ -47,8 +47,6 @@ def get_verbosity() -> bool:
     if _setting[0] is not None:
         return _setting[0]
     raw = os.environ.get(ENV_VAR, "").strip().lower()
-    if raw in _TRUE:
-        return True
-    if raw in _FALSE:
-        return False
+    if raw in _TRUE | _FALSE:
+        return raw in _TRUE
     raise ValueError(f"{ENV_VAR}={raw!r} is not understood; use 1/0, true/false, yes/no or on/off")
