@@ -300,7 +300,7 @@ def test_isolation_runs_packages_with_extras_twice(tools):
 
 def test_isolation_installs_a_packages_test_group_and_only_that(tools):
     test_group = tools["check_isolation"].test_group
-    assert test_group("spt-distance") == ["spt-core>=0.4,<0.5"]
+    assert test_group("spt-distance") == ["spt-core>=0.5,<0.6"]
     assert test_group("spt-queue") == []
 
 
