@@ -41,21 +41,22 @@ def test_a_knn_predict_sweep_equals_separate_calls(
     assert list(sweep) == [(k, float(t)) for k in ks for t in temperatures]
     for (k, t), scores in sweep.items():
         alone = knn_predict(queries, bank, labels, 4, k=k, temperature=t, **kwargs)
-        # Where two labelled rows tie exactly at the k-th place, either one makes a correct
-        # k-nearest set; a sweep and a single k may keep different ones. Elsewhere: equal.
+        # Where two labelled rows tie at the k-th place, either one makes a correct k-nearest
+        # set; a sweep and a single k may keep different ones. Elsewhere: equal.
         clear = ~ties_at_place(queries, bank[labels >= 0], k, metric)
         assert torch.equal(scores[clear], alone[clear]), (k, t)
 
 
 def ties_at_place(queries, bank, k, metric):
-    """Which queries have their k-th and (k+1)-th nearest rows at the same distance (float64,
-    up to a relative 1e-9, so that a formula's last bit cannot hide a tie)."""
+    """Which queries have their k-th and (k+1)-th nearest rows at the same distance, up to a
+    relative 1e-5: knn_search ranks rows by float32 scores, so rows closer than their rounding
+    (about 1e-7 times the feature count, see spt-distance's README) count as tied."""
     if len(bank) <= k:
         return torch.zeros(len(queries), dtype=torch.bool)
     distances = pairwise_distances(queries.double(), bank.double(), metric=metric)
     ordered = distances.sort(dim=1).values
     gap = (ordered[:, k] - ordered[:, k - 1]).abs()
-    return gap <= 1e-9 * ordered[:, k].abs().clamp(min=1.0)
+    return gap <= 1e-5 * ordered[:, k].abs().clamp(min=1.0)
 
 
 def test_a_sweep_runs_one_search_at_the_largest_k(monkeypatch):
