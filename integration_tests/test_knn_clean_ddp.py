@@ -38,3 +38,16 @@ def test_ddp_clean_bank_when_one_rank_has_no_clean_batch(run_scenario):
             assert logged["accuracy"][-1][1] == pytest.approx(expected, abs=1e-6)
             assert result["states"][mode] == {"clean": {"schedule": {"last_epoch": 2}}}
         assert ranks[0]["logged"][mode] == ranks[1]["logged"][mode]
+
+
+@pytest.mark.ddp
+def test_ddp_clean_bank_breaks_ties_as_one_process(run_scenario):
+    # Six clean batches: rank 0 embeds 0, 2, 4 and rank 1 embeds 1, 3, 5. Each row's twin (the
+    # next label) sits three batches later, so a bank gathered rank by rank would put some
+    # twins first and the tied neighbours would vote otherwise than on one process.
+    ranks = run_scenario("knn_clean_ddp", devices=2, clean_batch=5, twins=True)
+    assert [result["embedded"]["gather"] for result in ranks] == [6, 6]
+    expected = offline_accuracy(ranks[0])
+    for result in ranks:
+        assert result["logged"]["gather"]["accuracy"][-1][1] == pytest.approx(expected, abs=1e-6)
+        assert result["logged"]["shard"]["accuracy"][-1][1] == pytest.approx(expected, abs=1e-6)

@@ -49,7 +49,9 @@ def assert_offline(result):
 
 
 @pytest.mark.ddp
-@pytest.mark.parametrize("clean_batch", [20, 40], ids=["two-batches", "rank-1-has-none"])
+@pytest.mark.parametrize(
+    "clean_batch", [20, 40, 5], ids=["two-batches", "rank-1-has-none", "four-per-rank"]
+)
 def test_ddp_clean_probe_is_identical_on_ranks_and_equals_offline(run_scenario, clean_batch):
     ranks = run_scenario("probe_clean", devices=2, batch_size=4, clean_batch=clean_batch,
                          **SETTINGS)  # fmt: skip
@@ -62,10 +64,12 @@ def test_ddp_clean_probe_is_identical_on_ranks_and_equals_offline(run_scenario, 
 
 
 @pytest.mark.ddp
-def test_ddp_clean_evaluation_equals_one_process_on_a_fixed_backbone(run_scenario):
-    # A fixed backbone (lr 0) embeds identical features in both runs, and with at most one clean
-    # batch per rank the gathered rows keep the loader's order: the clean probes coincide.
-    settings = {**SETTINGS, "clean_batch": 20, "lr": 0.0}
+@pytest.mark.parametrize("clean_batch", [20, 5], ids=["one-batch-per-rank", "four-per-rank"])
+def test_ddp_clean_evaluation_equals_one_process_on_a_fixed_backbone(run_scenario, clean_batch):
+    # A fixed backbone (lr 0) embeds identical features in both runs; the gathered rows are put
+    # back in the loader's order (rank 0 embeds batches 0, 2, 4, 6 of 5 rows, rank 1 the
+    # others), so the seeded shuffle sees the same rows and the clean probes coincide.
+    settings = {**SETTINGS, "clean_batch": clean_batch, "lr": 0.0}
     first, _ = run_scenario("probe_clean", devices=2, batch_size=4, **settings)
     (single,) = run_scenario("probe_clean", devices=1, batch_size=8, **settings)
     assert_offline(single)

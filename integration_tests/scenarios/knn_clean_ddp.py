@@ -2,7 +2,8 @@
 
 params: n (training and validation rows), n_clean (clean rows), clean_batch (rows per clean
 batch: rank r of W embeds clean batches r, r + W, ..., so one batch leaves rank 1 none),
-batch_size, epochs, every (clean_every_n_epochs).
+batch_size, epochs, every (clean_every_n_epochs), twins (the clean rows are n_clean / 2 rows
+twice, the second copy labelled with the next class, so neighbours tie exactly).
 
 Two callbacks score the validation rows against the clean bank only (``queue_length=0``):
 "gather" and "shard" (``distributed=``), each with a ``clean_embed`` that counts the clean
@@ -10,6 +11,7 @@ batches its rank embedded. The result holds, per callback, the epochs and values
 ``eval/{name}_clean_*`` logged, the clean batches embedded, the final backbone and the data.
 """
 
+import torch
 from _common import DictDataset, Encoder, blobs, parse, save, trainer
 from torch.utils.data import DataLoader
 from torchmetrics.classification import MulticlassAccuracy
@@ -24,6 +26,9 @@ p = {
 }  # fmt: skip
 data = DictDataset(*blobs(p["n"], dim=4, classes=3))
 clean = DictDataset(*blobs(p["n_clean"], dim=4, classes=3, seed=7))
+if p.get("twins"):  # every clean row twice, the second half with the next label: exact ties
+    half = DictDataset(*blobs(p["n_clean"] // 2, dim=4, classes=3, seed=7))
+    clean = DictDataset(half.features.repeat(2, 1), torch.cat([half.labels, (half.labels + 1) % 3]))
 MODES = ("gather", "shard")
 embedded = dict.fromkeys(MODES, 0)
 

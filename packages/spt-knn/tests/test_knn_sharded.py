@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 from spt_knn import (
     RoundShape,
     agree_on_rounds,
+    knn_bank,
     knn_neighbours,
     merge_candidates,
     sharded_neighbours,
@@ -102,3 +103,48 @@ def test_rounds_cut_each_ranks_queries_and_without_a_process_group_search_locall
     wider = RoundShape(queries=5, rows=2, dim=4, dtype=torch.float64)
     assert [p.shape for p in wider.parts(None, bank.device)] == [(0, 4)] * 3
     assert all(p.dtype == torch.float64 for p in wider.parts(queries, bank.device))
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    total=st.integers(1, 30),
+    shards=st.integers(1, 4),
+    batch=st.integers(1, 5),
+    k=st.integers(1, 10),
+    seed=st.integers(0, 2**16),
+)
+def test_keyed_merge_breaks_ties_in_the_whole_banks_order(total, shards, batch, k, seed):
+    """Shards that hold batches ``r, r + S, ...`` of the bank (a clean loader under DDP):
+    with each row's position as its key, the merge equals one search over the whole bank."""
+    generator = torch.Generator().manual_seed(seed)
+    bank = torch.randint(-2, 3, (total, 2), generator=generator).float()
+    queries = torch.randint(-2, 3, (6, 2), generator=generator).float()
+    labels = torch.randperm(total, generator=generator)
+    k = min(k, total)
+    positions = torch.arange(total)
+    owner = (positions // batch) % shards
+    candidates, keys = [], []
+    for shard in range(shards):
+        rows = positions[owner == shard]
+        which = pad_candidates(*knn_neighbours(queries, bank[rows], torch.arange(len(rows)), k,
+                                               "manhattan"), k)  # fmt: skip
+        candidates.append((which[0], torch.cat((labels[rows], torch.tensor([-1])))[which[1]]))
+        keys.append(torch.cat((rows, torch.tensor([0])))[which[1]])
+    merged = merge_candidates(
+        torch.cat([d for d, _ in candidates], dim=1),
+        torch.cat([y for _, y in candidates], dim=1),
+        k,
+        torch.cat(keys, dim=1),
+    )
+    whole = pad_candidates(*knn_neighbours(queries, bank, labels, k, "manhattan"), k)
+    assert torch.equal(merged[1], whole[1])
+    assert torch.equal(merged[0], whole[0])
+
+
+def test_a_sharded_bank_keeps_the_keys_of_its_voting_rows():
+    rows = torch.tensor([[0.0], [1.0], [float("nan")], [3.0]])
+    bank = knn_bank(
+        rows, torch.tensor([1, -1, 0, 2]), sharded=True, keys=torch.tensor([7, 3, 5, 1])
+    )
+    assert bank.keys.tolist() == [7, 1]
+    assert knn_bank(rows, torch.tensor([1, -1, 0, 2]), keys=torch.tensor([7, 3, 5, 1])).keys is None

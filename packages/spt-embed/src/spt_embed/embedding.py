@@ -11,11 +11,12 @@ import torch
 from lightning.pytorch import LightningModule, Trainer
 from torch import Tensor
 
+from spt_core import distributed
 from spt_core.keys import lookup
 from spt_embed._clean_mode import clean_mode
 from spt_embed._rank_share import this_rank_batches
 
-__all__ = ["embed_loader"]
+__all__ = ["embed_loader", "gather_in_loader_order"]
 
 _INTEGER = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 
@@ -145,6 +146,30 @@ def embed_loader(
         return (torch.empty((0, 0), device=device), empty) + ((empty,) if with_index else ())
     embedded = (torch.cat(rows), torch.cat(labels))
     return embedded + ((torch.cat(positions),) if with_index else ())
+
+
+def gather_in_loader_order(index: Tensor, *rows: Tensor) -> tuple[Tensor, ...]:
+    """Every rank's rows, on every rank, in the order of the loader they were embedded from.
+
+    ``index`` is the third tensor of :func:`embed_loader` with ``with_index=True``; ``rows``
+    are that call's features and labels (or anything aligned with them). Gathering in rank
+    order would put rank 0's batches ``0, W, 2W, ...`` first; putting the rows back in the
+    loader's order makes what follows (a seeded shuffle, a tie between neighbours) see the
+    rows one process would see. Every rank calls it together, with tensors that agree in
+    dtype and in every dimension but the first (a rank without rows passes empty ones).
+
+    Returns:
+        One tensor per entry of ``rows``: ``rows`` themselves on one process.
+
+    Example:
+        >>> index = torch.tensor([0, 1, 2])
+        >>> gather_in_loader_order(index, torch.tensor([5.0, 6.0, 7.0]))[0].tolist()
+        [5.0, 6.0, 7.0]
+    """
+    if not distributed.is_distributed():
+        return rows
+    order = distributed.gather_uneven(index).argsort()
+    return tuple(distributed.gather_uneven(tensor)[order] for tensor in rows)
 
 
 def _rows(labels: Any) -> int:

@@ -10,7 +10,7 @@ from lightning.pytorch import LightningModule, Trainer
 from torch import Tensor
 
 from spt_core import distributed
-from spt_embed import EvaluationSchedule, embed_loader
+from spt_embed import EvaluationSchedule, embed_loader, gather_in_loader_order
 from spt_knn._boards import CLEAN, QUEUE
 from spt_knn._rows import queue_rows
 from spt_knn.bank import KNNBank, knn_bank
@@ -80,11 +80,12 @@ class CleanBank:
         owner: str,
     ) -> KNNBank:
         """Embed this rank's share of the loader and make the bank: every rank's rows on
-        every rank (gather), or this rank's as its shard (``sharded``). Every rank calls
-        together (under DDP one small gather, then the bank's collectives)."""
-        features, labels = embed_loader(
+        every rank, in the loader's order (gather), or this rank's as its shard
+        (``sharded``). Every rank calls together (under DDP small gathers, then the bank's
+        collectives)."""
+        features, labels, index = embed_loader(
             pl_module, self.loader, input=input, target=target, embed=self.clean_embed,
-            owner=owner,
+            owner=owner, with_index=True,
         )  # fmt: skip
         self.schedule.mark(trainer)
         if distributed.is_distributed():  # ranks without rows must agree on width and dtype
@@ -93,10 +94,10 @@ class CleanBank:
                 features = features.new_zeros((0, shape.dim))
             features = features.to(shape.dtype)
             if not sharded:
-                features = distributed.gather_uneven(features)
-                labels = distributed.gather_uneven(labels)
+                features, labels = gather_in_loader_order(index, features, labels)
+        # Rows in the loader's order (or keyed by it), so neighbours tie as on one process.
         return knn_bank(
-            features, labels, num_classes, sharded=sharded,
+            features, labels, num_classes, sharded=sharded, keys=index if sharded else None,
             where=f"{owner}: the clean loader's '{target}'",
         )  # fmt: skip
 

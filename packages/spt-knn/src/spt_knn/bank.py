@@ -36,6 +36,9 @@ class KNNBank:
     rounds: RoundShape | None = None
     """For a bank sharded across ranks, the shape of the collective search rounds (see
     :meth:`in_rounds`); ``None`` for a bank held whole."""
+    keys: Tensor | None = None
+    """For a shard, ``(N,)`` each row's position in the whole bank, which breaks exact ties
+    between shards; ``None``: the bank is the shards in rank order."""
 
     def in_rounds(self, rounds: RoundShape) -> KNNBank:
         """This shard of a bank split across ranks, searched in collective ``rounds``
@@ -60,7 +63,7 @@ class KNNBank:
             queries = queries.to(self.rounds.dtype)
             return sharded_neighbours(
                 queries, self.features, self.labels, k, self.rounds.rows, distance_metric,
-                chunk_size,
+                chunk_size, shard_keys=self.keys,
             )  # fmt: skip
         if self.size != self.features.shape[0]:
             raise RuntimeError(
@@ -76,6 +79,7 @@ def knn_bank(
     num_classes: int | None = None,
     *,
     sharded: bool = False,
+    keys: Tensor | None = None,
     where: str = "bank_labels",
 ) -> KNNBank:
     """The rows of ``features`` that vote: those with a label ``>= 0`` and finite features.
@@ -92,6 +96,8 @@ def knn_bank(
         sharded: ``features`` is this rank's shard of a bank split across ranks: ``size``,
             the largest label and ``non_finite`` are taken over every rank (every rank must
             call together), and the bank is searched in rounds (:meth:`KNNBank.in_rounds`).
+        keys: With ``sharded``, ``(N,)`` each row's position in the whole bank when the ranks
+            do not hold it in rank order (see :func:`spt_knn.sharded_neighbours`).
         where: What to name in the error for a label ``>= num_classes``.
 
     Returns:
@@ -131,8 +137,11 @@ def knn_bank(
     else:
         check_label_range(top, num_classes, where)
     here = counts[distributed.rank()] if sharded else counts[0]
+    if keys is not None and sharded:
+        keys = keep_labelled(keys[:, None], labels, here)[0][:, 0]
     features, labels = keep_labelled(features, labels, here)
-    return KNNBank(features, labels, num_classes, sum(counts), sum(non_finite))
+    size, dropped = sum(counts), sum(non_finite)
+    return KNNBank(features, labels, num_classes, size, dropped, keys=keys if sharded else None)
 
 
 def _largest(labels: Tensor) -> Tensor:

@@ -75,18 +75,23 @@ def pad_candidates(distances: Tensor, labels: Tensor, k: int) -> tuple[Tensor, T
     )
 
 
-def merge_candidates(distances: Tensor, labels: Tensor, k: int) -> tuple[Tensor, Tensor]:
+def merge_candidates(
+    distances: Tensor, labels: Tensor, k: int, keys: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
     """The ``k`` nearest of several shards' candidate lists, concatenated shard by shard.
 
     Each shard's list must be sorted nearest first, with ties in row order (as
     :func:`knn_neighbours` returns them). The sort is stable, so equal distances keep the
     earlier shard and then the earlier row: the order ``(distance, global row)`` of one
-    search over the shards concatenated in the same order.
+    search over the shards concatenated in the same order. With ``keys`` (each candidate's
+    row in a whole bank whose rows the shards hold in another order) the order is
+    ``(distance, key)``: that of one search over the whole bank.
 
     Args:
         distances: ``(B, S * j)`` candidate distances, shard-major.
         labels: ``(B, S * j)`` their labels.
         k: How many to keep (at most ``S * j``).
+        keys: ``(B, S * j)`` distinct integer keys of the candidates, or ``None``.
 
     Returns:
         ``(distances, labels)`` of shape ``(B, k)``, nearest first.
@@ -97,5 +102,8 @@ def merge_candidates(distances: Tensor, labels: Tensor, k: int) -> tuple[Tensor,
         >>> merge_candidates(d, y, 3)[1].tolist()
         [[1, 3, 2]]
     """
+    if keys is not None:
+        by_key = torch.sort(keys, dim=1, stable=True).indices
+        distances, labels = distances.gather(1, by_key), labels.gather(1, by_key)
     order = torch.sort(distances, dim=1, stable=True).indices[:, :k]
     return distances.gather(1, order), labels.gather(1, order)

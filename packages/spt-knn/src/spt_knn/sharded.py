@@ -30,6 +30,7 @@ def _round(
     rows: int,
     distance_metric: str,
     chunk_size: int | None,
+    shard_keys: Tensor | None,
 ) -> tuple[Tensor, Tensor]:
     """One collective round: every rank sends ``rows`` query rows (its own ``B <= rows``,
     zero-padded) and gets back the ``k`` nearest rows over all shards of its own."""
@@ -38,21 +39,32 @@ def _round(
     padded = queries.new_zeros((rows, dim))
     padded[:batch] = queries
     everyone = distributed.gather_equal(padded)
-    found = knn_neighbours(everyone, shard, shard_labels, k, distance_metric, chunk_size)
-    distances, labels = pad_candidates(*found, k)
-    # One message: fp32 distances beside int32 labels carried bit for bit as fp32.
-    packed = torch.stack((distances.float(), labels.to(torch.int32).view(torch.float32)), dim=-1)
+    if shard_keys is None:
+        found = knn_neighbours(everyone, shard, shard_labels, k, distance_metric, chunk_size)
+        columns = pad_candidates(*found, k)
+    else:
+        which = torch.arange(shard.shape[0], device=shard.device)
+        found = knn_neighbours(everyone, shard, which, k, distance_metric, chunk_size)
+        distances, which = pad_candidates(*found, k)  # padding: row -1, the appended entry
+        labels = torch.cat((shard_labels, shard_labels.new_tensor([-1])))[which]
+        columns = (distances, labels, torch.cat((shard_keys, shard_keys.new_tensor([0])))[which])
+    # One message: fp32 distances beside int32 labels (and keys) carried bit for bit as fp32.
+    ints = [column.to(torch.int32).view(torch.float32) for column in columns[1:]]
+    packed = torch.stack((columns[0].float(), *ints), dim=-1)
+    width = packed.shape[-1]
     received = distributed.exchange(packed)  # block r of rows goes to rank r
-    received = received.view(world, rows, k, 2).transpose(0, 1).reshape(rows, world * k, 2)
+    received = received.view(world, rows, k, width).transpose(0, 1).reshape(rows, world * k, width)
     merged_d = received[..., 0]
     merged_y = received[..., 1].contiguous().view(torch.int32).long()
-    distances, labels = merge_candidates(merged_d, merged_y, k)
+    keys = received[..., 2].contiguous().view(torch.int32) if width == 3 else None
+    distances, labels = merge_candidates(merged_d, merged_y, k, keys)
     return distances[:batch], labels[:batch]
 
 
 def sharded_neighbours(
     queries: Tensor, shard: Tensor, shard_labels: Tensor, k: int, rows: int,
-    distance_metric: str = "euclidean", chunk_size: int | None = -1,
+    distance_metric: str = "euclidean", chunk_size: int | None = -1, *,
+    shard_keys: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:  # fmt: skip
     """The ``k`` nearest rows, over every rank's shard, of this rank's queries.
 
@@ -70,10 +82,14 @@ def sharded_neighbours(
             on every rank, so no host sync is needed to agree on shapes.
         distance_metric: See :func:`knn_neighbours`.
         chunk_size: See :func:`knn_neighbours`.
+        shard_keys: ``(N_rank,)`` each shard row's position in the whole bank (below
+            ``2**31``, distinct over the ranks), when the ranks do not hold the bank in rank
+            order (a clean loader's batches ``r, r + W, ...``); every rank passes them or none.
 
     Returns:
         ``(distances, labels)`` of shape ``(B, k)``, nearest first; ties go to the lower
-        rank, then to the older row, as in one search over the gathered bank.
+        rank, then to the older row, as in one search over the gathered bank (with
+        ``shard_keys``, to the lower key: one search over the bank in key order).
 
     Raises:
         ValueError: If ``B > rows``.
@@ -86,7 +102,7 @@ def sharded_neighbours(
             f"sharded kNN: a batch of {queries.shape[0]} query rows exceeds the {rows} rows "
             "that every rank sends per round"
         )
-    return _round(queries, shard, shard_labels, k, rows, distance_metric, chunk_size)
+    return _round(queries, shard, shard_labels, k, rows, distance_metric, chunk_size, shard_keys)
 
 
 QUERY_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from spt_core import SPTCallback, StageMetrics, callbacks_metrics, distributed
 from spt_core.checks import check_label_range, finite_rows, positive_int
-from spt_embed import EvaluationSchedule, embed_loader
+from spt_embed import EvaluationSchedule, embed_loader, gather_in_loader_order
 from spt_probe._targets import PROBE_OUTPUT
 from spt_probe.functional import probe_predict
 from spt_probe.linear_eval import DEFAULT_FIT_OPTIMIZER, fit_probe, fresh_probe, not_reset
@@ -30,8 +30,8 @@ class CleanEvaluation:
     every ``validate``/``test`` run outside ``fit``; each fit starts over. The probe is trained
     at the start of a due evaluation and scores that evaluation only: between due epochs
     nothing is trained, scored or logged under the clean names. Under DDP each rank embeds its
-    share of the loader, every rank gathers all rows (in rank order) and trains the same probe
-    from the same seed; rank 0's weights are then broadcast. The checkpointed state is the
+    share of the loader, every rank gathers all rows in the loader's order and trains the same
+    probe from the same seed; rank 0's weights are then broadcast. The checkpointed state is the
     schedule alone (``{"schedule": {"last_epoch": e}}``): the probe is trained again when next
     due, so a resumed run logs what the uninterrupted one would have. :attr:`probe` keeps the
     last clean probe for inspection.
@@ -151,13 +151,13 @@ class CleanEvaluation:
 
     def _train(self, trainer: Trainer, pl_module: LightningModule) -> None:
         owner = self.owner
-        features, labels = embed_loader(
+        features, labels, index = embed_loader(
             pl_module, self.loader, input=owner.input, target=owner.target,
-            embed=self.clean_embed, owner=owner.state_key,
+            embed=self.clean_embed, owner=owner.state_key, with_index=True,
         )  # fmt: skip
         # Lightning evaluates under inference mode, whose tensors cannot be trained on.
         with torch.inference_mode(False):
-            features, labels = _gathered(features.clone(), labels.clone(), owner.module)
+            features, labels = _gathered(features.clone(), labels.clone(), index, owner.module)
             if not len(features):
                 message = f"the clean loader gave no row: no eval/{owner.name}_clean_* this epoch"
                 owner.info_once(trainer, "clean-empty", message)
@@ -216,12 +216,15 @@ class NoCleanEvaluation:
         """Nothing to restore (a clean state from another configuration is ignored)."""
 
 
-def _gathered(features: Tensor, labels: Tensor, probe: nn.Module) -> tuple[Tensor, Tensor]:
-    """Every rank's rows, in rank order, on every rank; features in the probe's dtype."""
+def _gathered(
+    features: Tensor, labels: Tensor, index: Tensor, probe: nn.Module
+) -> tuple[Tensor, Tensor]:
+    """Every rank's rows on every rank, in the loader's order (so the seeded shuffle of
+    :func:`~spt_probe.fit_probe` sees what one process sees); features in the probe's dtype."""
     weight = next((p for p in probe.parameters() if p.is_floating_point()), None)
     features = features.to(weight.dtype if weight is not None else torch.float32)
     width = torch.tensor([features.shape[1]], device=features.device)
     width = int(distributed.all_reduce_max_(width))
     if not len(features):
         features = features.new_zeros((0, width))
-    return distributed.gather_uneven(features), distributed.gather_uneven(labels)
+    return gather_in_loader_order(index, features, labels)
