@@ -19,6 +19,7 @@ from spt_embed._rank_share import this_rank_batches
 __all__ = ["embed_loader", "gather_in_loader_order"]
 
 _INTEGER = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)  # narrowest first
 
 
 def embed_loader(
@@ -148,28 +149,38 @@ def embed_loader(
     return embedded + ((torch.cat(positions),) if with_index else ())
 
 
-def gather_in_loader_order(index: Tensor, *rows: Tensor) -> tuple[Tensor, ...]:
+def gather_in_loader_order(
+    features: Tensor, labels: Tensor, index: Tensor
+) -> tuple[Tensor, Tensor]:
     """Every rank's rows, on every rank, in the order of the loader they were embedded from.
 
-    ``index`` is the third tensor of :func:`embed_loader` with ``with_index=True``; ``rows``
-    are that call's features and labels (or anything aligned with them). Gathering in rank
-    order would put rank 0's batches ``0, W, 2W, ...`` first; putting the rows back in the
-    loader's order makes what follows (a seeded shuffle, a tie between neighbours) see the
-    rows one process would see. Every rank calls it together, with tensors that agree in
-    dtype and in every dimension but the first (a rank without rows passes empty ones).
+    Takes what :func:`embed_loader` returns with ``with_index=True``:
+    ``gather_in_loader_order(*embed_loader(..., with_index=True))``. Gathering rank by rank
+    would put rank 0's batches ``0, W, 2W, ...`` first; in the loader's order, what follows
+    (a seeded shuffle, neighbours at equal distance) sees the rows one process would see.
+    The ranks first agree on the features' width and dtype (the widest floating dtype of a
+    rank with rows), so a rank without a batch, whose features are ``(0, 0)``, takes part.
+    Every rank calls it together: two small collectives and one host sync, then the gathers.
 
     Returns:
-        One tensor per entry of ``rows``: ``rows`` themselves on one process.
+        ``(features, labels)`` of every rank; on one process, the inputs themselves.
 
     Example:
-        >>> index = torch.tensor([0, 1, 2])
-        >>> gather_in_loader_order(index, torch.tensor([5.0, 6.0, 7.0]))[0].tolist()
-        [5.0, 6.0, 7.0]
+        >>> features, labels = torch.tensor([[5.0], [6.0]]), torch.tensor([1, 0])
+        >>> gather_in_loader_order(features, labels, torch.arange(2))[1].tolist()
+        [1, 0]
     """
     if not distributed.is_distributed():
-        return rows
+        return features, labels
+    code = _FLOATS.index(_FLOATS[2] if features.dtype not in _FLOATS else features.dtype)
+    code = code if len(features) else -1
+    agreed = torch.tensor([features.shape[1], code], device=features.device)
+    width, code = distributed.all_reduce_max_(agreed).tolist()
+    if not len(features):
+        features = features.new_zeros((0, width))
+    features = features.to(_FLOATS[code] if code >= 0 else features.dtype)
     order = distributed.gather_uneven(index).argsort()
-    return tuple(distributed.gather_uneven(tensor)[order] for tensor in rows)
+    return distributed.gather_uneven(features)[order], distributed.gather_uneven(labels)[order]
 
 
 def _rows(labels: Any) -> int:

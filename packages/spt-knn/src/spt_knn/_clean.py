@@ -88,13 +88,13 @@ class CleanBank:
             owner=owner, with_index=True,
         )  # fmt: skip
         self.schedule.mark(trainer)
-        if distributed.is_distributed():  # ranks without rows must agree on width and dtype
+        if not sharded:
+            features, labels = gather_in_loader_order(features, labels, index)
+        elif distributed.is_distributed():  # ranks without rows must agree on width and dtype
             shape = agree_on_rounds(features if len(features) else None, 0, pl_module.device)
             if not len(features):
                 features = features.new_zeros((0, shape.dim))
             features = features.to(shape.dtype)
-            if not sharded:
-                features, labels = gather_in_loader_order(index, features, labels)
         # Rows in the loader's order (or keyed by it), so neighbours tie as on one process.
         return knn_bank(
             features, labels, num_classes, sharded=sharded, keys=index if sharded else None,

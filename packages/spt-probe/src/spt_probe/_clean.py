@@ -221,10 +221,6 @@ def _gathered(
 ) -> tuple[Tensor, Tensor]:
     """Every rank's rows on every rank, in the loader's order (so the seeded shuffle of
     :func:`~spt_probe.fit_probe` sees what one process sees); features in the probe's dtype."""
+    features, labels = gather_in_loader_order(features, labels, index)
     weight = next((p for p in probe.parameters() if p.is_floating_point()), None)
-    features = features.to(weight.dtype if weight is not None else torch.float32)
-    width = torch.tensor([features.shape[1]], device=features.device)
-    width = int(distributed.all_reduce_max_(width))
-    if not len(features):
-        features = features.new_zeros((0, width))
-    return gather_in_loader_order(index, features, labels)
+    return features.to(weight.dtype if weight is not None else torch.float32), labels
