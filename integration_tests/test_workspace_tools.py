@@ -353,3 +353,75 @@ def test_demo_table_shows_the_map_score_only_where_it_was_measured(monkeypatch, 
     assert [len(row) for row in rows] == [3, 2, 2]
     map_column = 5 + 9 * [title for title, _ in demo.History.ACCURACY].index("map")
     assert accuracy[1][map_column : map_column + 9].strip() == "0.900"
+
+
+@pytest.fixture
+def demo_umap(monkeypatch):
+    """``tools/demo_umap.py``, the demo's comparison of its last latent map with UMAP's."""
+    pytest.importorskip("umap")
+    pytest.importorskip("matplotlib")
+    monkeypatch.syspath_prepend(str(ROOT / "tools"))
+    return importlib.import_module("demo_umap")
+
+
+def test_demo_scores_its_map_and_umaps_with_the_same_functions(demo_umap, tmp_path):
+    from spt_latentviz import knn_recall, trustworthiness
+
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.arange(200) % 3
+    features = 6.0 * torch.randn(3, 10, generator=generator)[labels]
+    features += torch.randn(200, 10, generator=generator)
+    given = features[:, :2].numpy()  # a 2D map: two of the ten coordinates
+    path = tmp_path / "side_by_side.png"
+    maps = demo_umap.compare_maps(features, labels.numpy(), given, path, seed=0, warm_up=False)
+    assert list(maps) == ["LatentViz", "UMAP"]
+    assert maps["LatentViz"]["coordinates"] is given
+    assert maps["UMAP"]["coordinates"].shape == (200, 2)
+    for drawn in maps.values():
+        low = torch.as_tensor(drawn["coordinates"], dtype=torch.float32)
+        assert drawn["trustworthiness"] == trustworthiness(features, low, 15).item()
+        assert drawn["knn_recall"] == knn_recall(features, low, 15).item()
+    assert maps["UMAP"]["seconds"] > 0
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_demo_reads_the_rows_of_the_last_map_after_the_fit(
+    demo_umap, tmp_path, monkeypatch, capsys
+):
+    from spt_core.testing import Backbone, DictDataset, quiet_trainer
+    from spt_latentviz import LatentViz, projection_mlp
+    from spt_queue import find_queue
+
+    generator = torch.Generator().manual_seed(0)
+    data = DictDataset(x=torch.randn(100, 8, generator=generator), label=torch.arange(100) % 3)
+    viz = LatentViz(
+        "latent",
+        "embedding",
+        "label",
+        projection_mlp(4),
+        queue_length=60,
+        k_neighbors=5,
+        update_interval=1,
+        plot_interval=1,
+        save_dir=str(tmp_path / "maps"),
+    )
+    trainer = quiet_trainer(max_epochs=2, callbacks=[viz])
+    train = torch.utils.data.DataLoader(data, batch_size=16, shuffle=True)
+    val = torch.utils.data.DataLoader(data, batch_size=50)
+    trainer.fit(Backbone(8, width=4), train, val)  # the features move every batch
+    assert demo_umap.find_latent_viz(trainer, "latent") is viz
+    features, labels = demo_umap.drawn_rows(trainer, viz)
+    drawn = demo_umap.last_map(trainer, viz, labels)
+    assert int(drawn["epoch"]) == 1 and features.shape == (60, 4)
+    scored = demo_umap.scores(features, drawn["coordinates"], 5, "euclidean")
+    assert scored["trustworthiness"] == pytest.approx(float(drawn["trustworthiness"]), abs=1e-6)
+    assert scored["knn_recall"] == pytest.approx(float(drawn["knn_recall"]), abs=1e-6)
+    monkeypatch.setitem(sys.modules, "umap", None)  # umap-learn missing: one line, no picture
+    demo_umap.report(trainer, tmp_path, 0)
+    assert capsys.readouterr().out.strip().startswith("latent map vs UMAP: skipped, umap-learn")
+    assert not (tmp_path / "latent_vs_umap.png").exists()
+    # A batch after the map: the queues no longer hold the rows drawn.
+    for key, rows in (("embedding", torch.zeros(3, 4)), ("label", torch.full((3,), 7))):
+        find_queue(trainer, key).append(rows)
+    with pytest.raises(RuntimeError, match="not the rows drawn"):
+        demo_umap.last_map(trainer, viz, demo_umap.drawn_rows(trainer, viz)[1])

@@ -8,7 +8,8 @@ online linear and MLP probe trained on detached embeddings and a linear probe tr
 clean embeddings each epoch, a live 2D map of the latent space, and label-free measures:
 RankMe, effective rank, the dimensions carrying 99% of the energy, the per-dimension spread
 and mean cosine similarity of the validation embeddings, and the alignment, uniformity and
-LiDAR of the two training views.
+LiDAR of the two training views. At the end, UMAP maps the rows of the last latent map and
+both maps are scored the same way and drawn side by side (``latent_vs_umap.png``).
 
     hatch run demo                      # about a minute on 2 CPU cores
     hatch run demo --epochs 5 --out runs/quick
@@ -22,6 +23,7 @@ import contextlib
 import time
 from pathlib import Path
 
+import demo_umap
 import lightning as L
 import torch
 import torch.nn.functional as F
@@ -247,6 +249,7 @@ def main() -> None:
     )
     if trainer.is_global_zero:
         report(history, args.out, time.perf_counter() - start)
+    demo_umap.report(trainer, args.out, args.seed)  # every rank: gathers the rows
 
 
 if __name__ == "__main__":
