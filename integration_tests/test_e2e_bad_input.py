@@ -8,7 +8,6 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from loguru import logger
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
@@ -19,6 +18,8 @@ from spt_queue import find_queue
 
 sys.path.insert(0, str(Path(__file__).parent / "scenarios"))  # e2e_setup, shared with scenarios
 import e2e_setup as e2e
+
+from spt_core.testing import captured_logs
 
 # What OnlineKNN, the probes and MetricsCallback compute from validation batches.
 FROM_VALIDATION = (
@@ -34,10 +35,8 @@ STEP_KEYS = r"step outputs \(keys: \['embedding', 'label', 'loss'\]\) nor in the
 @pytest.fixture
 def lines():
     """Every loguru line logged while the test runs."""
-    logged = []
-    sink = logger.add(lambda message: logged.append(str(message)), level="INFO")
-    yield logged
-    logger.remove(sink)
+    with captured_logs() as logged:
+        yield logged
 
 
 def pick(*names, tmp_path=None):

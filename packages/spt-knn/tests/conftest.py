@@ -8,11 +8,10 @@ from collections.abc import Callable
 
 import pytest
 import torch
-from loguru import logger
 from torch.utils.data import DataLoader
 from torchmetrics.classification import MulticlassAccuracy
 
-from spt_core.testing import Backbone, DictDataset, quiet_trainer
+from spt_core.testing import Backbone, DictDataset, captured_logs, quiet_trainer
 from spt_knn import OnlineKNN
 
 
@@ -122,7 +121,5 @@ def make_knn() -> Callable[..., OnlineKNN]:
 @pytest.fixture
 def messages():
     """Every loguru line logged while the test runs."""
-    lines = []
-    sink = logger.add(lambda m: lines.append(str(m)), level="INFO")
-    yield lines
-    logger.remove(sink)
+    with captured_logs() as lines:
+        yield lines

@@ -4,8 +4,8 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from loguru import logger
 
+from spt_core.testing import captured_logs
 from spt_knn import WEIGHTINGS, knn_predict, weighted_vote
 
 METRICS = ("euclidean", "squared_euclidean", "cosine", "manhattan")
@@ -79,12 +79,8 @@ def test_k_is_clipped_to_the_labelled_rows_without_a_message():
     generator = torch.Generator().manual_seed(2)
     bank, queries = torch.randn(9, 3, generator=generator), torch.randn(4, 3, generator=generator)
     labels = torch.tensor([0, 1, 2, -1, 0, 1, -1, 2, 0])
-    messages = []
-    sink = logger.add(messages.append)
-    try:
+    with captured_logs(level="DEBUG") as messages:
         clipped = knn_predict(queries, bank, labels, 3, k=50)
-    finally:
-        logger.remove(sink)
     assert messages == []
     assert torch.equal(clipped, knn_predict(queries, bank, labels, 3, k=7))
 

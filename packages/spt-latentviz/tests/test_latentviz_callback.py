@@ -11,7 +11,7 @@ import torch
 from lightning.pytorch.loggers import Logger
 
 from spt_core import callbacks_modules
-from spt_core.testing import Backbone
+from spt_core.testing import Backbone, captured_logs
 from spt_latentviz import LatentViz, knn_recall, load_map, plotting, projection_mlp
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -177,17 +177,11 @@ def test_target_none_draws_one_colour(run_fit, blobs, tmp_path):
 
 
 def test_without_matplotlib_only_the_npz_and_one_hint(run_fit, blobs, tmp_path, monkeypatch):
-    from loguru import logger
-
     monkeypatch.setattr(plotting, "has_matplotlib", lambda: False)
-    lines: list[str] = []
-    sink = logger.add(lines.append, format="{message}")
-    try:
+    with captured_logs(level="DEBUG", format="{message}") as lines:
         features, labels = blobs(120, 16, 3)
         callback = viz(queue_length=100, plot_interval=1, save_dir=tmp_path / "maps")
         run_fit([callback], features, labels, epochs=2, batch_size=20)
-    finally:
-        logger.remove(sink)
     assert sorted(os.listdir(tmp_path / "maps")) == ["epoch_0000.npz", "epoch_0001.npz"]
     assert sum("spt-latentviz[plot]" in line for line in lines) == 1
 

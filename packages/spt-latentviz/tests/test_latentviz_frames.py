@@ -8,10 +8,9 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from loguru import logger
 from torch.utils.data import DataLoader
 
-from spt_core.testing import Backbone, DictDataset, quiet_trainer
+from spt_core.testing import Backbone, DictDataset, captured_logs, quiet_trainer
 from spt_latentviz import (
     LatentViz,
     align_map,
@@ -152,12 +151,8 @@ def test_the_fit_ends_with_an_animation_of_every_frame(tmp_path):
     pytest.importorskip("matplotlib")
     from PIL import Image
 
-    lines: list[str] = []
-    sink = logger.add(lines.append, format="{message}")
-    try:
+    with captured_logs(level="DEBUG", format="{message}") as lines:
         fitted_viz(tmp_path, epochs=3)
-    finally:
-        logger.remove(sink)
     gif = tmp_path / "maps.gif"
     with Image.open(gif) as animation:
         assert animation.format == "GIF"

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from spt_core.testing import captured_logs
 from spt_latentviz import LatentViz, load_map, projection_mlp
 
 
@@ -300,21 +301,16 @@ def test_validate_after_fit_maps_the_queue_the_fit_filled(run_fit, blobs, backbo
 
 def test_validate_before_any_fit_says_there_is_no_map(blobs, backbone, tmp_path):
     import lightning as L
-    from loguru import logger
     from torch.utils.data import DataLoader
 
     features, labels = blobs(40, 16, 3)
     rows = DataLoader(
         [{"x": f, "label": y} for f, y in zip(features, labels, strict=True)], batch_size=20
     )
-    lines: list[str] = []
-    sink = logger.add(lines.append, format="{message}")
-    try:
+    with captured_logs(level="DEBUG", format="{message}") as lines:
         trainer = L.Trainer(
             accelerator="cpu", callbacks=[viz()], logger=False, enable_progress_bar=False
         )
         (logged,) = trainer.validate(backbone(16), rows, verbose=False)
-    finally:
-        logger.remove(sink)
     assert logged == {}
     assert sum("no map: the queues are filled by a fit" in line for line in lines) == 1

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from torchmetrics.classification import MulticlassAccuracy, MulticlassAUROC
 from torchmetrics.functional.classification import multiclass_accuracy
 
+from spt_core.testing import captured_logs
 from spt_metrics import MetricsCallback
 from spt_metrics.checks import InputChecks, LabelCheck
 
@@ -27,12 +28,8 @@ def outputs_for_preds(batch, module):
 
 @pytest.fixture
 def messages():
-    from loguru import logger
-
-    lines: list[str] = []
-    sink = logger.add(lambda message: lines.append(str(message)), level="INFO")
-    yield lines
-    logger.remove(sink)
+    with captured_logs() as lines:
+        yield lines
 
 
 def fit(harness, callback, train, val=None, **trainer_kwargs):

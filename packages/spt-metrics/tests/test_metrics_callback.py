@@ -13,6 +13,7 @@ from torchmetrics import Accuracy, F1Score, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 from torchmetrics.functional.classification import multiclass_accuracy, multiclass_f1_score
 
+from spt_core.testing import captured_logs
 from spt_metrics import MetricsCallback
 
 
@@ -436,12 +437,8 @@ def test_callable_sources_preprocess_outputs(harness):
 
 @pytest.fixture
 def messages():
-    from loguru import logger
-
-    lines: list[str] = []
-    sink = logger.add(lambda message: lines.append(str(message)), level="INFO")
-    yield lines
-    logger.remove(sink)
+    with captured_logs() as lines:
+        yield lines
 
 
 def test_skips_and_schedule_mismatches_are_said_once(harness, messages):

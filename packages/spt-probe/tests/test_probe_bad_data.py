@@ -3,11 +3,11 @@ averaged into a logged value."""
 
 import pytest
 import torch
-from loguru import logger
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from spt_core import callbacks_modules
+from spt_core.testing import captured_logs
 from spt_probe import OnlineProbe
 
 
@@ -46,10 +46,8 @@ def label_seven(out):
 
 @pytest.fixture
 def lines():
-    logged = []
-    sink = logger.add(lambda message: logged.append(str(message)), level="INFO")
-    yield logged
-    logger.remove(sink)
+    with captured_logs() as logged:
+        yield logged
 
 
 @pytest.mark.parametrize("stage", ["train", "val"])

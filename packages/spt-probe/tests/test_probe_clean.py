@@ -15,7 +15,7 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 import spt_probe._clean as clean_module
-from spt_core.testing import CallbackTester, RecordingLogger, SyncFreeAccuracy
+from spt_core.testing import CallbackTester, RecordingLogger, SyncFreeAccuracy, captured_logs
 from spt_probe import OnlineProbe, fit_probe, fresh_probe
 from spt_probe.linear_eval import not_reset
 
@@ -394,12 +394,8 @@ def test_clean_accuracy_two_processes_equals_offline(clean_tester):
 
 @pytest.fixture
 def lines():
-    from loguru import logger
-
-    logged: list[str] = []
-    sink = logger.add(lambda message: logged.append(str(message)), level="INFO")
-    yield logged
-    logger.remove(sink)
+    with captured_logs() as logged:
+        yield logged
 
 
 class Scaled(nn.Module):

@@ -9,13 +9,12 @@ import torch
 import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from loguru import logger
 from torch import nn
 from torch.utils.data import Dataset
 from torchmetrics.classification import MulticlassAccuracy
 
 from spt_core import callbacks_metrics
-from spt_core.testing import DictDataset, SyncFreeAccuracy
+from spt_core.testing import DictDataset, SyncFreeAccuracy, captured_logs
 from spt_probe import OnlineProbe
 
 UNLABELLED = -1
@@ -38,10 +37,8 @@ class Seen(L.Callback):
 
 @pytest.fixture
 def lines():
-    logged = []
-    sink = logger.add(lambda message: logged.append(str(message)), level="INFO")
-    yield logged
-    logger.remove(sink)
+    with captured_logs() as logged:
+        yield logged
 
 
 def unlabel(dataset, every=4):

@@ -13,7 +13,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from spt_core import SPTCallback, callbacks_modules
-from spt_core.testing import DictDataset, quiet_trainer
+from spt_core.testing import DictDataset, captured_logs, quiet_trainer
 from spt_trainable import TrainableCallback
 
 
@@ -408,16 +408,10 @@ class Announcer(SPTCallback):
     ids=["validation", "empty-loader", "limit-0"],
 )
 def test_a_fit_without_validation_batches_is_said_once(val_rows, limit, said):
-    from loguru import logger
-
-    lines = []
-    sink = logger.add(lambda message: lines.append(str(message)), level="INFO")
-    try:
+    with captured_logs() as lines:
         trainer = quiet_trainer(
             max_epochs=2, limit_val_batches=limit, callbacks=[Announcer("announcer")]
         )
         trainer.fit(Model(), DataLoader(rows(16), batch_size=8), DataLoader(rows(val_rows)))
-    finally:
-        logger.remove(sink)
     expected = "no validation batch (limit_val_batches=0 or an empty validation loader): "
     assert [expected in line and "eval/announcer_*" in line for line in lines] == [True] * said

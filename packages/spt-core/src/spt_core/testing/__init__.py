@@ -3,11 +3,13 @@
 `quiet_trainer` builds a CPU Trainer that prints nothing, `DictDataset` serves dict batches,
 `Backbone` is a tiny LightningModule whose steps return ``{"loss", <feature key>, ...}``,
 `RecordingLogger` keeps every logged value, `forbid_host_sync` refuses host syncs,
-`SyncFreeAccuracy` is a metric that makes none, and `CallbackTester` runs a callback on one
-process or on two gloo processes and compares what it logged with a reference.
+`SyncFreeAccuracy` is a metric that makes none, `captured_logs` keeps spt's log lines, and
+`CallbackTester` runs a callback on one process or on two gloo processes and compares what it
+logged with a reference.
 """
 
 from spt_core.testing.host_sync import HostSyncError, forbid_host_sync
+from spt_core.testing.logs import captured_logs
 from spt_core.testing.parts import (
     Backbone,
     DictDataset,
@@ -24,6 +26,7 @@ __all__ = [
     "HostSyncError",
     "RecordingLogger",
     "SyncFreeAccuracy",
+    "captured_logs",
     "forbid_host_sync",
     "quiet_trainer",
 ]
