@@ -20,8 +20,6 @@ features); other callbacks add their own row with `add_measurement`.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
 import sys
 import time
@@ -39,6 +37,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 sys.path.insert(0, str(Path(__file__).parent))
 import demo
+from bench_output import write_json
 
 import spt_all as spt
 
@@ -218,11 +217,7 @@ def main() -> None:
     args = parser.parse_args()
     result = measure(args.repeats)
     print_table(result)
-    if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=1)
-        print(f"wrote {args.out}")
+    write_json(args.out, result)
 
 
 if __name__ == "__main__":

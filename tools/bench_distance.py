@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import ctypes
 import gc
-import json
 import math
 import os
 import platform
@@ -44,6 +43,7 @@ from dataclasses import asdict, dataclass, field
 from functools import partial
 
 import torch
+from bench_output import write_json
 
 from spt_distance import METRICS, knn_search, plan_chunks
 
@@ -116,19 +116,14 @@ def main() -> None:
     )
     summary["wall_s"] = round(time.perf_counter() - started, 1)
     print_summary(summary)
-    if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as f:
-            json.dump(
-                {
-                    "config": config(args, device, threads, matmul),
-                    "summary": summary,
-                    "cells": [asdict(c) for c in cells],
-                },
-                f,
-                indent=1,
-            )
-        print(f"wrote {args.out}")
+    write_json(
+        args.out,
+        {
+            "config": config(args, device, threads, matmul),
+            "summary": summary,
+            "cells": [asdict(c) for c in cells],
+        },
+    )
 
 
 def parse_args() -> argparse.Namespace:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
-import json
 import os
 import platform
 import statistics
@@ -38,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from bench_output import write_json
 
 
 def parse() -> argparse.Namespace:
@@ -238,7 +238,7 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
             f"{ours['seconds']:.2f} s vs {umap['seconds']:.2f} s "
             f"({'faster' if ours['seconds'] < umap['seconds'] else 'NOT faster'})"
         )
-    write_json(
+    write_results(
         args,
         dataset="sklearn digits, StandardScaler, float32, 1797 x 64",
         k=k,
@@ -249,10 +249,8 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
     )
 
 
-def write_json(args: argparse.Namespace, **payload: Any) -> None:
+def write_results(args: argparse.Namespace, **payload: Any) -> None:
     """``payload`` and the run's settings and versions, as JSON at ``--out`` (if given)."""
-    if not args.out:
-        return
     payload.update(
         threads=args.threads,
         hidden=args.hidden,
@@ -260,8 +258,7 @@ def write_json(args: argparse.Namespace, **payload: Any) -> None:
         machine=platform.machine(),
         torch=version("torch"),
     )
-    args.out.write_text(json.dumps(payload, indent=2))
-    print(f"wrote {args.out}")
+    write_json(args.out, payload)
 
 
 # ----------------------------------------------------------------------------- moving features
@@ -381,7 +378,7 @@ def report_moving(plots: list[dict[str, Any]], args: argparse.Namespace, k: int)
     within = all(p["gap"] <= 0.02 for p in plots)
     faster = all(p["latentviz_seconds"] < p["umap_seconds"] for p in plots)
     print(f"\nevery map within 0.02 of UMAP: {within}; every map faster than UMAP: {faster}")
-    write_json(
+    write_results(
         args,
         scenario="moving features (SimCLR MLP on sklearn digits, StandardScaler)",
         k=k,

@@ -21,8 +21,6 @@ from one search) is timed per `knn_predict` call against single k, in the same r
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
 import sys
 import tempfile
@@ -41,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import demo
 from bench_clean_eval import LINEAR_ONLINE, print_probe_clean, probe_clean_cost
 from bench_knn import KNN_QUEUE, clean_cost, print_knn, queue_only_knn, sweep_cost
+from bench_output import write_json
 
 import spt_all as spt
 
@@ -210,11 +209,7 @@ def main() -> None:
     result["knn_sweep"] = sweep_cost(10 * args.repeats)
     result["wall_s"] = round(time.perf_counter() - started, 1)
     print_table(result)
-    if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=1)
-        print(f"wrote {args.out}")
+    write_json(args.out, result)
 
 
 def summarize(runs: dict[str, list[dict]], val_rows: int, threads: int) -> dict[str, Any]:
