@@ -8,7 +8,13 @@ due. The clean variants of spt-knn's ``OnlineKNN`` and spt-probe's ``OnlineProbe
 """
 
 from spt_embed.__about__ import __version__
-from spt_embed.embedding import embed_loader, gather_in_loader_order
+from spt_embed.embedding import agree_features, embed_loader, gather_in_loader_order
 from spt_embed.schedule import EvaluationSchedule
 
-__all__ = ["EvaluationSchedule", "__version__", "embed_loader", "gather_in_loader_order"]
+__all__ = [
+    "EvaluationSchedule",
+    "__version__",
+    "agree_features",
+    "embed_loader",
+    "gather_in_loader_order",
+]

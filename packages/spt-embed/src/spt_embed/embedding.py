@@ -16,7 +16,7 @@ from spt_core.keys import lookup
 from spt_embed._clean_mode import clean_mode
 from spt_embed._rank_share import this_rank_batches
 
-__all__ = ["embed_loader", "gather_in_loader_order"]
+__all__ = ["agree_features", "embed_loader", "gather_in_loader_order"]
 
 _INTEGER = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)  # narrowest first
@@ -149,6 +149,28 @@ def embed_loader(
     return embedded + ((torch.cat(positions),) if with_index else ())
 
 
+def agree_features(features: Tensor) -> Tensor:
+    """This rank's ``features`` in the width and dtype every rank agrees on, for a collective.
+
+    A rank without a batch gets ``(0, 0)`` features from :func:`embed_loader`; it takes the
+    width of the others, and every rank the widest floating dtype of a rank with rows. Every
+    rank calls it together: one small collective and one host sync (none on one process).
+
+    Example:
+        >>> agree_features(torch.ones(2, 3)).shape
+        torch.Size([2, 3])
+    """
+    if not distributed.is_distributed():
+        return features
+    dtype = features.dtype if features.dtype in _FLOATS else torch.float32
+    code = _FLOATS.index(dtype) if len(features) else -1
+    agreed = torch.tensor([features.shape[1], code], device=features.device)
+    width, code = distributed.all_reduce_max_(agreed).tolist()
+    if not len(features):
+        features = features.new_zeros((0, width))
+    return features.to(_FLOATS[code] if code >= 0 else features.dtype)
+
+
 def gather_in_loader_order(
     features: Tensor, labels: Tensor, index: Tensor
 ) -> tuple[Tensor, Tensor]:
@@ -158,9 +180,9 @@ def gather_in_loader_order(
     ``gather_in_loader_order(*embed_loader(..., with_index=True))``. Gathering rank by rank
     would put rank 0's batches ``0, W, 2W, ...`` first; in the loader's order, what follows
     (a seeded shuffle, neighbours at equal distance) sees the rows one process would see.
-    The ranks first agree on the features' width and dtype (the widest floating dtype of a
-    rank with rows), so a rank without a batch, whose features are ``(0, 0)``, takes part.
-    Every rank calls it together: two small collectives and one host sync, then the gathers.
+    The ranks first agree on the features' width and dtype (:func:`agree_features`), so a
+    rank without a batch takes part. Every rank calls it together: that agreement, then two
+    uneven gathers (positions with labels, then features).
 
     Returns:
         ``(features, labels)`` of every rank; on one process, the inputs themselves.
@@ -172,15 +194,10 @@ def gather_in_loader_order(
     """
     if not distributed.is_distributed():
         return features, labels
-    code = _FLOATS.index(_FLOATS[2] if features.dtype not in _FLOATS else features.dtype)
-    code = code if len(features) else -1
-    agreed = torch.tensor([features.shape[1], code], device=features.device)
-    width, code = distributed.all_reduce_max_(agreed).tolist()
-    if not len(features):
-        features = features.new_zeros((0, width))
-    features = features.to(_FLOATS[code] if code >= 0 else features.dtype)
-    order = distributed.gather_uneven(index).argsort()
-    return distributed.gather_uneven(features)[order], distributed.gather_uneven(labels)[order]
+    features = agree_features(features)
+    positions, labels = distributed.gather_uneven(torch.stack((index, labels), dim=1)).T
+    order = positions.argsort()
+    return distributed.gather_uneven(features)[order], labels[order]
 
 
 def _rows(labels: Any) -> int:

@@ -10,11 +10,10 @@ from lightning.pytorch import LightningModule, Trainer
 from torch import Tensor
 
 from spt_core import distributed
-from spt_embed import EvaluationSchedule, embed_loader, gather_in_loader_order
+from spt_embed import EvaluationSchedule, agree_features, embed_loader, gather_in_loader_order
 from spt_knn._boards import CLEAN, QUEUE
 from spt_knn._rows import queue_rows
 from spt_knn.bank import KNNBank, knn_bank
-from spt_knn.sharded import agree_on_rounds
 from spt_knn.sweep import Sweep
 
 if TYPE_CHECKING:
@@ -88,13 +87,10 @@ class CleanBank:
             owner=owner, with_index=True,
         )  # fmt: skip
         self.schedule.mark(trainer)
-        if not sharded:
+        if sharded:  # a rank without rows takes the others' width and dtype
+            features = agree_features(features)
+        else:
             features, labels = gather_in_loader_order(features, labels, index)
-        elif distributed.is_distributed():  # ranks without rows must agree on width and dtype
-            shape = agree_on_rounds(features if len(features) else None, 0, pl_module.device)
-            if not len(features):
-                features = features.new_zeros((0, shape.dim))
-            features = features.to(shape.dtype)
         # Rows in the loader's order (or keyed by it), so neighbours tie as on one process.
         return knn_bank(
             features, labels, num_classes, sharded=sharded, keys=index if sharded else None,

@@ -45,9 +45,12 @@ def _round(
     else:
         which = torch.arange(shard.shape[0], device=shard.device)
         found = knn_neighbours(everyone, shard, which, k, distance_metric, chunk_size)
-        distances, which = pad_candidates(*found, k)  # padding: row -1, the appended entry
-        labels = torch.cat((shard_labels, shard_labels.new_tensor([-1])))[which]
-        columns = (distances, labels, torch.cat((shard_keys, shard_keys.new_tensor([0])))[which])
+        distances, which = pad_candidates(*found, k)  # padding: row -1
+        if shard.shape[0]:
+            row = which.clamp(min=0)
+            columns = (distances, torch.where(which >= 0, shard_labels[row], -1), shard_keys[row])
+        else:  # every candidate is padding
+            columns = (distances, which, which)
     # One message: fp32 distances beside int32 labels (and keys) carried bit for bit as fp32.
     ints = [column.to(torch.int32).view(torch.float32) for column in columns[1:]]
     packed = torch.stack((columns[0].float(), *ints), dim=-1)

@@ -14,7 +14,7 @@ from spt_core import SPTCallback, StageMetrics, callbacks_metrics, distributed
 from spt_core.checks import check_label_range, finite_rows, positive_int
 from spt_embed import EvaluationSchedule, embed_loader, gather_in_loader_order
 from spt_probe._targets import PROBE_OUTPUT
-from spt_probe.functional import probe_predict
+from spt_probe.functional import prepare_features, probe_predict
 from spt_probe.linear_eval import DEFAULT_FIT_OPTIMIZER, fit_probe, fresh_probe, not_reset
 from spt_trainable.optimizers import OptimizerSpec, check_optimizer
 
@@ -222,5 +222,4 @@ def _gathered(
     """Every rank's rows on every rank, in the loader's order (so the seeded shuffle of
     :func:`~spt_probe.fit_probe` sees what one process sees); features in the probe's dtype."""
     features, labels = gather_in_loader_order(features, labels, index)
-    weight = next((p for p in probe.parameters() if p.is_floating_point()), None)
-    return features.to(weight.dtype if weight is not None else torch.float32), labels
+    return prepare_features(features, probe), labels

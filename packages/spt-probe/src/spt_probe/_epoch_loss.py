@@ -30,7 +30,7 @@ class EpochLoss:
     def add(self, loss: Tensor, counted: Tensor, rows: int) -> None:
         """Add a batch whose ``loss`` averages ``counted`` of its ``rows`` rows."""
         counted = torch.as_tensor(counted, dtype=torch.float32, device=loss.device)
-        batch = torch.stack((loss.float() * counted, counted, counted.new_tensor(rows)))
+        batch = torch.stack((loss.float() * counted, counted, torch.full_like(counted, rows)))
         self.total = batch if self.total is None else self.total.to(batch.device) + batch
 
     def reduce(self, device: torch.device) -> tuple[Tensor | None, bool]:
