@@ -3,12 +3,10 @@ package shares live in :mod:`spt_core.checks`)."""
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING
 
 from torch import Tensor
 
-from spt_core.checks import positive_int
 from spt_distance import METRICS
 
 if TYPE_CHECKING:
@@ -66,33 +64,24 @@ def check_width(queries: Tensor, bank: KNNBank, knn: OnlineKNN, which: str) -> N
 
 def check_knn_arguments(
     *,
-    k: int,
-    temperature: float,
     distance_metric: str,
     weighting: str,
     chunk_size: int | None,
 ) -> None:
-    """Validate the search and voting arguments shared by `knn_predict` and ``OnlineKNN``.
+    """Validate the search and voting arguments shared by `knn_predict` and ``OnlineKNN``
+    (``k`` and ``temperature`` are checked by :func:`~spt_knn.parse_sweep`).
 
     Raises:
-        TypeError: If ``k`` or ``chunk_size`` is not an int, or ``temperature`` not a number.
-        ValueError: If ``k <= 0``, ``temperature`` is not a finite positive number,
-            ``chunk_size`` is neither ``-1``, ``None`` nor positive, or ``distance_metric`` /
-            ``weighting`` is not one of the allowed names.
+        TypeError: If ``chunk_size`` is not an int.
+        ValueError: If ``chunk_size`` is neither ``-1``, ``None`` nor positive, or
+            ``distance_metric`` / ``weighting`` is not one of the allowed names.
 
     Example:
-        >>> check_knn_arguments(
-        ...     k=3, temperature=0.0, distance_metric="euclidean", weighting="exp", chunk_size=-1
-        ... )
+        >>> check_knn_arguments(distance_metric="euclidean", weighting="exp", chunk_size=0)
         Traceback (most recent call last):
         ...
-        ValueError: temperature must be a finite number > 0, got 0.0
+        ValueError: chunk_size must be -1 (one block), None (automatic) or a positive integer, got 0
     """
-    positive_int(k, "k")
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
-        raise TypeError(f"temperature must be a positive number, got {temperature!r}")
-    if not (math.isfinite(temperature) and temperature > 0):
-        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int)):
         raise TypeError(f"chunk_size must be -1, None or a positive integer, got {chunk_size!r}")
     if chunk_size is not None and chunk_size != -1 and chunk_size <= 0:

@@ -86,13 +86,7 @@ def knn_predict(
         [(1, 0.1), (1, 1.0), (2, 0.1), (2, 1.0)]
     """
     sweep = parse_sweep(k, temperature)
-    check_knn_arguments(
-        k=sweep.largest_k,
-        temperature=sweep.temperatures[0],
-        distance_metric=distance_metric,
-        weighting=weighting,
-        chunk_size=chunk_size,
-    )
+    check_knn_arguments(distance_metric=distance_metric, weighting=weighting, chunk_size=chunk_size)
     if isinstance(bank, KNNBank):
         if bank_labels is not None or num_classes is not None:
             raise TypeError(

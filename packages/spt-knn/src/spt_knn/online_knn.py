@@ -163,9 +163,8 @@ class OnlineKNN(SPTCallback):
         self.sweep = parse_sweep(k, temperature)
         _clean.check_uniform_sweep(self.sweep, weighting, temperature, self.state_key)
         _checks.check_knn_arguments(
-            k=self.sweep.largest_k, temperature=self.sweep.temperatures[0],
-            distance_metric=distance_metric, weighting=weighting, chunk_size=chunk_size,
-        )  # fmt: skip
+            distance_metric=distance_metric, weighting=weighting, chunk_size=chunk_size
+        )
         if num_classes is not None:
             positive_int(num_classes, "num_classes")
         _checks.check_target_dim(target_dim)
