@@ -36,6 +36,26 @@ def positive_int(value: object, argument: str, minimum: int = 1) -> int:
     return value
 
 
+def string_key(value: object, argument: str) -> str:
+    """``value`` if it is a non-empty string (a key of the step outputs or the batch).
+
+    Raises:
+        TypeError: If it is not a string.
+        ValueError: If it is empty.
+
+    Example:
+        >>> string_key("", "input")
+        Traceback (most recent call last):
+        ...
+        ValueError: input must be a non-empty string key, got ''
+    """
+    if not isinstance(value, str):
+        raise TypeError(f"{argument} must be a non-empty string key, got {value!r}")
+    if not value:
+        raise ValueError(f"{argument} must be a non-empty string key, got {value!r}")
+    return value
+
+
 def flat_dim(dim: int | Sequence[int] | None, argument: str = "dim") -> int | None:
     """The product of ``dim`` (an int or a shape), ``None`` for ``None``.
 

@@ -20,20 +20,6 @@ DISTRIBUTED_MODES = ("gather", "shard")
 """How ``OnlineKNN`` searches a bank whose rows are spread over the ranks."""
 
 
-def check_keys(**keys: object) -> None:
-    """Raise unless every ``argument=key`` is a non-empty string.
-
-    Raises:
-        TypeError: If a key is not a string.
-        ValueError: If a key is empty.
-    """
-    for argument, key in keys.items():
-        if not isinstance(key, str):
-            raise TypeError(f"{argument} must be a non-empty string key, got {key!r}")
-        if not key:
-            raise ValueError(f"{argument} must be a non-empty string key, got {key!r}")
-
-
 def check_target_dim(target_dim: object) -> None:
     """Raise unless ``target_dim`` is ``None`` or ``1`` (one class label per row).
 

@@ -10,7 +10,7 @@ from torch import Tensor
 from torchmetrics import MetricCollection
 
 from spt_core import DataChecks, SPTCallback, callbacks_metrics, distributed
-from spt_core.checks import flat_dim, positive_int
+from spt_core.checks import flat_dim, positive_int, string_key
 from spt_knn import _checks, _clean, _report
 from spt_knn._boards import CLEAN, QUEUE, Boards
 from spt_knn._epoch import EvalEpoch, Loader, batch_counts, uneven_batches
@@ -158,7 +158,8 @@ class OnlineKNN(SPTCallback):
         clean_embed: Callable[[LightningModule, Any], Tensor] | None = None,
     ) -> None:
         super().__init__(name, verbose)
-        _checks.check_keys(input=input, target=target)
+        string_key(input, "input")
+        string_key(target, "target")
         positive_int(queue_length, "queue_length", minimum=0)
         self.sweep = parse_sweep(k, temperature)
         _clean.check_uniform_sweep(self.sweep, weighting, temperature, self.state_key)

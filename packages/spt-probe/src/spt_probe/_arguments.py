@@ -6,6 +6,8 @@ from typing import Any
 
 from lightning.pytorch import LightningModule
 
+from spt_core.checks import string_key
+
 __all__ = ["DEFAULT_OPTIMIZER", "check_arguments"]
 
 #: The seed's default optimizer: LARS with a clipped layer-wise rate and no momentum.
@@ -25,7 +27,7 @@ def check_arguments(
         >>> check_arguments(None, "linear", "", "label", object(), None)
         Traceback (most recent call last):
         ...
-        ValueError: OnlineProbe[name=linear]: input must be a non-empty str, got ''
+        ValueError: OnlineProbe[name=linear]: input must be a non-empty string key, got ''
     """
     owner = f"OnlineProbe[name={name}]" if isinstance(name, str) and name else "OnlineProbe()"
     if module is not None and not isinstance(module, LightningModule):
@@ -36,10 +38,7 @@ def check_arguments(
     for argument, value in (("name", name), ("input", input), ("target", target)):
         if value is None:
             raise TypeError(f"{owner}: missing required argument {argument!r}")
-        if not isinstance(value, str):
-            raise TypeError(f"{owner}: {argument} must be a non-empty str, got {value!r}")
-        if not value:
-            raise ValueError(f"{owner}: {argument} must be a non-empty str, got {value!r}")
+        string_key(value, f"{owner}: {argument}")
     if probe is None:
         raise TypeError(f"{owner}: missing required argument 'probe'")
     if loss_fn is not None and not callable(loss_fn):

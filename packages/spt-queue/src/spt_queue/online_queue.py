@@ -11,7 +11,7 @@ from lightning.pytorch import LightningModule, Trainer
 from torch import Tensor
 
 from spt_core import SPTCallback, distributed, lookup
-from spt_core.checks import flat_dim, positive_int
+from spt_core.checks import flat_dim, positive_int, string_key
 from spt_queue.ring_buffer import RingBuffer
 
 
@@ -66,10 +66,7 @@ class OnlineQueue(SPTCallback):
         dtype: torch.dtype | None = None,
         verbose: bool | None = None,
     ) -> None:
-        if not isinstance(key, str):
-            raise TypeError(f"key must be a non-empty string, got {key!r}")
-        if not key:
-            raise ValueError(f"key must be a non-empty string, got {key!r}")
+        string_key(key, "key")
         positive_int(queue_length, "queue_length")
         if dtype is not None and not isinstance(dtype, torch.dtype):
             raise TypeError(f"dtype must be a torch.dtype or None, got {dtype!r}")
