@@ -51,6 +51,12 @@ QUERIES = torch.zeros(4, 3)
         (lambda: pairwise_distances(QUERIES.int(), KEYS), TypeError, ["x", "floating", "int32"]),
         (lambda: knn_search(QUERIES, KEYS.to("meta"), 2), ValueError, ["same device", "meta"]),
         (lambda: plan_chunks(4, 10, 3, 2, chunk_size=0), ValueError, ["chunk_size", "0"]),
+        (lambda: plan_chunks(4, 10, 3, 11), ValueError, ["k", "11", "(10)"]),
+        (lambda: plan_chunks(4, 0, 3, 1), ValueError, ["n_keys", ">= 1", "0"]),
+        (lambda: plan_chunks(-1, 10, 3, 2), ValueError, ["n_queries", ">= 0", "-1"]),
+        (lambda: plan_chunks(4.5, 10, 3, 2), TypeError, ["n_queries", "4.5"]),
+        (lambda: plan_chunks(4, 10, "3", 2), TypeError, ["dim", "'3'"]),
+        (lambda: plan_chunks(4, 10, 3, None), TypeError, ["k", "None"]),
     ],
 )
 def test_bad_arguments_are_named_with_their_value_and_what_is_allowed(call, error, words):

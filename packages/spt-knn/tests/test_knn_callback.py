@@ -34,7 +34,8 @@ class Recorder(L.Callback):
         ({"temperature": -0.1}, ValueError, "temperature"),
         ({"chunk_size": 0}, ValueError, r"chunk_size must be -1 \(one block\)"),
         ({"chunk_size": -2}, ValueError, "chunk_size"),
-        ({"chunk_size": 1.5}, TypeError, "chunk_size"),
+        ({"chunk_size": 1.5}, ValueError, "chunk_size"),  # any invalid chunk_size, as the seed
+        ({"chunk_size": "auto"}, ValueError, "chunk_size"),
         ({"distance_metric": "cos"}, ValueError, r"distance_metric must be one of \("),
         ({"weighting": "gaussian"}, ValueError, r"weighting must be one of \('inverse'"),
         ({"distributed": "ring"}, ValueError, r"distributed must be one of \('gather', 'shard'\)"),
@@ -50,6 +51,7 @@ class Recorder(L.Callback):
         ({"num_classes": "3"}, TypeError, "num_classes must be an integer >= 1, got '3'"),
         ({"target": 3}, TypeError, "target must be a non-empty string"),
         ({"target_dim": 3}, ValueError, "target_dim must be None or 1"),
+        ({"target_dim": "1"}, TypeError, "target_dim must be None or 1"),
         ({"num_classes": 0}, ValueError, "num_classes must be an integer >= 1, got 0"),
         ({"input": ""}, ValueError, "input must be a non-empty string"),
         ({"name": "a/b"}, ValueError, "name"),
@@ -61,8 +63,10 @@ class Recorder(L.Callback):
     ],
 )
 def test_bad_arguments_are_refused_at_construction(kwargs, error, match, make_knn):
-    with pytest.raises(error, match=match):
+    with pytest.raises(error, match=match) as caught:
         make_knn(**kwargs)
+    if "name" not in kwargs:  # a bad name leaves no state_key to name
+        assert str(caught.value).startswith("OnlineKNN[name=knn]: ")
 
 
 def test_logged_accuracy_and_predictions_equal_an_offline_recomputation(tiny, make_knn):

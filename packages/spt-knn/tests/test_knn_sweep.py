@@ -98,14 +98,14 @@ def test_scalar_arguments_keep_a_tensor_and_one_element_tuples_give_a_dict():
         (5, (0.1, 0.0), ValueError, r"^temperature\[1\] must be a finite number > 0, got 0.0"),
         (5, (0.1, -1), ValueError, r"^temperature\[1\] must be a finite number > 0, got -1"),
         (5, -0.5, ValueError, r"^temperature must be a finite number > 0, got -0.5"),
-        (5, ("a",), TypeError, r"^temperature\[0\] must be a positive number, got 'a'"),
+        (5, ("a",), TypeError, r"^temperature\[0\] must be a finite number > 0, got 'a'"),
     ],
 )
 def test_bad_sweeps_name_the_argument(make_knn, k, temperature, error, message):
     bank, labels = torch.randn(20, 3), torch.arange(20) % 2
     with pytest.raises(error, match=message):
         knn_predict(torch.randn(2, 3), bank, labels, 2, k=k, temperature=temperature)
-    with pytest.raises(error, match=message):
+    with pytest.raises(error, match=r"^OnlineKNN\[name=knn\]: " + message[1:]):
         make_knn(k=k, temperature=temperature)
 
 

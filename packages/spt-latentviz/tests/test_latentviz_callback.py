@@ -297,26 +297,31 @@ def test_a_missing_key_names_the_callback_that_reads_the_queue(run_fit, blobs):
 @pytest.mark.parametrize(
     ("overrides", "error", "match"),
     [
-        ({"input": ""}, TypeError, "input"),
+        ({"input": ""}, ValueError, "input"),
+        ({"input": 3}, TypeError, "input"),
         ({"target": 3}, TypeError, "target"),
+        ({"target": ""}, ValueError, "target"),
         ({"queue_length": 0}, ValueError, "queue_length"),
         ({"queue_length": 30, "k_neighbors": 15}, ValueError, "2 \\* k_neighbors"),
         ({"k_neighbors": 0}, ValueError, "k_neighbors"),
+        ({"k_neighbors": 5.0}, TypeError, "k_neighbors"),
         ({"n_negatives": 0}, ValueError, "n_negatives"),
         ({"update_interval": 0}, ValueError, "update_interval"),
         ({"warmup_epochs": -1}, ValueError, "warmup_epochs"),
-        ({"plot_interval": 1.5}, ValueError, "plot_interval"),
+        ({"plot_interval": 1.5}, TypeError, "plot_interval"),
         ({"distance_metric": "hamming"}, ValueError, "distance_metric"),
         ({"save_dir": 3}, TypeError, "save_dir"),
         ({"input_dim": (4, 0)}, ValueError, "input_dim"),
+        ({"input_dim": "16"}, TypeError, "input_dim"),
         ({"projection": 3}, TypeError, "projection must be"),
         ({"optimizer": {"type": "AdamW", "lrr": 1.0}}, TypeError, "lrr"),
         ({"accumulate_grad_batches": 0}, ValueError, "accumulate_grad_batches"),
     ],
 )
 def test_constructor_validates_arguments(overrides, error, match):
-    with pytest.raises(error, match=match):
+    with pytest.raises(error, match=match) as caught:
         viz(**overrides)
+    assert str(caught.value).startswith("RecordingViz[name=viz]: ")
 
 
 def test_default_optimizer_is_adamw_with_the_measured_learning_rate(run_fit, blobs):

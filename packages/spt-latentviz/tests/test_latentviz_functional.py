@@ -188,7 +188,7 @@ def test_scores_are_perfect_for_an_isometry_and_low_for_noise():
         (lambda x: trustworthiness(x, x, 5), "k < N / 2"),
         (lambda x: trustworthiness(x, x[:5], 2), "same rows"),
         (lambda x: knn_recall(x, x, 10), "at most N - 1"),
-        (lambda x: neighbour_graph(x, 0), "positive int"),
+        (lambda x: neighbour_graph(x, 0), "k must be an integer >= 1, got 0"),
         (lambda x: neighbour_graph(x[0], 1), r"shape \(N, D\)"),
         (lambda x: sample_negatives(10, x.long(), 0), "n_negatives"),
         (
@@ -202,6 +202,30 @@ def test_scores_are_perfect_for_an_isometry_and_low_for_noise():
 def test_bad_arguments_raise_value_errors(call, match):
     with pytest.raises(ValueError, match=match):
         call(random_points(10, 3, 0))
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda x: neighbour_graph(x, 2.0), "k must be an integer >= 1, got 2.0"),
+        (lambda x: trustworthiness(x, x, "2"), "k must be an integer"),
+        (lambda x: knn_recall(x.tolist(), x, 2), "high must be a torch.Tensor"),
+        (lambda x: sample_negatives(10, x.long(), 2.0), "n_negatives must be an integer"),
+        (lambda x: sample_negatives(10.0, x.long(), 2), "num_points must be an integer"),
+        (lambda x: neighbour_embedding_loss(x.tolist(), x, x), "z must be a torch.Tensor"),
+    ],
+)
+def test_arguments_of_the_wrong_type_raise_type_errors(call, match):
+    with pytest.raises(TypeError, match=match):
+        call(random_points(10, 3, 0))
+
+
+@pytest.mark.parametrize("chunk_size", [-1, 1, 7, None])
+def test_trustworthiness_is_the_same_for_every_block_size(chunk_size):
+    high, low = random_points(60, 5, 0), random_points(60, 2, 1)
+    expected = trustworthiness(high, low, 5)
+    assert expected < 0.9  # a map that loses neighbours: any skipped block would show
+    assert torch.equal(trustworthiness(high, low, 5, chunk_size=chunk_size), expected)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

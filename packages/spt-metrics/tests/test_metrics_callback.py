@@ -85,12 +85,14 @@ def test_train_schedules_are_exclusive_only_when_both_are_set():
     ],
 )
 def test_bad_arguments_name_themselves(kwargs, error, match):
-    with pytest.raises(error, match=match):
+    with pytest.raises(error, match=match) as caught:
         MetricsCallback(hit_rate, **kwargs)
+    if "name" not in kwargs:  # a bad name leaves no state_key to name
+        assert str(caught.value).startswith("MetricsCallback[name=metrics]: ")
 
 
 def test_bad_metrics_are_refused():
-    with pytest.raises(TypeError, match=r"metrics\['x'\] must be"):
+    with pytest.raises(TypeError, match=r"^MetricsCallback\[name=metrics\]: metrics\['x'\] must"):
         MetricsCallback({"x": 3})
     with pytest.raises(TypeError, match="not a class"):
         MetricsCallback([MulticlassAccuracy])

@@ -274,9 +274,26 @@ def test_a_zero_matrix_counts_as_collapsed():
         (lambda: lidar(torch.zeros(4, 3)), r"lidar: views must be one real \(samples, views"),
         (lambda: lidar(torch.zeros(4, 3), torch.zeros(5, 3)), "lidar: every view must have"),
         (lambda: lidar(torch.zeros(4, 2, 3), delta=0.0), "lidar: delta must be"),
-        (lambda: rankme(torch.eye(2, dtype=torch.bool)), "rankme: z must be a real 2-D"),
     ],
 )
 def test_bad_input_is_a_value_error_that_names_the_function_and_the_argument(call, message):
     with pytest.raises(ValueError, match=message):
+        call()
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: rankme(torch.eye(2, dtype=torch.bool)), "rankme: z must hold real numbers"),
+        (lambda: effective_rank(torch.eye(2) * 1j), "effective_rank: z must hold real numbers"),
+        (lambda: embedding_std("rows"), "embedding_std: z must be a tensor of real numbers"),
+        (lambda: alignment(torch.eye(2), object()), "alignment: z2 must be a tensor of real"),
+        (lambda: lidar([[None]]), "lidar: views must be a tensor of real numbers"),
+        (lambda: rankme(torch.eye(2), eps="small"), "rankme: eps must be a finite number"),
+    ],
+)
+def test_input_of_the_wrong_type_is_a_type_error_that_names_the_function_and_the_argument(
+    call, message
+):
+    with pytest.raises(TypeError, match=message):
         call()

@@ -85,6 +85,15 @@ def test_bad_capacity_names_the_argument(capacity, error):
         RingBuffer(3).resize(capacity)
 
 
+@pytest.mark.parametrize(("n", "error"), [(-1, ValueError), (1.5, TypeError), ("2", TypeError)])
+def test_bad_read_lengths_name_the_argument(n, error):
+    buffer = RingBuffer(3)
+    buffer.append(torch.arange(3))
+    with pytest.raises(error, match="n must be an integer >= 0"):
+        buffer.last(n)
+    assert buffer.last(0).tolist() == [] and buffer.last(5).tolist() == [0, 1, 2]
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_buffer_follows_the_rows_device():
     buffer = RingBuffer(8)

@@ -296,17 +296,18 @@ def test_hydra_config_without_hydra_says_what_to_install(monkeypatch):
     ("kwargs", "error", "match"),
     [
         ({"accumulate_grad_batches": 0}, ValueError, "accumulate_grad_batches"),
-        ({"accumulate_grad_batches": 2.0}, ValueError, "accumulate_grad_batches"),
+        ({"accumulate_grad_batches": 2.0}, TypeError, "accumulate_grad_batches"),
         ({"gradient_clip_val": 0}, ValueError, "gradient_clip_val"),
-        ({"gradient_clip_val": True}, ValueError, "gradient_clip_val"),
+        ({"gradient_clip_val": True}, TypeError, "gradient_clip_val"),
         ({"gradient_clip_algorithm": "max"}, ValueError, "gradient_clip_algorithm"),
         ({"optimizer": 5}, TypeError, "optimizer must be"),
         ({"scheduler": {"type": "LambdaLR"}}, TypeError, "lr_lambda"),
     ],
 )
 def test_bad_training_options_are_named(kwargs, error, match):
-    with pytest.raises(error, match=match):
+    with pytest.raises(error, match=match) as caught:
         TrainableCallback("head", module=nn.Linear(3, 1), **kwargs)
+    assert str(caught.value).startswith("TrainableCallback[name=head]: ")
 
 
 def test_a_module_without_parameters_cannot_be_trained():

@@ -113,17 +113,19 @@ def test_closure_is_evaluated_with_gradients_enabled():
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "match"),
+    ("kwargs", "error", "match"),
     [
-        ({"lr": -1.0}, "lr"),
-        ({"eta": -0.1}, "eta"),
-        ({"momentum": -0.5}, "momentum"),
-        ({"weight_decay": "x"}, "weight_decay"),
-        ({"nesterov": True, "momentum": 0.0}, "nesterov"),
+        ({"lr": -1.0}, ValueError, "lr"),
+        ({"eta": -0.1}, ValueError, "eta"),
+        ({"momentum": -0.5}, ValueError, "momentum"),
+        ({"eps": float("nan")}, ValueError, "eps"),
+        ({"weight_decay": "x"}, TypeError, "weight_decay"),
+        ({"lr": True}, TypeError, "lr"),
+        ({"nesterov": True, "momentum": 0.0}, ValueError, "nesterov"),
     ],
 )
-def test_bad_hyperparameters_are_named(kwargs, match):
-    with pytest.raises(ValueError, match=match):
+def test_bad_hyperparameters_are_named(kwargs, error, match):
+    with pytest.raises(error, match=match):
         LARS([torch.nn.Parameter(torch.ones(1))], **kwargs)
 
 

@@ -50,6 +50,7 @@ class SPTCallback(Callback):
     Raises:
         ValueError: If ``name`` is empty or contains ``/``.
         TypeError: If ``name`` is not a string or ``verbose`` is not a bool or ``None``.
+            Messages name the class (and the ``state_key`` once ``name`` is valid).
 
     Example:
         >>> class Counter(SPTCallback):
@@ -64,12 +65,13 @@ class SPTCallback(Callback):
 
     def __init__(self, name: str, verbose: bool | None = None) -> None:
         super().__init__()
+        kind = type(self).__name__
         if not isinstance(name, str):
-            raise TypeError(f"name must be a str, got {type(name).__name__} {name!r}")
+            raise TypeError(f"{kind}: name must be a str, got {type(name).__name__} {name!r}")
         if not name or "/" in name:
-            raise ValueError(f"name must be a non-empty string without '/', got {name!r}")
+            raise ValueError(f"{kind}: name must be a non-empty string without '/', got {name!r}")
         if verbose is not None and not isinstance(verbose, bool):
-            raise TypeError(f"verbose must be a bool or None, got {verbose!r}")
+            raise TypeError(f"{kind}[name={name}]: verbose must be a bool or None, got {verbose!r}")
         self.name = name
         self._verbose = verbose
         self._said: set[tuple[str, int, int]] = set()

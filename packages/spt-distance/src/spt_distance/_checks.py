@@ -43,6 +43,19 @@ def check_pair(x: object, y: object, x_name: str, y_name: str) -> None:
         )
 
 
+def check_count(value: object, argument: str, minimum: int) -> int:
+    """``value`` if it is an int (not a bool) of at least ``minimum``.
+
+    Raises:
+        TypeError: If it is not an int.
+        ValueError: If it is below ``minimum``.
+    """
+    value = _require_int(value, f"{argument} must be an int >= {minimum}")
+    if value < minimum:
+        raise ValueError(f"{argument} must be an int >= {minimum}, got {value}")
+    return value
+
+
 def check_k(k: object, n_keys: int) -> int:
     k = _require_int(k, "k must be an int")
     if not 1 <= k <= n_keys:

@@ -8,7 +8,13 @@ from dataclasses import dataclass
 import torch
 
 from spt_distance import _scores
-from spt_distance._checks import check_chunk_size, check_memory_budget, check_metric
+from spt_distance._checks import (
+    check_chunk_size,
+    check_count,
+    check_k,
+    check_memory_budget,
+    check_metric,
+)
 
 TILE = 1024
 """Keys per matrix product. Every key is scored by a product of this fixed shape, aligned on
@@ -63,6 +69,11 @@ def plan_chunks(
     Returns:
         The :class:`ChunkPlan`.
 
+    Raises:
+        TypeError: If a size, ``k``, ``chunk_size`` or ``memory_budget`` is not an int.
+        ValueError: If ``n_queries`` or ``dim`` is negative, ``n_keys < 1``, ``k`` is outside
+            ``[1, n_keys]``, or ``metric``, ``chunk_size`` or ``memory_budget`` is not allowed.
+
     Example:
         >>> plan = plan_chunks(256, 65536, 128, 20)
         >>> plan.chunk, plan.query_block, plan.scratch_bytes <= 64 * 2**20
@@ -73,6 +84,10 @@ def plan_chunks(
         2048
     """
     metric = check_metric(metric)
+    n_queries = check_count(n_queries, "n_queries", 0)
+    n_keys = check_count(n_keys, "n_keys", 1)
+    dim = check_count(dim, "dim", 0)
+    k = check_k(k, n_keys)
     chunk_size = check_chunk_size(chunk_size)
     budget = check_memory_budget(memory_budget)
     tile = min(TILE, n_keys)

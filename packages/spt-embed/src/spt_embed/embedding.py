@@ -12,6 +12,7 @@ from lightning.pytorch import LightningModule, Trainer
 from torch import Tensor
 
 from spt_core import distributed
+from spt_core.checks import string_key
 from spt_core.keys import lookup
 from spt_embed._clean_mode import clean_mode
 from spt_embed._rank_share import this_rank_batches
@@ -95,8 +96,11 @@ def embed_loader(
     Raises:
         KeyError: If ``input`` or ``target`` is in neither the outputs nor the batch (with
             ``with_index`` under DDP, ``target`` not in another rank's batch of an iterable).
-        TypeError: If the features or labels are not tensors, or the labels not integers.
-        ValueError: If a batch has a different number of labels than feature rows, the
+        TypeError: If ``loader`` is not iterable, ``input``/``target`` not a string, ``embed``
+            not callable, ``with_index`` not a bool, the features or labels not tensors, or
+            the labels not integers (messages name ``owner`` and the argument).
+        ValueError: If ``input``/``target`` is empty, a batch has a different number of
+            labels than feature rows, the
             features' width changes between batches, or, under DDP, a ``DataLoader``'s sampler
             is not a ``SequentialSampler``.
 
@@ -110,6 +114,7 @@ def embed_loader(
         >>> features.tolist(), labels.tolist()
         ([[0.0, 1.0], [2.0, 3.0], [4.0, 5.0]], [0, 1, 0])
     """
+    _check_arguments(loader, input, target, embed, owner, with_index)
     device = pl_module.device
     trainer = pl_module._trainer  # the public property raises when no Trainer is attached
     step_kwargs = _step_kwargs(pl_module)
@@ -198,6 +203,19 @@ def gather_in_loader_order(
     positions, labels = distributed.gather_uneven(torch.stack((index, labels), dim=1)).T
     order = positions.argsort()
     return distributed.gather_uneven(features)[order], labels[order]
+
+
+def _check_arguments(
+    loader: Any, input: Any, target: Any, embed: Any, owner: str, with_index: Any
+) -> None:
+    if not isinstance(loader, Iterable):
+        raise TypeError(f"{owner}: loader must be an iterable of batches, got {loader!r}")
+    string_key(input, f"{owner}: input")
+    string_key(target, f"{owner}: target")
+    if embed is not None and not callable(embed):
+        raise TypeError(f"{owner}: embed must be callable(pl_module, batch) or None, got {embed!r}")
+    if not isinstance(with_index, bool):
+        raise TypeError(f"{owner}: with_index must be a bool, got {with_index!r}")
 
 
 def _rows(labels: Any) -> int:

@@ -80,7 +80,7 @@ def knn_bank(
     *,
     sharded: bool = False,
     keys: Tensor | None = None,
-    where: str = "bank_labels",
+    where: str = "labels",
 ) -> KNNBank:
     """The rows of ``features`` that vote: those with a label ``>= 0`` and finite features.
 
@@ -106,7 +106,8 @@ def knn_bank(
     Raises:
         ValueError: For a ``features`` that is not 2-D, a label count that is not one per
             row, a ``num_classes`` below 1 or a label ``>= num_classes``.
-        TypeError: If ``labels`` is not an integer tensor or ``num_classes`` not an int.
+        TypeError: If ``features`` or ``labels`` is not a tensor, ``labels`` not an integer
+            tensor or ``num_classes`` not an int.
 
     Example:
         >>> rows = torch.tensor([[0.0], [1.0], [float("nan")], [3.0]])
@@ -116,10 +117,13 @@ def knn_bank(
         >>> bank.size, bank.non_finite
         (2, 1)
     """
+    for argument, value in (("features", features), (where, labels)):
+        if not isinstance(value, Tensor):
+            raise TypeError(f"{argument} must be a torch.Tensor, got {type(value).__name__}")
     labels = labels.reshape(-1)
     if features.dim() != 2 or labels.shape[0] != features.shape[0]:
         raise ValueError(
-            f"bank (N, D) and {where} (N,) must hold one label per bank row, got "
+            f"features (N, D) and {where} (N,) must hold one label per bank row, got "
             f"{tuple(features.shape)} and {labels.shape[0]} labels"
         )
     if labels.is_floating_point() or labels.is_complex():

@@ -11,7 +11,7 @@ from torch import Tensor
 from spt_core.checks import positive_int
 from spt_knn._checks import WEIGHTINGS, check_knn_arguments
 from spt_knn.bank import KNNBank, knn_bank
-from spt_knn.sweep import Pair, parse_sweep
+from spt_knn.sweep import Pair, check_temperature, parse_sweep
 
 
 def knn_predict(
@@ -65,11 +65,15 @@ def knn_predict(
         in the order given (``T`` as a float).
 
     Raises:
-        ValueError: On invalid arguments (an empty or repeating sweep included), mismatched
-            shapes, or a bank label
+        ValueError: On arguments out of range (a ``k`` below 1, a ``temperature <= 0``, an
+            empty or repeating sweep, an unknown ``distance_metric`` or ``weighting``, a
+            ``chunk_size`` other than ``-1``, ``None`` or a positive int, of any type, as for
+            :class:`~spt_knn.OnlineKNN`), mismatched shapes, or a bank label
             ``>= num_classes`` (the message names the label and the ``num_classes`` to set).
-        TypeError: If ``bank_labels`` is not an integer tensor, or the labels and class count
-            are missing for a bank tensor (or given with a :class:`KNNBank`).
+        TypeError: If ``queries`` or ``bank`` is not a tensor, ``bank_labels`` is not an
+            integer tensor, ``k``/``num_classes`` not an int, ``temperature`` not a number,
+            or the labels and class count are missing for a bank tensor (or given with a
+            :class:`KNNBank`).
 
     Example:
         >>> bank = torch.tensor([[0.0, 0.0], [0.0, 1.0], [5.0, 5.0], [5.0, 6.0]])
@@ -87,6 +91,14 @@ def knn_predict(
     """
     sweep = parse_sweep(k, temperature)
     check_knn_arguments(distance_metric=distance_metric, weighting=weighting, chunk_size=chunk_size)
+    if not isinstance(queries, Tensor):
+        raise TypeError(
+            f"knn_predict: queries must be a torch.Tensor, got {type(queries).__name__}"
+        )
+    if not isinstance(bank, (Tensor, KNNBank)):
+        raise TypeError(
+            f"knn_predict: bank must be a torch.Tensor or a KNNBank, got {type(bank).__name__}"
+        )
     if isinstance(bank, KNNBank):
         if bank_labels is not None or num_classes is not None:
             raise TypeError(
@@ -96,7 +108,10 @@ def knn_predict(
     elif bank_labels is None or num_classes is None:
         raise TypeError("knn_predict: a bank tensor needs its bank_labels and num_classes")
     else:
-        bank = knn_bank(bank, bank_labels, positive_int(num_classes, "num_classes"))
+        classes = positive_int(num_classes, "num_classes")
+        if bank.dim() != 2:
+            raise ValueError(f"knn_predict: bank must be 2-D (N, D), got {tuple(bank.shape)}")
+        bank = knn_bank(bank, bank_labels, classes, where="bank_labels")
     width = bank.features.shape[1]
     if queries.dim() != 2 or (queries.shape[1] != width and bank.features.shape[0]):
         raise ValueError(
@@ -141,6 +156,11 @@ def weighted_vote(
         ``(B, num_classes)`` scores in float32 (float64 for float64 distances) summing to 1 per
         row. A row without any voting neighbour (empty bank) is uniform, ``1 / num_classes``.
 
+    Raises:
+        TypeError: If ``num_classes`` is not an int or ``temperature`` not a number.
+        ValueError: If ``num_classes < 1``, ``temperature`` is not a finite number ``> 0`` or
+            ``weighting`` is not one of :data:`~spt_knn.WEIGHTINGS`.
+
     Example:
         >>> distances = torch.tensor([[0.0, 1.0, 1.0]])
         >>> labels = torch.tensor([[2, 0, 0]])
@@ -149,6 +169,10 @@ def weighted_vote(
         >>> weighted_vote(distances, labels, num_classes=3, temperature=1.0)
         tensor([[0.5000, 0.0000, 0.5000]])
     """
+    positive_int(num_classes, "weighted_vote: num_classes")
+    check_temperature(temperature, "weighted_vote: temperature")
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"weighted_vote: weighting must be one of {WEIGHTINGS}, got {weighting!r}")
     dtype = torch.promote_types(distances.dtype, torch.float32)
     batch = distances.shape[0]
     if distances.shape[1] == 0:
@@ -163,10 +187,8 @@ def weighted_vote(
         nearest = torch.where(valid, d, math.inf).amin(dim=1, keepdim=True)
         nearest = torch.where(torch.isfinite(nearest), nearest, 0.0)
         weights = torch.exp((nearest - d) / temperature)
-    elif weighting == "uniform":
-        weights = torch.ones_like(d)
     else:
-        raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+        weights = torch.ones_like(d)
     weights = torch.where(valid, weights, 0.0)
     scores = torch.zeros((batch, num_classes), dtype=dtype, device=d.device)
     scores.scatter_add_(1, labels.clamp(min=0).long(), weights)

@@ -10,7 +10,7 @@ from torch import Tensor
 from torchmetrics import MetricCollection
 
 from spt_core import DataChecks, SPTCallback, callbacks_metrics, distributed
-from spt_core.checks import flat_dim, positive_int, string_key
+from spt_core.checks import flat_dim
 from spt_knn import _checks, _clean, _report
 from spt_knn._boards import CLEAN, QUEUE, Boards
 from spt_knn._epoch import EvalEpoch, Loader, batch_counts, uneven_batches
@@ -117,10 +117,15 @@ class OnlineKNN(SPTCallback):
         ValueError: If a ``k``, ``queue_length`` (below 0, or 0 without ``clean_loader``),
             ``num_classes`` or ``clean_every_n_epochs`` is below 1, a ``temperature <= 0``, a
             sweep is empty or repeats a value (or sweeps ``temperature`` with
-            ``weighting="uniform"``), ``chunk_size`` is invalid, a key is empty, or a name
-            (metric, weighting, distributed mode) is not one of the allowed values.
-        TypeError: If an argument has the wrong type, or a metric has no
-            ``update``/``compute``/``reset``.
+            ``weighting="uniform"``), ``chunk_size`` is invalid (of any type, as the seed
+            documents), a key is empty, an ``input_dim`` size is below 1, ``target_dim`` is
+            an int other than 1, or a name (metric, weighting, distributed mode) is not one
+            of the allowed values.
+        TypeError: If an argument has the wrong type (a non-int ``k``, ``queue_length``,
+            ``num_classes``, ``target_dim`` or ``input_dim`` size, a non-numeric
+            ``temperature``, a non-string key...), or a metric has no
+            ``update``/``compute``/``reset``. Every message names the callback's
+            ``state_key`` and the argument.
 
     Example:
         >>> import torchmetrics
@@ -158,27 +163,22 @@ class OnlineKNN(SPTCallback):
         clean_embed: Callable[[LightningModule, Any], Tensor] | None = None,
     ) -> None:
         super().__init__(name, verbose)
-        string_key(input, "input")
-        string_key(target, "target")
-        positive_int(queue_length, "queue_length", minimum=0)
-        self.sweep = parse_sweep(k, temperature)
-        _clean.check_uniform_sweep(self.sweep, weighting, temperature, self.state_key)
+        owner = self.state_key
+        _checks.check_callback_arguments(
+            owner, input=input, target=target, queue_length=queue_length,
+            num_classes=num_classes, target_dim=target_dim, distributed=distributed,
+        )  # fmt: skip
+        self.sweep = parse_sweep(k, temperature, owner=owner)
+        _clean.check_uniform_sweep(self.sweep, weighting, temperature, owner)
         _checks.check_knn_arguments(
-            distance_metric=distance_metric, weighting=weighting, chunk_size=chunk_size
+            distance_metric=distance_metric, weighting=weighting, chunk_size=chunk_size, owner=owner
         )
-        if num_classes is not None:
-            positive_int(num_classes, "num_classes")
-        _checks.check_target_dim(target_dim)
-        if distributed not in _checks.DISTRIBUTED_MODES:
-            raise ValueError(
-                f"distributed must be one of {_checks.DISTRIBUTED_MODES}, got {distributed!r}"
-            )
         self.clean = _clean.CleanBank(
             clean_loader, clean_every_n_epochs, clean_embed, self.state_key, queue_length
         )
         self.input, self.target = input, target
         self.queue_length = queue_length
-        self.input_dim = flat_dim(input_dim, "input_dim")
+        self.input_dim = flat_dim(input_dim, f"{owner}: input_dim")
         self.target_dim = target_dim
         self.num_classes = num_classes
         self.k, self.temperature = k, temperature

@@ -56,9 +56,16 @@ class Sweep:
         return f"_k{k}" + (f"_t{temperature!r}" if len(self.temperatures) > 1 else "")
 
 
-def parse_sweep(k: int | Sequence[int], temperature: float | Sequence[float]) -> Sweep:
+def parse_sweep(
+    k: int | Sequence[int], temperature: float | Sequence[float], *, owner: str | None = None
+) -> Sweep:
     """Check ``k`` and ``temperature``, each a scalar or a non-empty tuple/list of distinct
     values, and return the :class:`Sweep` they describe.
+
+    Args:
+        k: Neighbours per vote, or a tuple/list of distinct values.
+        temperature: Temperature of the vote, or a tuple/list of distinct values.
+        owner: Who asks (a callback's ``state_key``), named first in the messages.
 
     Raises:
         TypeError: If ``k`` is not an int (or a tuple/list of them), or ``temperature`` not a
@@ -73,9 +80,14 @@ def parse_sweep(k: int | Sequence[int], temperature: float | Sequence[float]) ->
         Traceback (most recent call last):
         ...
         ValueError: k must not repeat a value, got (10, 10)
+        >>> parse_sweep("5", 0.1, owner="OnlineKNN[name=knn]")
+        Traceback (most recent call last):
+        ...
+        TypeError: OnlineKNN[name=knn]: k must be an integer >= 1, got '5'
     """
-    ks = _values(k, "k", positive_int)
-    temperatures = _values(temperature, "temperature", _check_temperature)
+    prefix = f"{owner}: " if owner else ""
+    ks = _values(k, f"{prefix}k", positive_int)
+    temperatures = _values(temperature, f"{prefix}temperature", check_temperature)
     swept = isinstance(k, (tuple, list)) or isinstance(temperature, (tuple, list))
     return Sweep(tuple(ks), tuple(float(t) for t in temperatures), swept)
 
@@ -93,9 +105,16 @@ def _values(given: object, argument: str, check) -> list:
     return values
 
 
-def _check_temperature(value: object, argument: str) -> float:
+def check_temperature(value: object, argument: str = "temperature") -> float:
+    """``value`` as a float if it is a finite number ``> 0``.
+
+    Raises:
+        TypeError: If it is not a number.
+        ValueError: If it is not finite or not positive.
+    """
+    message = f"{argument} must be a finite number > 0, got {value!r}"
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{argument} must be a positive number, got {value!r}")
+        raise TypeError(message)
     if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{argument} must be a finite number > 0, got {value!r}")
+        raise ValueError(message)
     return float(value)

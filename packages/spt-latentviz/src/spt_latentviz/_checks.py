@@ -1,37 +1,16 @@
-"""Argument checks shared by the package's public functions and classes."""
+"""Argument checks shared by the package's public functions and classes (the checks every
+package shares live in :mod:`spt_core.checks`)."""
 
 from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Sequence
 from typing import Any
 
 from torch import Tensor
 
+from spt_core.checks import flat_dim, positive_int, string_key
 from spt_distance import METRICS
-
-
-def check_int(value: Any, argument: str, minimum: int) -> int:
-    """``value`` if it is an int >= ``minimum``, else a ``ValueError`` naming ``argument``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{argument} must be an int >= {minimum}, got {value!r}")
-    return value
-
-
-def check_input_dim(input_dim: Any) -> int | Sequence[int] | None:
-    """``input_dim`` if it is ``None``, a positive int or a non-empty tuple/list of them."""
-    dims = [input_dim] if isinstance(input_dim, int) else input_dim
-    if input_dim is not None and (
-        not isinstance(dims, (list, tuple))
-        or not dims
-        or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in dims)
-    ):
-        raise ValueError(
-            f"input_dim must be None, a positive int or a tuple of them, got {input_dim!r}"
-        )
-    return input_dim
-
 
 # Most file systems (ext4, APFS, NTFS...) take at most 255 bytes per path component.
 _MAX_FOLDER_BYTES = 255
@@ -100,9 +79,20 @@ def as_rows(x: Any, argument: str) -> Tensor:
 
 
 def check_k(k: Any, n: int, limit: int, allowed: str) -> None:
-    """A ``ValueError`` unless ``k`` is an int in ``[1, limit]`` (``allowed`` says why)."""
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"k must be a positive int, got {k!r}")
+    """Raise unless ``k`` is an int in ``[1, limit]`` (``allowed`` says why ``limit``).
+
+    Raises:
+        TypeError: If ``k`` is not an int.
+        ValueError: If it is below 1 or above ``limit``.
+
+    Example:
+        >>> check_k(3, 10, 9, "it must be at most N - 1")
+        >>> check_k(2.0, 10, 9, "it must be at most N - 1")
+        Traceback (most recent call last):
+        ...
+        TypeError: k must be an integer >= 1, got 2.0
+    """
+    positive_int(k, "k")
     if k > limit:
         raise ValueError(f"k={k} is too large for {n} points; {allowed}")
 
@@ -155,33 +145,47 @@ def check_arguments(
     save_dir: Any,
     input_dim: Any,
 ) -> None:
-    """Check LatentViz's own constructor arguments (``owner`` is its ``state_key``).
+    """Check LatentViz's own constructor arguments (``owner`` is its ``state_key``, named in
+    every message with the argument).
 
     Raises:
-        TypeError: For a non-string ``input``/``target``/``save_dir``.
-        ValueError: For a count out of range, ``queue_length <= 2 * k_neighbors``, an
-            unknown metric, a bad ``input_dim`` or a name or folder no file system takes.
+        TypeError: For a non-string ``input``/``target``/``save_dir``, a count that is not an
+            int or an ``input_dim`` that is not an int or a tuple/list of ints.
+        ValueError: For an empty key, a count out of range, ``queue_length <= 2 *
+            k_neighbors``, an unknown metric, an ``input_dim`` with a size below 1 or a name
+            or folder no file system takes.
+
+    Example:
+        >>> check_arguments(
+        ...     "LatentViz[name=map]", name="map", input="", target=None, queue_length=64,
+        ...     k_neighbors=5, n_negatives=5, update_interval=1, warmup_epochs=0,
+        ...     distance_metric="euclidean", plot_interval=1, save_dir=None, input_dim=None,
+        ... )
+        Traceback (most recent call last):
+        ...
+        ValueError: LatentViz[name=map]: input must be a non-empty string key, got ''
     """
-    if not isinstance(input, str) or not input:
-        raise TypeError(f"input must be a non-empty str (a key), got {input!r}")
-    if target is not None and (not isinstance(target, str) or not target):
-        raise TypeError(f"target must be a non-empty str (a key) or None, got {target!r}")
-    check_int(k_neighbors, "k_neighbors", 1)
-    check_int(queue_length, "queue_length", 1)
+    string_key(input, f"{owner}: input")
+    if target is not None:
+        string_key(target, f"{owner}: target")
+    positive_int(k_neighbors, f"{owner}: k_neighbors")
+    positive_int(queue_length, f"{owner}: queue_length")
     if queue_length <= 2 * k_neighbors:
         raise ValueError(
-            f"queue_length must exceed 2 * k_neighbors = {2 * k_neighbors} (trustworthiness "
-            f"at k needs more than 2k rows), got queue_length={queue_length}"
+            f"{owner}: queue_length must exceed 2 * k_neighbors = {2 * k_neighbors} "
+            f"(trustworthiness at k needs more than 2k rows), got queue_length={queue_length}"
         )
-    check_int(n_negatives, "n_negatives", 1)
-    check_int(update_interval, "update_interval", 1)
-    check_int(warmup_epochs, "warmup_epochs", 0)
-    check_int(plot_interval, "plot_interval", 1)
+    positive_int(n_negatives, f"{owner}: n_negatives")
+    positive_int(update_interval, f"{owner}: update_interval")
+    positive_int(warmup_epochs, f"{owner}: warmup_epochs", 0)
+    positive_int(plot_interval, f"{owner}: plot_interval")
     if distance_metric not in METRICS:
-        raise ValueError(f"distance_metric must be one of {METRICS}, got {distance_metric!r}")
+        raise ValueError(
+            f"{owner}: distance_metric must be one of {METRICS}, got {distance_metric!r}"
+        )
     if save_dir is not None and not isinstance(save_dir, (str, os.PathLike)):
-        raise TypeError(f"save_dir must be a str, a path or None, got {save_dir!r}")
+        raise TypeError(f"{owner}: save_dir must be a str, a path or None, got {save_dir!r}")
     check_name(name, owner, default_folder=save_dir is None)
     if save_dir is not None and "\x00" in str(os.fspath(save_dir)):
         raise ValueError(f"{owner}: save_dir must not contain a NUL character, got {save_dir!r}")
-    check_input_dim(input_dim)
+    flat_dim(input_dim, f"{owner}: input_dim")

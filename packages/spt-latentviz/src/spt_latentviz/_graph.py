@@ -28,7 +28,8 @@ def neighbour_graph(
         int64 tensor of shape ``(N, k)`` on ``x``'s device.
 
     Raises:
-        ValueError: If ``x`` is not 2-D or ``k`` is out of range.
+        TypeError: If ``x`` is not a tensor or ``k`` not an int.
+        ValueError: If ``x`` has fewer than 2 dimensions or ``k`` is out of range.
 
     Example:
         >>> x = torch.tensor([[0.0], [1.0], [3.0], [7.0]])

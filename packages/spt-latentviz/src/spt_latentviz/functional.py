@@ -12,6 +12,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from spt_core.checks import positive_int
 from spt_latentviz._checks import check_map
 from spt_latentviz._graph import neighbour_graph
 from spt_latentviz.scores import knn_recall, map_scores, trustworthiness
@@ -49,13 +50,17 @@ def sample_negatives(
     Returns:
         int64 tensor of shape ``(N, k, n_negatives)`` with values in ``[0, num_points)``.
 
+    Raises:
+        TypeError: If ``num_points`` or ``n_negatives`` is not an int.
+        ValueError: If ``num_points`` or ``n_negatives`` is below 1.
+
     Example:
         >>> g = torch.Generator().manual_seed(0)
         >>> sample_negatives(10, torch.zeros(4, 3, dtype=torch.long), 5, g).shape
         torch.Size([4, 3, 5])
     """
-    if isinstance(n_negatives, bool) or not isinstance(n_negatives, int) or n_negatives < 1:
-        raise ValueError(f"n_negatives must be a positive int, got {n_negatives!r}")
+    positive_int(num_points, "num_points")
+    positive_int(n_negatives, "n_negatives")
     device = generator.device if generator is not None else neighbours.device
     drawn = torch.randint(
         num_points, (*neighbours.shape, n_negatives), generator=generator, device=device
@@ -85,6 +90,7 @@ def neighbour_embedding_loss(z: Tensor, neighbours: Tensor, negatives: Tensor) -
         Scalar loss (differentiable with respect to ``z``).
 
     Raises:
+        TypeError: If an argument is not a tensor.
         ValueError: If the shapes do not fit together.
 
     Example:
@@ -94,6 +100,9 @@ def neighbour_embedding_loss(z: Tensor, neighbours: Tensor, negatives: Tensor) -
         >>> round(neighbour_embedding_loss(z, neighbours, negatives).item(), 4)
         1.143
     """
+    for argument, value in (("z", z), ("neighbours", neighbours), ("negatives", negatives)):
+        if not isinstance(value, Tensor):
+            raise TypeError(f"{argument} must be a torch.Tensor, got {type(value).__name__}")
     if z.dim() != 2:
         raise ValueError(f"z must have shape (N, d), got {tuple(z.shape)}")
     if neighbours.dim() != 2 or neighbours.shape[0] != z.shape[0]:
@@ -143,7 +152,9 @@ def projection_loss(
         projection's parameters).
 
     Raises:
-        ValueError: If the projection does not map the rows to shape ``(N, 2)``.
+        TypeError: If ``n_negatives`` is not an int.
+        ValueError: If the projection does not map the rows to shape ``(N, 2)``, or
+            ``n_negatives`` is below 1.
 
     Example:
         >>> rows = torch.tensor([[0.0, 0.0], [0.0, 1.0], [5.0, 5.0], [5.0, 6.0]])

@@ -89,15 +89,18 @@ class LatentViz(MapTraining, MapOutputs):
             seed does not have).
 
     Raises:
-        ValueError: For a non-positive count, ``queue_length <= 2 * k_neighbors`` (the
-            scores need more than twice ``k`` rows), an unknown metric, a bad
-            ``input_dim``, a ``name`` or ``save_dir`` with a NUL character, or (without
-            ``save_dir``) a ``name`` that cannot be part of the folder name
-            ``latent_viz_{name}`` (a path separator, more than 244 bytes). When fit starts:
-            a ``save_dir`` where rank 0 cannot write.
-        TypeError: For a non-string ``input``/``target``/``save_dir`` or a projection,
-            optimizer or scheduler of no accepted form; during training, at the first batch,
-            a ``target`` that holds strings (labels must be numbers, e.g. class indices).
+        TypeError: For a non-string ``input``/``target``/``save_dir``, a count that is not an
+            int, an ``input_dim`` that is not an int or a tuple/list of ints, or a
+            projection, optimizer or scheduler of no accepted form; during training, at the
+            first batch, a ``target`` that holds strings (labels must be numbers, e.g. class
+            indices).
+        ValueError: For an empty ``input``/``target``, a count below its minimum,
+            ``queue_length <= 2 * k_neighbors`` (the scores need more than twice ``k``
+            rows), an unknown metric, an ``input_dim`` size below 1, a ``name`` or
+            ``save_dir`` with a NUL character, or (without ``save_dir``) a ``name`` that
+            cannot be part of the folder name ``latent_viz_{name}`` (a path separator, more
+            than 244 bytes). When fit starts: a ``save_dir`` where rank 0 cannot write.
+            Messages name the callback's ``state_key`` and the argument.
 
     Example:
         >>> from spt_latentviz import projection_mlp

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from spt_latentviz._checks import check_int
+from spt_core.checks import positive_int
 
 __all__ = ["projection_mlp"]
 
@@ -17,6 +17,10 @@ def projection_mlp(in_dim: int, hidden_dim: int = 128, depth: int = 2) -> nn.Seq
         hidden_dim: Width of the hidden layers.
         depth: Number of hidden layers.
 
+    Raises:
+        TypeError: If a size or ``depth`` is not an int.
+        ValueError: If a size is below 1 or ``depth`` below 0.
+
     Example:
         >>> projection_mlp(64)
         Sequential(
@@ -27,9 +31,9 @@ def projection_mlp(in_dim: int, hidden_dim: int = 128, depth: int = 2) -> nn.Seq
           (4): Linear(in_features=128, out_features=2, bias=True)
         )
     """
-    check_int(in_dim, "in_dim", 1)
-    check_int(hidden_dim, "hidden_dim", 1)
-    check_int(depth, "depth", 0)
+    positive_int(in_dim, "in_dim")
+    positive_int(hidden_dim, "hidden_dim")
+    positive_int(depth, "depth", 0)
     layers: list[nn.Module] = []
     width = in_dim
     for _ in range(depth):

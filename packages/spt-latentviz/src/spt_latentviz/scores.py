@@ -41,12 +41,15 @@ def trustworthiness(
         low: Their embedding, shape ``(N, d)``.
         k: Neighbourhood size, ``1 <= k < N / 2``.
         metric: Metric of the original space (any of :func:`spt_distance.pairwise_distances`).
-        chunk_size: Rows per block for the ranks (``None``: from a 16 MiB budget).
+        chunk_size: Rows per block for the ranks and key chunk of
+            :func:`spt_distance.knn_search` (``None``: from a 16 MiB budget; ``-1``: one
+            block).
 
     Returns:
         Scalar fp64 tensor in ``[0, 1]`` (1: every map neighbour is a true neighbour).
 
     Raises:
+        TypeError: If ``high`` or ``low`` is not a tensor, or ``k`` not an int.
         ValueError: If the shapes disagree or ``k`` is out of range.
 
     Example:
@@ -59,7 +62,7 @@ def trustworthiness(
     """
     high, low_neighbours = _paired(high, low, k, chunk_size, trustworthiness=True)
     n = high.shape[0]
-    block = chunk_size or max(1, _BLOCK_ELEMENTS // n)
+    block = n if chunk_size == -1 else chunk_size or max(1, _BLOCK_ELEMENTS // n)
     penalty = torch.zeros((), dtype=torch.float64, device=high.device)
     positions = torch.arange(n, device=high.device).unsqueeze(0)
     for start in range(0, n, block):
@@ -90,6 +93,7 @@ def knn_recall(
         Scalar fp32 tensor in ``[0, 1]``; a random embedding scores about ``k / (N - 1)``.
 
     Raises:
+        TypeError: If ``high`` or ``low`` is not a tensor, or ``k`` not an int.
         ValueError: If the shapes disagree or ``k`` is out of range.
 
     Example:

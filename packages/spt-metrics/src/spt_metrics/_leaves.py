@@ -3,7 +3,8 @@ unpacked) by logged name, where its inputs come from, and the checks of what it 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -106,14 +107,15 @@ def _named_leaves(
         metrics = [metrics]
     named = named_metrics(metrics, owner=owner)
     if not named:
-        raise ValueError(f"metrics must name at least one metric, got {metrics!r}")
+        raise ValueError(f"{owner}: metrics must name at least one metric, got {metrics!r}")
     for name, metric in named.items():
         if isinstance(metric, type) or not callable(metric):
             raise TypeError(
-                f"metrics[{name!r}] must be a torchmetrics Metric, a scikit-learn metric or a "
-                f"function (an instance, not a class), got {metric!r}"
+                f"{owner}: metrics[{name!r}] must be a torchmetrics Metric, a scikit-learn "
+                f"metric or a function (an instance, not a class), got {metric!r}"
             )
-    specs = split_needs(list(named), needs)
+    with _named_by(owner):
+        specs = split_needs(list(named), needs)
     entries: list[tuple[str, Any, Any]] = []
     for name, metric in named.items():
         if isinstance(metric, MetricCollection):
@@ -126,8 +128,18 @@ def _named_leaves(
     leaves, resolved = {}, {}
     for name, (_, metric, spec) in zip(names, entries, strict=True):
         leaves[name] = metric
-        resolved[name] = bind_needs(metric, spec, name=name)
+        with _named_by(owner):
+            resolved[name] = bind_needs(metric, spec, name=name)
     return leaves, resolved
+
+
+@contextmanager
+def _named_by(owner: str) -> Iterator[None]:
+    """Re-raise a ``TypeError``/``ValueError`` of the ``needs`` checks with ``owner`` first."""
+    try:
+        yield
+    except (TypeError, ValueError) as error:
+        raise type(error)(f"{owner}: {error}") from error
 
 
 def _owner(state_key: str, users: list[str]) -> str:

@@ -43,10 +43,32 @@ def check_energy(energy: Any, owner: str) -> float:
     return float(energy)
 
 
+def real_tensor(value: Any, owner: str, what: str) -> Tensor:
+    """``value`` as a tensor of real numbers (a tensor, an array or nested numbers).
+
+    Raises:
+        TypeError: If it cannot become a tensor, or holds complex or bool values.
+    """
+    try:
+        tensor = torch.as_tensor(value)
+    except (TypeError, RuntimeError) as error:
+        raise TypeError(
+            f"{owner}: {what} must be a tensor of real numbers, got {type(value).__name__}"
+        ) from error
+    if tensor.is_complex() or tensor.dtype == torch.bool:
+        raise TypeError(f"{owner}: {what} must hold real numbers, got dtype {tensor.dtype}")
+    return tensor
+
+
 def rows(z: Any, owner: str, what: str = "z", features: int | None = None) -> Tensor:
-    """``z`` as a detached float64 ``(rows, features)`` tensor, or a ``ValueError``."""
-    z = torch.as_tensor(z)
-    if z.ndim != 2 or z.is_complex() or z.dtype == torch.bool:
+    """``z`` as a detached float64 ``(rows, features)`` tensor.
+
+    Raises:
+        TypeError: If ``z`` is not a tensor of real numbers (see :func:`real_tensor`).
+        ValueError: If it is not 2-D, or has no feature or not ``features`` of them.
+    """
+    z = real_tensor(z, owner, what)
+    if z.ndim != 2:
         raise ValueError(
             f"{owner}: {what} must be a real 2-D (rows, features) tensor, got shape "
             f"{tuple(z.shape)} and dtype {z.dtype}"
@@ -58,7 +80,12 @@ def rows(z: Any, owner: str, what: str = "z", features: int | None = None) -> Te
 
 
 def views_tensor(views: Any, more: tuple, owner: str, features: int | None = None) -> Tensor:
-    """Views as one float64 ``(samples, views, features)`` tensor, or a ``ValueError``."""
+    """Views as one float64 ``(samples, views, features)`` tensor.
+
+    Raises:
+        TypeError: If a view is not a tensor of real numbers (see :func:`real_tensor`).
+        ValueError: If the shapes do not fit together.
+    """
     if more:
         parts = [rows(v, owner, f"view {i}", features) for i, v in enumerate((views, *more))]
         if len({p.shape for p in parts}) != 1:
@@ -66,8 +93,8 @@ def views_tensor(views: Any, more: tuple, owner: str, features: int | None = Non
             raise ValueError(f"{owner}: every view must have the same shape, got {shapes}")
         stacked = torch.stack(parts, dim=1)
     else:
-        stacked = torch.as_tensor(views)
-        if stacked.ndim != 3 or stacked.is_complex() or stacked.dtype == torch.bool:
+        stacked = real_tensor(views, owner, "views")
+        if stacked.ndim != 3:
             raise ValueError(
                 f"{owner}: views must be one real (samples, views, features) tensor or several "
                 f"(samples, features) tensors, got shape {tuple(stacked.shape)}"

@@ -40,24 +40,35 @@ class Schedule:
 
     @classmethod
     def from_arguments(
-        cls, every_n_train_steps: Any, every_n_train_epochs: Any, every_n_val_epochs: Any
+        cls,
+        every_n_train_steps: Any,
+        every_n_train_epochs: Any,
+        every_n_val_epochs: Any,
+        owner: str = "MetricsCallback",
     ) -> Schedule:
-        """Check the arguments as ``MetricsCallback`` takes them.
+        """Check the arguments as ``MetricsCallback`` takes them; messages start with
+        ``owner`` (its ``state_key``).
 
         Raises:
             TypeError: If one is not an int or ``None``.
             ValueError: If one is negative, or if ``every_n_train_steps`` was given a
                 positive value as well as ``every_n_train_epochs``.
+
+        Example:
+            >>> Schedule.from_arguments(1.5, None, 1, "MetricsCallback[name=m]")
+            Traceback (most recent call last):
+            ...
+            TypeError: MetricsCallback[name=m]: every_n_train_steps must be an int or None, got 1.5
         """
-        _check_every("every_n_train_steps", every_n_train_steps)
-        _check_every("every_n_train_epochs", every_n_train_epochs)
-        _check_every("every_n_val_epochs", every_n_val_epochs)
+        _check_every(f"{owner}: every_n_train_steps", every_n_train_steps)
+        _check_every(f"{owner}: every_n_train_epochs", every_n_train_epochs)
+        _check_every(f"{owner}: every_n_val_epochs", every_n_val_epochs)
         if every_n_train_epochs:
             if every_n_train_steps is not EVERY_STEP and every_n_train_steps:
                 raise ValueError(
-                    f"every_n_train_steps={every_n_train_steps} and every_n_train_epochs="
-                    f"{every_n_train_epochs} are mutually exclusive; set one of them (or set "
-                    "the other to None)"
+                    f"{owner}: every_n_train_steps={every_n_train_steps} and "
+                    f"every_n_train_epochs={every_n_train_epochs} are mutually exclusive; set "
+                    "one of them (or set the other to None)"
                 )
             every_n_train_steps = None
         return cls(
@@ -121,18 +132,18 @@ class Schedule:
         self.val_runs = int(state.get("val_runs", 0))
 
 
-def check_bools(**flags: Any) -> None:
-    """Raise a ``TypeError`` naming the first flag that is not a bool.
+def check_bools(owner: str = "MetricsCallback", **flags: Any) -> None:
+    """Raise a ``TypeError`` naming ``owner`` and the first flag that is not a bool.
 
     Example:
-        >>> check_bools(prog_bar="yes")
+        >>> check_bools("MetricsCallback[name=metrics]", prog_bar="yes")
         Traceback (most recent call last):
         ...
-        TypeError: prog_bar must be a bool, got 'yes'
+        TypeError: MetricsCallback[name=metrics]: prog_bar must be a bool, got 'yes'
     """
     for argument, value in flags.items():
         if not isinstance(value, bool):
-            raise TypeError(f"{argument} must be a bool, got {value!r}")
+            raise TypeError(f"{owner}: {argument} must be a bool, got {value!r}")
 
 
 def _check_every(argument: str, value: Any) -> None:

@@ -124,6 +124,7 @@ class MetricsCallback(SPTCallback):
             "test": compute_per_test_step,
         }
         check_bools(
+            self.state_key,
             compute_per_training_step=compute_per_training_step,
             compute_per_val_step=compute_per_val_step,
             compute_per_test_step=compute_per_test_step,
@@ -132,7 +133,7 @@ class MetricsCallback(SPTCallback):
             prog_bar=prog_bar,
         )
         self.schedule = Schedule.from_arguments(
-            every_n_train_steps, every_n_train_epochs, every_n_val_epochs
+            every_n_train_steps, every_n_train_epochs, every_n_val_epochs, self.state_key
         )
         self.compute_on_cpu = compute_on_cpu
         self.log_on_test_end = on_test_end

@@ -8,7 +8,7 @@ Metric over several batches equals its function over their concatenation. Rows a
 l2-normalised where the paper says so (a zero row stays zero). Too few rows give ``nan`` (each
 function says how many it needs) rather than an error, so that a short or empty epoch never
 stops a run; a wrong shape or an argument out of range raises ``ValueError`` (``TypeError`` for
-an argument of the wrong type).
+an argument of the wrong type, or embeddings that are not real numbers).
 """
 
 from __future__ import annotations
@@ -65,6 +65,7 @@ def rankme(z: Any, eps: float = 1e-7) -> Tensor:
         1 when every row is on one line; ``nan`` without rows; about 1 for a zero matrix.
 
     Raises:
+        TypeError: If ``z`` does not hold real numbers or ``eps`` is not a number.
         ValueError: If ``z`` is not 2-D or ``eps < 0``.
 
     Example:
@@ -93,6 +94,7 @@ def effective_rank(z: Any) -> Tensor:
         A value in ``[1, min(N - 1, D)]``; 1 when the rows vary along one line or not at all.
 
     Raises:
+        TypeError: If ``z`` does not hold real numbers.
         ValueError: If ``z`` is not 2-D.
 
     Example:
@@ -118,6 +120,7 @@ def dims_for_energy(z: Any, energy: float = 0.99) -> Tensor:
         without rows.
 
     Raises:
+        TypeError: If ``z`` does not hold real numbers or ``energy`` is not a number.
         ValueError: If ``z`` is not 2-D or ``energy`` is outside ``(0, 1]``.
 
     Example:
@@ -143,6 +146,7 @@ def embedding_std(z: Any) -> Tensor:
         About ``1/sqrt(D)`` when the directions spread over the sphere, 0 when collapsed.
 
     Raises:
+        TypeError: If ``z`` does not hold real numbers.
         ValueError: If ``z`` is not 2-D.
 
     Example:
@@ -165,6 +169,7 @@ def mean_cosine_similarity(z: Any) -> Tensor:
         A value in ``[-1, 1]``: near 0 for spread directions, 1 when every row points the same way.
 
     Raises:
+        TypeError: If ``z`` does not hold real numbers.
         ValueError: If ``z`` is not 2-D.
 
     Example:
@@ -188,6 +193,7 @@ def alignment(z1: Any, z2: Any, alpha: float = 2.0) -> Tensor:
         without rows.
 
     Raises:
+        TypeError: If a view does not hold real numbers or ``alpha`` is not a number.
         ValueError: If the views are not 2-D or differ in shape, or ``alpha <= 0``.
 
     Example:
@@ -218,6 +224,7 @@ def uniformity(z1: Any, z2: Any = None, t: float = 2.0) -> Tensor:
         ``-2t`` for many rows spread over a high-dimensional sphere, 0 when all rows coincide.
 
     Raises:
+        TypeError: If a view does not hold real numbers or ``t`` is not a number.
         ValueError: If a view is not 2-D, the views differ in shape, or ``t <= 0``.
 
     Example:
@@ -255,6 +262,7 @@ def lidar(views: Any, *more_views: Any, delta: float = 1e-4, eps: float = 1e-8) 
         fewer than 2 samples.
 
     Raises:
+        TypeError: If the views do not hold real numbers or ``delta``/``eps`` is not a number.
         ValueError: For another shape, fewer than 2 views, or ``delta <= 0`` or ``eps < 0``.
 
     Example:

@@ -10,8 +10,8 @@ rank that saw no rows adds zeros, which is why ``num_features`` is given up fron
 and keeps a bounded buffer of rows. ``update`` never waits on the device; ``compute`` returns a
 0-dim float64 tensor, ``nan`` when too few rows were seen (as the functions do). Every class
 takes torchmetrics' ``Metric`` keyword arguments after its own; an argument of the wrong type
-raises ``TypeError``, one out of range or an ``update`` whose input is not ``(N, num_features)``
-raises ``ValueError``.
+(or an ``update`` whose input is not real numbers) raises ``TypeError``, one out of range (or
+an ``update`` whose input is not ``(N, num_features)``) raises ``ValueError``.
 
 The two-view Metrics (:class:`Alignment`, :class:`Uniformity`, :class:`LiDAR`) live in
 :mod:`spt_metrics.representation_view_metrics` and are re-exported here.

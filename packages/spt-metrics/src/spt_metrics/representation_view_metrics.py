@@ -38,8 +38,10 @@ class Alignment(SumStates):
         **kwargs: Passed to ``torchmetrics.Metric``.
 
     Raises:
-        ValueError: For a bad argument, or an ``update`` whose views are not 2-D and equal in
-            shape.
+        TypeError: For an argument of the wrong type, or an ``update`` whose views do not
+            hold real numbers.
+        ValueError: For an argument out of range, or an ``update`` whose views are not 2-D
+            and equal in shape.
 
     Example:
         >>> import torch
@@ -86,8 +88,10 @@ class Uniformity(SumStates):
         **kwargs: Passed to ``torchmetrics.Metric``.
 
     Raises:
-        ValueError: For a bad argument, or an ``update`` whose views are not ``(N, D)`` and
-            equal in shape.
+        TypeError: For an argument of the wrong type, or an ``update`` whose views do not
+            hold real numbers.
+        ValueError: For an argument out of range, or an ``update`` whose views are not
+            ``(N, D)`` and equal in shape.
 
     Example:
         >>> import torch
@@ -161,8 +165,9 @@ class LiDAR(SumStates):
         **kwargs: Passed to ``torchmetrics.Metric``.
 
     Raises:
-        ValueError: For a bad argument, or views that are not ``(n, q >= 2, D)`` or several
-            equal ``(n, D)``.
+        TypeError: For an argument of the wrong type, or views that do not hold real numbers.
+        ValueError: For an argument out of range, or views that are not ``(n, q >= 2, D)`` or
+            several equal ``(n, D)``.
 
     Example:
         >>> import torch

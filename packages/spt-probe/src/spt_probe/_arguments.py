@@ -29,7 +29,7 @@ def check_arguments(
         ...
         ValueError: OnlineProbe[name=linear]: input must be a non-empty string key, got ''
     """
-    owner = f"OnlineProbe[name={name}]" if isinstance(name, str) and name else "OnlineProbe()"
+    owner = f"OnlineProbe[name={name}]" if isinstance(name, str) and name else "OnlineProbe"
     if module is not None and not isinstance(module, LightningModule):
         raise TypeError(
             f"{owner}: module must be the LightningModule being trained or None, got "

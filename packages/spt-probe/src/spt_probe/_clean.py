@@ -87,7 +87,7 @@ class CleanEvaluation:
                 "evaluation trains a new probe); pass a name, a dict or a partial"
             )
         if optimizer is not None:
-            check_optimizer(optimizer, "clean_optimizer")
+            check_optimizer(optimizer, f"{key}: clean_optimizer")
         if not metrics:
             raise ValueError(f"{key}: clean_loader needs metrics=..., the values it logs")
         self.owner, self.loader, self.clean_embed = owner, loader, clean_embed

@@ -59,6 +59,7 @@ def masked_cross_entropy(logits: Tensor, target: Tensor) -> Tensor:
         A scalar tensor in ``logits``' dtype.
 
     Raises:
+        TypeError: If ``logits`` or ``target`` is not a tensor.
         ValueError: If ``logits`` is not 2-D or ``target`` is not a 1-D tensor of N rows.
 
     Example:
@@ -70,6 +71,7 @@ def masked_cross_entropy(logits: Tensor, target: Tensor) -> Tensor:
         >>> F.cross_entropy(logits[:2], torch.tensor([0, 1]))
         tensor(0.1269)
     """
+    _check_tensors("masked_cross_entropy", logits=logits, target=target)
     if logits.ndim != 2 or target.ndim != 1 or target.shape[0] != logits.shape[0]:
         raise ValueError(
             f"masked_cross_entropy needs logits (N, C) and target (N,), got "
@@ -84,11 +86,15 @@ def masked_cross_entropy(logits: Tensor, target: Tensor) -> Tensor:
 def prepare_features(features: Tensor, probe: nn.Module) -> Tensor:
     """``features`` detached, on the probe's device, floating values in the probe's dtype.
 
+    Raises:
+        TypeError: If ``features`` is not a tensor.
+
     Example:
         >>> x = torch.ones(2, 3, dtype=torch.bfloat16, requires_grad=True)
         >>> prepare_features(x, torch.nn.Linear(3, 2)).dtype
         torch.float32
     """
+    _check_tensors("prepare_features", features=features)
     features = features.detach()
     weight = next((p for p in probe.parameters() if p.is_floating_point()), None)
     if weight is None:
@@ -168,6 +174,9 @@ def probe_step(
     Returns:
         A :class:`ProbeStep`: ``logits``, ``loss`` and the ``rows`` the loss averages.
 
+    Raises:
+        TypeError: If ``features`` or ``target`` is not a tensor.
+
     Example:
         >>> probe = torch.nn.Linear(2, 3)
         >>> x = torch.tensor([[1.0, 0.0], [float("nan"), 1.0], [0.0, 1.0]])
@@ -178,6 +187,7 @@ def probe_step(
         >>> bool(probe.weight.grad.isfinite().all())
         True
     """
+    _check_tensors("probe_step", features=features, target=target)
     features = prepare_features(features, probe)
     if finite is None:
         finite = finite_rows(features)
@@ -201,12 +211,16 @@ def probe_predict(probe: nn.Module, features: Tensor) -> Tensor:
     Returns:
         ``(N, C)`` detached outputs.
 
+    Raises:
+        TypeError: If ``features`` is not a tensor.
+
     Example:
         >>> probe = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout(0.9))
         >>> x = torch.ones(4, 2)
         >>> torch.equal(probe_predict(probe, x), probe[0](x).detach()), probe.training
         (True, True)
     """
+    _check_tensors("probe_predict", features=features)
     modes = [(module, module.training) for module in probe.modules()]
     probe.eval()
     try:
@@ -215,3 +229,11 @@ def probe_predict(probe: nn.Module, features: Tensor) -> Tensor:
     finally:
         for module, training in modes:
             module.training = training
+
+
+def _check_tensors(owner: str, **tensors: object) -> None:
+    for argument, value in tensors.items():
+        if not isinstance(value, Tensor):
+            raise TypeError(
+                f"{owner}: {argument} must be a torch.Tensor, got {type(value).__name__}"
+            )

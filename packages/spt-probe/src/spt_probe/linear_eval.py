@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from spt_core.checks import finite_rows, positive_int
-from spt_probe.functional import LossFn, probe_step
+from spt_probe.functional import LossFn, _check_tensors, probe_step
 from spt_trainable.optimizers import OptimizerSpec, create_optimizer
 
 __all__ = ["DEFAULT_FIT_OPTIMIZER", "fit_probe", "fresh_probe", "not_reset"]
@@ -40,12 +40,17 @@ def fresh_probe(probe: nn.Module, seed: int = 0) -> nn.Module:
     Returns:
         The new module, in train mode.
 
+    Raises:
+        TypeError: If ``seed`` is not an int.
+        ValueError: If ``seed`` is negative.
+
     Example:
         >>> torch.manual_seed(3); expected = nn.Linear(4, 2)  # doctest: +ELLIPSIS
         <torch._C.Generator object at ...>
         >>> torch.equal(fresh_probe(nn.Linear(4, 2), seed=3).weight, expected.weight)
         True
     """
+    positive_int(seed, "fresh_probe: seed", 0)
     device = next((p.device for p in probe.parameters()), torch.device("cpu"))
     fresh = copy.deepcopy(probe).cpu()
     with torch.random.fork_rng(devices=[]):
@@ -116,7 +121,9 @@ def fit_probe(
         ``probe``, trained, in train mode.
 
     Raises:
-        ValueError: If ``epochs < 0`` or ``batch_size < 1``.
+        TypeError: If ``features`` or ``labels`` is not a tensor, or ``epochs``,
+            ``batch_size`` or ``seed`` not an int.
+        ValueError: If ``epochs < 0``, ``batch_size < 1`` or ``seed < 0``.
 
     Example:
         >>> x = torch.tensor([[1.0, 0.0], [0.0, 1.0]]).repeat(8, 1)
@@ -128,6 +135,8 @@ def fit_probe(
     """
     positive_int(epochs, "fit_probe: epochs", 0)
     positive_int(batch_size, "fit_probe: batch_size")
+    positive_int(seed, "fit_probe: seed", 0)
+    _check_tensors("fit_probe", features=features, labels=labels)
     spec = DEFAULT_FIT_OPTIMIZER if optimizer is None else optimizer
     trained = [p for p in probe.parameters() if p.requires_grad]
     steps = create_optimizer(trained, dict(spec) if isinstance(spec, Mapping) else spec)

@@ -123,8 +123,9 @@ class OnlineProbe(ProbeInputs, TrainableCallback):
 
     Raises:
         TypeError: For a missing ``name``/``input``/``target``/``probe``, or an argument of
-            the wrong type.
-        ValueError: For an empty key or name, or invalid training options.
+            the wrong type (a non-string key, a non-int count or seed...).
+        ValueError: For an empty key or name, a count below its minimum or another option
+            out of range. Messages name the ``state_key`` and the argument.
 
     Example:
         >>> import torch

@@ -45,8 +45,9 @@ class OnlineQueue(SPTCallback):
     Raises:
         ValueError: If ``queue_length`` or a size of ``dim`` is not positive, or ``key`` is
             empty.
-        TypeError: If ``key`` is not a string, ``queue_length`` not an int or ``dtype`` not
-            a ``torch.dtype``.
+        TypeError: If ``key`` is not a string, ``queue_length`` not an int, ``dim`` not an int
+            or a sequence of ints, or ``dtype`` not a ``torch.dtype``. Messages name the
+            queue's ``state_key`` and the argument.
 
     Example:
         >>> queue = OnlineQueue("embedding", queue_length=4, dim=2)
@@ -66,13 +67,13 @@ class OnlineQueue(SPTCallback):
         dtype: torch.dtype | None = None,
         verbose: bool | None = None,
     ) -> None:
-        string_key(key, "key")
-        positive_int(queue_length, "queue_length")
-        if dtype is not None and not isinstance(dtype, torch.dtype):
-            raise TypeError(f"dtype must be a torch.dtype or None, got {dtype!r}")
+        string_key(key, "OnlineQueue: key")
         super().__init__(name=key.replace("/", "."), verbose=verbose)
+        positive_int(queue_length, f"{self.state_key}: queue_length")
+        if dtype is not None and not isinstance(dtype, torch.dtype):
+            raise TypeError(f"{self.state_key}: dtype must be a torch.dtype or None, got {dtype!r}")
         self.key = key
-        self.dim = flat_dim(dim)
+        self.dim = flat_dim(dim, f"{self.state_key}: dim")
         self.buffer = RingBuffer(queue_length, shape=self.dim, dtype=dtype)
         self.consumers: list[str] = []  # callbacks that read this queue, named in its errors
         self.class_label_consumers: list[str] = []
@@ -98,23 +99,30 @@ class OnlineQueue(SPTCallback):
     def expect_class_labels(self, consumer: str) -> None:
         """Register ``consumer`` (a ``state_key``) as reading the rows as integer class labels.
 
-        From then on a training batch whose ``key`` is not one integer per row (floating-point
-        values, several values per row) raises a ``TypeError`` that names the consumer.
+        From then on a training batch whose ``key`` holds floating-point values raises a
+        ``TypeError``, and one with several values per row a ``ValueError``, that names the
+        consumer.
         """
         if consumer not in self.class_label_consumers:
             self.class_label_consumers.append(consumer)
 
     def read(self, n: int | None = None) -> Tensor:
-        """A copy of this rank's ``n`` most recent rows (all when ``None``), oldest first."""
+        """A copy of this rank's ``n`` most recent rows (all when ``None``), oldest first.
+
+        Raises:
+            TypeError: If ``n`` is neither ``None`` nor an int.
+            ValueError: If ``n`` is negative.
+        """
         return self.buffer.last(n)
 
     def append(self, value: Any) -> None:
         """Check ``value`` (a tensor or a sequence of numbers) and append it as rows.
 
         Raises:
-            TypeError: If it cannot become a tensor, or is not one integer per row for a
-                class-label consumer.
-            ValueError: If its rows do not have ``dim`` features or the rows' shape changed.
+            TypeError: If it cannot become a tensor, or holds no integers for a class-label
+                consumer.
+            ValueError: If its rows do not have ``dim`` features, the rows' shape changed, or
+                a row holds more than one value for a class-label consumer.
         """
         rows = self._as_rows(value)
         if self.class_label_consumers:
@@ -161,7 +169,7 @@ class OnlineQueue(SPTCallback):
                 "or the step (non-integral values such as soft labels are not classes)"
             )
         if rows.dim() == 0 or math.prod(rows.shape[1:]) != 1:
-            raise TypeError(
+            raise ValueError(
                 f"{self._owner()}: '{self.key}' must hold one integer class label per row for "
                 f"{readers}, got a tensor of shape {tuple(rows.shape)}"
             )

@@ -118,8 +118,13 @@ class RingBuffer:
         self._size = min(self._size + n, self.capacity)
 
     def last(self, n: int | None = None) -> Tensor:
-        """A copy of the ``n`` most recent rows (all when ``None``), oldest first."""
-        n = self._size if n is None else min(max(int(n), 0), self._size)
+        """A copy of the ``n`` most recent rows (all when ``None``), oldest first.
+
+        Raises:
+            TypeError: If ``n`` is neither ``None`` nor an int.
+            ValueError: If ``n`` is negative.
+        """
+        n = self._size if n is None else min(positive_int(n, "n", 0), self._size)
         if self._data is None:
             return torch.empty((0, *(self.shape or ())), dtype=self.dtype, device=self.device)
         if n <= self._head:

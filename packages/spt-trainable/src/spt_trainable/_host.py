@@ -41,7 +41,7 @@ class ModuleHost(SPTCallback):
     def __init__(self, name: str, module: ModuleSpec | None, verbose: bool | None) -> None:
         super().__init__(name, verbose=verbose)
         if module is not None:
-            check_module(module, self.module_argument)
+            check_module(module, f"{self.state_key}: {self.module_argument}")
         self._module_spec = module
         self._module: nn.Module | None = None
         self._device: torch.device | None = None

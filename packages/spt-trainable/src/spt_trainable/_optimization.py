@@ -55,9 +55,9 @@ class OptimizerHost(ModuleHost):
     ) -> None:
         super().__init__(name, module, verbose)
         if optimizer is not None:
-            check_optimizer(optimizer, "optimizer")
+            check_optimizer(optimizer, f"{self.state_key}: optimizer")
         if scheduler is not None:
-            check_scheduler(scheduler, "scheduler")
+            check_scheduler(scheduler, f"{self.state_key}: scheduler")
         self._optimizer_spec = optimizer
         self._scheduler_spec = scheduler
         self._optimizer: Optimizer | None = None

@@ -12,6 +12,7 @@ from lightning.pytorch import Trainer
 from torch import nn
 
 from spt_core import distributed
+from spt_core.checks import positive_int
 
 __all__ = [
     "CLIP_ALGORITHMS",
@@ -26,36 +27,37 @@ CLIP_ALGORITHMS = ("norm", "value")
 
 
 def check_stepping(
-    accumulate_grad_batches: Any, gradient_clip_val: Any, gradient_clip_algorithm: Any
+    accumulate_grad_batches: Any,
+    gradient_clip_val: Any,
+    gradient_clip_algorithm: Any,
+    owner: str = "TrainableCallback",
 ) -> None:
-    """Raise a ``ValueError`` naming the argument and its value when one is out of range.
+    """Raise naming ``owner`` (a ``state_key``), the argument and its value when one is not
+    allowed.
+
+    Raises:
+        TypeError: If ``accumulate_grad_batches`` is not an int, or ``gradient_clip_val`` is
+            neither a number nor ``None``.
+        ValueError: If ``accumulate_grad_batches < 1``, ``gradient_clip_val`` is not a number
+            ``> 0``, or ``gradient_clip_algorithm`` is not one of :data:`CLIP_ALGORITHMS`.
 
     Example:
         >>> check_stepping(2, None, "norm")
-        >>> check_stepping(0, None, "norm")
+        >>> check_stepping(0, None, "norm", "TrainableCallback[name=head]")
         Traceback (most recent call last):
         ...
-        ValueError: accumulate_grad_batches must be an int >= 1, got 0
-    """
-    if (
-        isinstance(accumulate_grad_batches, bool)
-        or not isinstance(accumulate_grad_batches, int)
-        or accumulate_grad_batches < 1
-    ):
-        raise ValueError(
-            f"accumulate_grad_batches must be an int >= 1, got {accumulate_grad_batches!r}"
-        )
-    if gradient_clip_val is not None and (
-        isinstance(gradient_clip_val, bool)
-        or not isinstance(gradient_clip_val, (int, float))
-        or not gradient_clip_val > 0
-    ):
-        raise ValueError(
-            f"gradient_clip_val must be a number > 0 or None, got {gradient_clip_val!r}"
-        )
+        ValueError: TrainableCallback[name=head]: accumulate_grad_batches must be an integer >= 1, got 0
+    """  # noqa: E501
+    positive_int(accumulate_grad_batches, f"{owner}: accumulate_grad_batches")
+    if gradient_clip_val is not None:
+        message = f"{owner}: gradient_clip_val must be a number > 0 or None, got "
+        if isinstance(gradient_clip_val, bool) or not isinstance(gradient_clip_val, (int, float)):
+            raise TypeError(message + repr(gradient_clip_val))
+        if not gradient_clip_val > 0:
+            raise ValueError(message + repr(gradient_clip_val))
     if gradient_clip_algorithm not in CLIP_ALGORITHMS:
         raise ValueError(
-            f"gradient_clip_algorithm must be one of {CLIP_ALGORITHMS}, "
+            f"{owner}: gradient_clip_algorithm must be one of {CLIP_ALGORITHMS}, "
             f"got {gradient_clip_algorithm!r}"
         )
 

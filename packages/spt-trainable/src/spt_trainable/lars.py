@@ -82,8 +82,10 @@ class LARS(Optimizer):
         dampening: Dampening of the momentum buffer (default 0).
 
     Raises:
-        ValueError: For a negative ``lr``, ``momentum``, ``weight_decay``, ``eta`` or ``eps``,
-            or Nesterov without momentum or with dampening.
+        TypeError: If ``lr``, ``momentum``, ``weight_decay``, ``eta``, ``eps`` or
+            ``dampening`` is not a number.
+        ValueError: If one of those numbers is negative or NaN (as ``torch.optim.SGD``
+            refuses a negative ``lr``), or for Nesterov without momentum or with dampening.
 
     Example:
         >>> w = torch.nn.Parameter(torch.tensor([3.0, 4.0]).reshape(1, 2))
@@ -115,7 +117,9 @@ class LARS(Optimizer):
             "eps": eps,
             "dampening": dampening,
         }.items():
-            if not isinstance(value, (int, float)) or value < 0:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError(f"LARS: {arg} must be a number >= 0, got {value!r}")
+            if not value >= 0:
                 raise ValueError(f"LARS: {arg} must be a number >= 0, got {value!r}")
         if nesterov and (momentum <= 0 or dampening != 0):
             raise ValueError(

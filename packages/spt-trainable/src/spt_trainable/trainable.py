@@ -75,9 +75,11 @@ class TrainableCallback(OptimizerHost):
         verbose: See :class:`~spt_core.SPTCallback`.
 
     Raises:
-        TypeError: For a module, optimizer or scheduler of no accepted form.
+        TypeError: For a module, optimizer or scheduler of no accepted form, a non-int
+            ``accumulate_grad_batches`` or a ``gradient_clip_val`` that is not a number.
         ValueError: For ``accumulate_grad_batches < 1``, a non-positive
-            ``gradient_clip_val`` or an unknown ``gradient_clip_algorithm``.
+            ``gradient_clip_val`` or an unknown ``gradient_clip_algorithm``; the message
+            names the ``state_key`` and the argument.
 
     Example:
         >>> from torch import nn
@@ -98,7 +100,9 @@ class TrainableCallback(OptimizerHost):
         verbose: bool | None = None,
     ) -> None:
         super().__init__(name, module, optimizer, scheduler, verbose)
-        check_stepping(accumulate_grad_batches, gradient_clip_val, gradient_clip_algorithm)
+        check_stepping(
+            accumulate_grad_batches, gradient_clip_val, gradient_clip_algorithm, self.state_key
+        )
         self.accumulate_grad_batches = accumulate_grad_batches
         self.gradient_clip_val = gradient_clip_val
         self.gradient_clip_algorithm = gradient_clip_algorithm
