@@ -20,7 +20,17 @@ UMAP's one-shot time:
 
     python tools/bench_latentviz.py --scenario moving --threads 1 --out bench_moving.json
 
-Needs scikit-learn; umap-learn and openTSNE are optional (``pip install umap-learn openTSNE``).
+``--scenario overhead`` times what LatentViz adds to a training step with wide features
+(default: D=2048, ``queue_length=2048``, ``update_interval=1``, 64 new random rows per step, a
+queue filled before the first step, no map drawn): its ``on_train_batch_end`` per update,
+whitening every row of the graph at every update (``reuse_whitening=False``, as before the
+cache of whitened rows) and only the new ones (the default), the two taking turns in the same
+run from the same seed; the final projections are compared too:
+
+    python tools/bench_latentviz.py --scenario overhead --threads 2 --out bench_overhead.json
+
+Needs scikit-learn (except ``overhead``); umap-learn and openTSNE are optional
+(``pip install umap-learn openTSNE``).
 """
 
 from __future__ import annotations
@@ -51,9 +61,14 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--only", nargs="*", help="methods to run (default: all available)")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     parser.add_argument("--plots", type=Path, help="keep LatentViz's .npz/.png here")
-    parser.add_argument("--scenario", choices=("fixed", "moving"), default="fixed")
+    parser.add_argument("--scenario", choices=("fixed", "moving", "overhead"), default="fixed")
     parser.add_argument("--epochs", type=int, default=20, help="moving: backbone epochs")
     parser.add_argument("--plot-interval", type=int, default=2, help="moving: epochs per map")
+    parser.add_argument("--dim", type=int, default=2048, help="overhead: feature size")
+    parser.add_argument("--queue-length", type=int, default=2048, help="overhead: queue rows")
+    parser.add_argument("--batch-size", type=int, default=64, help="overhead: rows per step")
+    parser.add_argument("--steps", type=int, default=40, help="overhead: timed updates")
+    parser.add_argument("--accelerator", default="cpu", help="overhead: Lightning accelerator")
     return parser.parse_args()
 
 
@@ -185,6 +200,9 @@ def main() -> None:
     from sklearn.manifold import trustworthiness
 
     torch.set_num_threads(args.threads)
+    if args.scenario == "overhead":
+        run_overhead(args)
+        return
     x, y = digits()
     if args.scenario == "moving":
         run_moving(x, y, args)
@@ -388,6 +406,141 @@ def report_moving(plots: list[dict[str, Any]], args: argparse.Namespace, k: int)
         plots=plots,
         verdict={"within_0.02_of_umap": within, "faster_than_umap": faster},
     )
+
+
+# ----------------------------------------------------------------------------- step overhead
+
+OVERHEAD_CASES = {"whitened at every update (before)": False, "whitening reused (after)": True}
+
+
+def run_overhead(args: argparse.Namespace) -> None:
+    """LatentViz's training-hook time per update, whitening the rows at every update or
+    reusing them, the two cases taking turns ``--repeats`` times."""
+    import torch
+
+    seconds: dict[str, list[float]] = {case: [] for case in OVERHEAD_CASES}
+    projections: dict[str, dict[str, Any]] = {}
+    for _ in range(args.repeats):
+        for case, reuse in OVERHEAD_CASES.items():
+            times, projection = time_updates(args, reuse)
+            seconds[case] += times
+            projections[case] = projection
+    before, after = (projections[case] for case in OVERHEAD_CASES)
+    same = all(torch.equal(before[key], after[key]) for key in before)
+    gap = max(float((before[key] - after[key]).abs().max()) for key in before)
+    rows = []
+    for case, times in seconds.items():
+        rows.append(
+            {
+                "case": case,
+                "updates": len(times),
+                "mean_ms": 1e3 * statistics.fmean(times),
+                "median_ms": 1e3 * statistics.median(times),
+            }
+        )
+    speedup = rows[0]["mean_ms"] / rows[1]["mean_ms"]
+    print(
+        f"\nLatentViz hook per update: D={args.dim}, queue_length={args.queue_length}, "
+        f"{args.batch_size} new rows per step, update_interval=1, projection_mlp(D, "
+        f"{args.hidden}), {args.accelerator}, {args.threads} thread(s), {args.repeats} run(s) "
+        "of each"
+    )
+    print("| case | updates | mean ms | median ms |")
+    print("|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['case']} | {r['updates']} | {r['mean_ms']:.1f} | {r['median_ms']:.1f} |")
+    print(
+        f"\nbefore / after (means): {speedup:.2f}x; final projections identical: {same} "
+        f"(largest parameter difference {gap:.3g})"
+    )
+    write_results(
+        args,
+        scenario="training-step overhead of LatentViz, wide random features",
+        dim=args.dim,
+        queue_length=args.queue_length,
+        batch_size=args.batch_size,
+        accelerator=args.accelerator,
+        results=rows,
+        speedup_of_mean=speedup,
+        identical_projections=same,
+        largest_parameter_difference=gap,
+    )
+
+
+def time_updates(args: argparse.Namespace, reuse: bool) -> tuple[list[float], dict[str, Any]]:
+    """One fit of ``--steps`` updates after a warm-up one; the seconds of each timed update
+    and the final projection's parameters."""
+    import lightning as L
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from spt_latentviz import LatentViz, projection_mlp
+    from spt_queue import OnlineQueue
+
+    dim, rows_per_step = args.dim, args.batch_size
+
+    class RandomFeatures(L.LightningModule):
+        """A backbone whose steps emit fresh random rows and learn nothing (a cheap step)."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.automatic_optimization = False
+
+        def training_step(self, batch: Any, batch_idx: int) -> dict:
+            return {"embedding": torch.randn(rows_per_step, dim, device=self.device)}
+
+        def configure_optimizers(self) -> None:
+            return None
+
+    def synchronize() -> None:
+        if torch.cuda.is_available() and args.accelerator in ("gpu", "cuda"):
+            torch.cuda.synchronize()
+
+    class TimedViz(LatentViz):
+        """Times its training hook; draws no map (this benchmark times the training steps)."""
+
+        def __init__(self, *options: Any, **settings: Any) -> None:
+            super().__init__(*options, **settings)
+            self.seconds: list[float] = []
+
+        def on_train_batch_end(self, *hook_args: Any) -> None:
+            synchronize()
+            start = time.perf_counter()
+            super().on_train_batch_end(*hook_args)
+            synchronize()
+            self.seconds.append(time.perf_counter() - start)
+
+        def visualize(self, *options: Any, **settings: Any) -> None:
+            return None
+
+    torch.manual_seed(args.seed)
+    queue = OnlineQueue("embedding", args.queue_length)
+    queue.buffer.append(torch.randn(args.queue_length, dim))
+    viz = TimedViz(
+        "wide",
+        "embedding",
+        None,
+        projection=projection_mlp(dim, args.hidden),
+        queue_length=args.queue_length,
+        update_interval=1,
+    )
+    viz.reuse_whitening = reuse
+    with tempfile.TemporaryDirectory() as scratch:
+        trainer = L.Trainer(
+            accelerator=args.accelerator,
+            devices=1,
+            max_epochs=1,
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            enable_checkpointing=False,
+            default_root_dir=scratch,
+            callbacks=[viz, queue],
+        )
+        steps = torch.zeros(args.steps + 1, 1)
+        trainer.fit(RandomFeatures(), DataLoader(TensorDataset(steps), batch_size=1))
+    parameters = {key: value.detach().cpu() for key, value in viz.projection.state_dict().items()}
+    return viz.seconds[1:], parameters  # the first update agrees the scaling
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from spt_core import distributed
 from spt_latentviz._checks import check_map
 from spt_latentviz._graph import neighbour_graph
+from spt_latentviz._whitening import WhitenedRows, whiten
 from spt_latentviz.alignment import (
     align_map,
     alignment,
@@ -29,7 +30,7 @@ class MapFrames(TrainableCallback):
     :func:`~spt_latentviz.alignment.feature_scaling`), then the frame's rotation or
     reflection and shift. When a map is drawn, :meth:`refine_map` fits the map to the drawn
     rows (their points first, then the projection to them) and aligns the new frame to the
-    previous one.
+    previous one. The drawn rows are whitened once per scaling, not at every step.
     """
 
     whitening_floor: float = 0.1
@@ -65,12 +66,17 @@ class MapFrames(TrainableCallback):
     _alignment: tuple[Tensor, Tensor] | None
     _frame_module: dict[str, Tensor] | None
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._whitened_rows = WhitenedRows()  # the training rows, whitened; never checkpointed
+
     def map_rows(self, module: nn.Module, rows: Tensor) -> Tensor:
         """The map of ``rows`` before the frame's alignment (differentiable)."""
-        if self._scaling is not None:
-            centre, transform = (t.to(rows.device, rows.dtype) for t in self._scaling)
-            rows = (rows - centre) @ transform
-        return self.map_gain * module(rows)
+        return self.map_whitened(module, whiten(rows, self._scaling))
+
+    def map_whitened(self, module: nn.Module, white: Tensor) -> Tensor:
+        """:meth:`map_rows` of rows already whitened by the current scaling."""
+        return self.map_gain * module(white)
 
     def project(self, features: Tensor) -> Tensor:
         """Map ``features`` (``(N, ...)``, flattened to ``(N, D)``) to ``(N, 2)`` fp32 points,
@@ -91,6 +97,7 @@ class MapFrames(TrainableCallback):
         sums = [rows.sum(dim=0), rows.T @ rows, torch.tensor(float(len(rows)), device=rows.device)]
         distributed.all_reduce_mean(sums)  # the common factor cancels out
         self._scaling = scaling_from_sums(*sums, floor=self.whitening_floor)
+        self._whitened_rows.clear()
 
     def refine_map(self, rows: Tensor, seed: int) -> int:
         """Fit the map to ``rows`` (every rank's gathered rows, the same on every rank) and
@@ -105,20 +112,25 @@ class MapFrames(TrainableCallback):
         ``refine_patience`` windows, or after ``refine_max_steps``. Rank 0's result is
         broadcast (one collective), so every rank holds the same map.
         """
-        reference = self._previous_frame(rows)
+        reference = before = None
+        if self._frame_module is not None:
+            with self.evaluation_context():
+                before = whiten(rows, self._scaling)  # by the previous frame's scaling
+            reference = self._previous_frame(self._frame_module, before)
         starts = [principal_components(rows).float() * self.map_gain]
-        if reference is not None:
+        if before is not None:
             with self.evaluation_context() as projection:
-                starts.append(self.map_rows(projection, rows).float())
+                starts.append(self.map_whitened(projection, before).float())
         self._scaling = feature_scaling(rows.double(), self.whitening_floor)
         points, moved = self._move_points(rows, starts, seed)
         with self.evaluation_context() as projection:
-            drawn = self.map_rows(projection, rows).float()
+            white = whiten(rows, self._scaling)
+            drawn = self.map_whitened(projection, white).float()
         # The loss ignores rotations: the projection learns the turn of the points nearest
         # to what it draws now.
-        fitted = self._fit_projection(rows, align_map(points, drawn))
+        fitted = self._fit_projection(white, align_map(points, drawn))
         with self.evaluation_context() as projection:
-            z = self.map_rows(projection, rows).float()
+            z = self.map_whitened(projection, white).float()
         if reference is None:
             rotation, shift = torch.eye(2, device=z.device), -z.mean(dim=0)
         else:
@@ -126,6 +138,7 @@ class MapFrames(TrainableCallback):
         self._alignment = (rotation, shift)
         state = self.module.state_dict()
         distributed.broadcast_([*state.values(), *self._scaling, *self._alignment])
+        self._whitened_rows.clear()  # the broadcast may have changed the scaling in place
         self._frame_module = {key: value.detach().clone() for key, value in state.items()}
         return moved + fitted
 
@@ -142,6 +155,7 @@ class MapFrames(TrainableCallback):
         self._scaling = state.get("scaling")
         self._alignment = state.get("alignment")
         self._frame_module = state.get("frame_module")
+        self._whitened_rows.clear()
 
     # ------------------------------------------------------------------ internals
 
@@ -151,16 +165,15 @@ class MapFrames(TrainableCallback):
         rotation, shift = (t.to(z.device, z.dtype) for t in self._alignment)
         return z @ rotation + shift
 
-    def _previous_frame(self, rows: Tensor) -> Tensor | None:
-        """The last frame's map (its projection, scaling and alignment) of ``rows``."""
-        if self._frame_module is None:
-            return None
+    def _previous_frame(self, frame_module: dict[str, Tensor], white: Tensor) -> Tensor:
+        """The last frame's map (its projection ``frame_module`` and alignment) of rows
+        whitened by its scaling."""
         module = self.module
         current = {key: v.detach().clone() for key, v in module.state_dict().items()}
-        module.load_state_dict(self._frame_module)
+        module.load_state_dict(frame_module)
         try:
             with self.evaluation_context() as projection:
-                return self._aligned(self.map_rows(projection, rows).float())
+                return self._aligned(self.map_whitened(projection, white).float())
         finally:
             module.load_state_dict(current)
 
@@ -201,16 +214,17 @@ class MapFrames(TrainableCallback):
                 optimizer.step()
         return points.detach(), steps
 
-    def _fit_projection(self, rows: Tensor, points: Tensor) -> int:
-        """Train the projection to draw ``points`` (squared error); the steps taken."""
+    def _fit_projection(self, white: Tensor, points: Tensor) -> int:
+        """Train the projection to draw ``points`` from the whitened rows ``white`` (squared
+        error); the steps taken."""
         parameters = self._parameters()
         pending = [p.grad for p in parameters]  # an unfinished accumulation window
         optimizer = torch.optim.AdamW(parameters, lr=self.refine_lr, weight_decay=1e-2)
         with self.training_context() as projection:
 
             def step() -> Tensor:
-                z = self.map_rows(projection, rows)
-                check_map(z, len(rows), self.state_key)
+                z = self.map_whitened(projection, white)
+                check_map(z, len(white), self.state_key)
                 loss = (z.float() - points).square().sum(dim=1).mean()
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()

@@ -11,6 +11,7 @@ from torch import Tensor
 
 from spt_core import distributed
 from spt_latentviz._frames import MapFrames
+from spt_latentviz._whitening import whiten
 from spt_latentviz.functional import drop_non_finite, neighbour_graph, projection_loss
 from spt_queue import OnlineQueue, find_or_create_queue, read_aligned
 from spt_trainable import logger_writes_this_step
@@ -27,6 +28,11 @@ class MapTraining(MapFrames):
 
     graph_refresh: float = 0.1
     """Rebuild the neighbour graph once this fraction of the queue's rows is new."""
+    reuse_whitening: bool = True
+    """Keep the graph's rows whitened from one update to the next and whiten only the rows
+    appended since (:class:`~spt_latentviz._whitening.WhitenedRows`); ``False`` whitens every
+    row at every update in one matrix product. The two agree up to float rounding (a row can
+    round differently in a product of another height)."""
 
     input: str
     target: str | None
@@ -84,8 +90,8 @@ class MapTraining(MapFrames):
                 loss = sum(p.sum() for p in projection.parameters()) * 0.0
             else:
                 loss = projection_loss(
-                    lambda x: self.map_rows(projection, x), rows, neighbours,
-                    self.n_negatives, self._generator, owner=self.state_key,
+                    lambda white: self.map_whitened(projection, white), self._whiten(rows),
+                    neighbours, self.n_negatives, self._generator, owner=self.state_key,
                 )  # fmt: skip
         self.backward_and_step(loss, trainer)
         loss = loss.detach()
@@ -141,9 +147,16 @@ class MapTraining(MapFrames):
                 self._generator = self._generator or torch.Generator()
                 self._generator.set_state(states[distributed.rank() % len(states)].clone())
         self._graph = None
+        self._whitened_rows.reset()
         super().load_state_dict(state)
 
     # ------------------------------------------------------------------ internals
+
+    def _whiten(self, rows: Tensor) -> Tensor:
+        """The graph's ``rows`` whitened by the current scaling."""
+        if self.reuse_whitening:
+            return self._whitened_rows.whiten(rows, self._scaling)
+        return whiten(rows, self._scaling)
 
     def _log_epoch_loss(self, pl_module: LightningModule) -> None:
         """Log ``train/{name}_loss``, the mean of this epoch's update losses over every rank.
@@ -195,6 +208,8 @@ class MapTraining(MapFrames):
                 f"rank {distributed.rank()}: left out {len(kept) - len(rows)} rows of "
                 f"'{self.input}' with non-finite values"
             )
+        start = queue.appended - len(rows) if kept is None else None  # consecutive rows
+        self._whitened_rows.place(rows, queue, start)
         neighbours = None
         if len(rows) > self.k_neighbors:
             neighbours = neighbour_graph(rows, self.k_neighbors, metric=self.distance_metric)
