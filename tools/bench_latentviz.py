@@ -474,6 +474,7 @@ def time_updates(args: argparse.Namespace, reuse: bool) -> tuple[list[float], di
     import torch
     from torch.utils.data import DataLoader, TensorDataset
 
+    from spt_core.testing import quiet_trainer
     from spt_latentviz import LatentViz, projection_mlp
     from spt_queue import OnlineQueue
 
@@ -526,16 +527,8 @@ def time_updates(args: argparse.Namespace, reuse: bool) -> tuple[list[float], di
     )
     viz.reuse_whitening = reuse
     with tempfile.TemporaryDirectory() as scratch:
-        trainer = L.Trainer(
-            accelerator=args.accelerator,
-            devices=1,
-            max_epochs=1,
-            logger=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            enable_checkpointing=False,
-            default_root_dir=scratch,
-            callbacks=[viz, queue],
+        trainer = quiet_trainer(
+            accelerator=args.accelerator, default_root_dir=scratch, callbacks=[viz, queue]
         )
         steps = torch.zeros(args.steps + 1, 1)
         trainer.fit(RandomFeatures(), DataLoader(TensorDataset(steps), batch_size=1))
