@@ -2,50 +2,117 @@
 value of the right type outside what is allowed raises ``ValueError``, and both name the
 argument (after the callback's ``state_key`` where a callback raises).
 
-The table lists every public callback and the main public functions with each argument they
-check: one value of the wrong type and one of the right type out of range. Two documented
-exceptions: a name outside an allowed set of strings (``distance_metric="foo"``,
-``weighting=3``) is a ``ValueError`` for any value, and OnlineKNN's ``chunk_size`` follows the
-seed ("ValueError if chunk_size is invalid", whatever its type), as does ``knn_predict``'s.
+The table lists every public callback and every public function or class (each package's
+``__all__``) with each argument they check: one value of the wrong type and one of the right
+type out of range; the guard tests fail when an argument has no row (a few that no value
+makes wrong are listed with the reason). Two documented exceptions: a name outside an allowed
+set of strings (``distance_metric="foo"``, ``weighting=3``) is a ``ValueError`` for any value,
+and OnlineKNN's ``chunk_size`` follows the seed ("ValueError if chunk_size is invalid",
+whatever its type), as does ``knn_predict``'s.
 The last tests feed the same data faults through a real Trainer to each callback.
 """
 
 from __future__ import annotations
 
 import inspect
+import os
 import re
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 from torchmetrics.classification import MulticlassAccuracy
 
-from spt_core import set_verbosity
+import spt_core
+import spt_distance
+import spt_embed
+import spt_knn
+import spt_latentviz
+import spt_metrics
+import spt_probe
+import spt_queue
+import spt_trainable
+from spt_core import (
+    SPTCallback,
+    StageMetrics,
+    callbacks_metrics,
+    callbacks_modules,
+    lookup,
+    set_verbosity,
+    unique_names,
+)
 from spt_core.testing import Backbone, DictDataset, quiet_trainer
 from spt_distance import knn_search, pairwise_distances, plan_chunks
-from spt_embed import EvaluationSchedule, embed_loader
-from spt_knn import OnlineKNN, knn_bank, knn_predict, parse_sweep, weighted_vote
+from spt_embed import EvaluationSchedule, agree_features, embed_loader, gather_in_loader_order
+from spt_knn import (
+    OnlineKNN,
+    agree_on_rounds,
+    knn_bank,
+    knn_neighbours,
+    knn_predict,
+    merge_candidates,
+    parse_sweep,
+    sharded_neighbours,
+    weighted_vote,
+)
 from spt_latentviz import (
     LatentViz,
+    align_map,
     alignment,
+    draw_map,
     feature_scaling,
     knn_recall,
+    load_map,
+    map_scores,
     neighbour_embedding_loss,
     neighbour_graph,
     projection_loss,
     projection_mlp,
     sample_negatives,
+    save_animation,
+    save_map,
     trustworthiness,
 )
-from spt_metrics import DimsForEnergy, MetricsCallback, RankMe, Uniformity
+from spt_latentviz.alignment import principal_components, scaling_from_sums
+from spt_metrics import (
+    Alignment,
+    DimsForEnergy,
+    EffectiveRank,
+    EmbeddingStd,
+    FunctionMetric,
+    LiDAR,
+    MeanCosineSimilarity,
+    MetricsCallback,
+    RankMe,
+    Uniformity,
+    resolve_needs,
+)
 from spt_metrics.functional import rankme
-from spt_probe import OnlineProbe, fit_probe, fresh_probe, masked_cross_entropy, probe_step
-from spt_queue import OnlineQueue, RingBuffer
-from spt_trainable import LARS, TrainableCallback, create_optimizer
+from spt_probe import (
+    OnlineProbe,
+    fit_probe,
+    fresh_probe,
+    masked_cross_entropy,
+    probe_loss,
+    probe_predict,
+    probe_step,
+)
+from spt_queue import OnlineQueue, RingBuffer, find_or_create_queue, find_queue, read_aligned
+from spt_trainable import (
+    LARS,
+    TrainableCallback,
+    create_optimizer,
+    create_scheduler,
+    input_width,
+    logger_writes_this_step,
+)
 
 
 @dataclass(frozen=True)
@@ -241,6 +308,16 @@ EMBEDDING_LOSS = calling(
 EMBED = calling(
     embed_loader, Backbone(), loader=CLEAN, input="embedding", target="label", owner="d"
 )
+SEARCH = {"queries": ROWS, "bank": ROWS, "labels": LABELS, "k": 2}
+SHARD = {"queries": ROWS, "shard": ROWS, "shard_labels": LABELS, "k": 2, "rows": 10}
+CANDIDATES = torch.sort(ROWS, dim=1).values
+CANDIDATE_LABELS = torch.zeros(10, 3, dtype=torch.long)
+MAP, MAP_LABELS = np.zeros((4, 2)), np.array([0, 1, 0, 1])
+NOT_WRITTEN = os.path.join(tempfile.gettempdir(), "spt-one-rule-per-fault.npz")  # every call raises
+STRINGS, OBJECTS = [["a", "b"]] * 4, [object()] * 4
+SUMS = {"total": ROWS.sum(0), "outer": ROWS.T @ ROWS, "count": 10}
+STAND_IN = SimpleNamespace(callbacks=[])  # a Trainer's callbacks: all discovery reads
+NOT_BOOL = torch.ones(3, dtype=torch.bool)  # a bool per row, but 3 rows of 10
 
 FUNCTION_FAULTS = [
     # spt-knn
@@ -269,6 +346,54 @@ FUNCTION_FAULTS = [
     *faults("weighted_vote", calling(weighted_vote, ROWS[:, :2], GRAPH, 3), [
         ("weighting", 3, "gauss"),
     ], type_fault=ALLOWED),
+    *faults("weighted_vote", calling(weighted_vote, labels=GRAPH % 3, num_classes=3), [
+        ("distances", ROWS.tolist(), ROWS[:, 0]),
+    ]),
+    *faults("weighted_vote", calling(weighted_vote, ROWS[:, :2], num_classes=3), [
+        ("labels", GRAPH.float(), GRAPH[:5]),
+    ]),
+    *faults("knn_bank", calling(knn_bank, features=ROWS, labels=LABELS, sharded=True), [
+        ("sharded", 1),
+        ("keys", LABELS.float(), LABELS[:3]),
+    ]),
+    *faults("knn_neighbours", calling(knn_neighbours, **SEARCH), [
+        ("queries", ROWS.tolist(), ROWS[0]),
+        ("bank", ROWS.tolist(), ROWS[:, :2]),
+        ("labels", LABELS.float(), LABELS[:3]),
+        ("k", 2.0, -1),
+        ("chunk_size", 1.5, 0),
+    ]),
+    *faults("knn_neighbours", calling(knn_neighbours, **SEARCH), [
+        ("distance_metric", 3, "l2"),
+    ], type_fault=ALLOWED),
+    *faults("merge_candidates", calling(merge_candidates, CANDIDATES, CANDIDATE_LABELS, 2), [
+        ("keys", CANDIDATE_LABELS.float(), CANDIDATE_LABELS[:, :2]),
+    ]),
+    *faults("merge_candidates", calling(
+        merge_candidates, distances=CANDIDATES, labels=CANDIDATE_LABELS, k=2
+    ), [
+        ("distances", CANDIDATES.tolist(), CANDIDATES[0]),
+        ("labels", CANDIDATE_LABELS.tolist(), CANDIDATE_LABELS[:, :2]),
+        ("k", "2", 4),
+    ]),
+    *faults("sharded_neighbours", calling(sharded_neighbours, **SHARD), [
+        ("queries", ROWS.tolist(), ROWS[0]),
+        ("shard", 3, ROWS[:, :2]),
+        ("shard_labels", LABELS.float(), LABELS[:3]),
+        ("k", "2", -1),
+        ("rows", 10.0, 5),
+        ("chunk_size", 1.5, 0),
+        ("shard_keys", LABELS.float(), LABELS[:3]),
+    ]),
+    *faults("sharded_neighbours", calling(sharded_neighbours, **SHARD), [
+        ("distance_metric", 3, "l2"),
+    ], type_fault=ALLOWED),
+    *faults("agree_on_rounds", calling(
+        agree_on_rounds, queries=ROWS, rows=4, device=torch.device("cpu")
+    ), [
+        ("queries", ROWS.tolist(), ROWS[0]),
+        ("rows", "4", -1),
+    ]),
     *faults("parse_sweep", calling(parse_sweep, k=5, temperature=0.1), [
         ("k", "5", (5, 5)),
         ("temperature", ("a",), ()),
@@ -287,6 +412,9 @@ FUNCTION_FAULTS = [
         ("x", ROWS.int(), ROWS[0]),
         ("y", "rows", ROWS[:, :2]),
     ]),
+    *faults("pairwise_distances", calling(pairwise_distances, x=ROWS, y=ROWS), [
+        ("metric", 3, "l2"),
+    ], type_fault=ALLOWED),
     *faults("plan_chunks", calling(plan_chunks, n_queries=4, n_keys=10, dim=3, k=2), [
         ("n_queries", 4.5, -1),
         ("n_keys", "10", 0),
@@ -294,29 +422,54 @@ FUNCTION_FAULTS = [
         ("k", None, 11),
         ("chunk_size", 2.5, -3),
         ("memory_budget", 1.0, 0),
+        ("dtype", "float32", torch.int64),
+        ("device", 0.0, "no-such-device"),
     ]),
+    *faults("plan_chunks", calling(plan_chunks, n_queries=4, n_keys=10, dim=3, k=2), [
+        ("metric", 3, "l2"),
+    ], type_fault=ALLOWED),
     # spt-probe
     *faults("masked_cross_entropy", calling(masked_cross_entropy, logits=ROWS, target=LABELS), [
         ("logits", ROWS.tolist(), ROWS[:, 0]),
         ("target", LABELS.tolist(), LABELS[:3]),
     ]),
     *faults("probe_step", calling(probe_step, nn.Linear(3, 2), features=ROWS, target=LABELS), [
-        ("features", ROWS.tolist()),
-        ("target", LABELS.tolist()),
+        ("features", ROWS.tolist(), ROWS[0, 0]),
+        ("target", LABELS.tolist(), LABELS[:3]),
+        ("loss_fn", 3),
+        ("finite", LABELS, NOT_BOOL),
+    ]),
+    *faults("probe_step", calling(probe_step, features=ROWS, target=LABELS), [("probe", 3)]),
+    *faults("probe_loss", calling(probe_loss, logits=ROWS[:, :2], target=LABELS), [
+        ("logits", ROWS.tolist(), ROWS[0, 0]),
+        ("target", 3, LABELS[:3]),
+        ("loss_fn", 3),
+        ("finite", LABELS, NOT_BOOL),
+    ]),
+    *faults("probe_predict", calling(probe_predict, probe=nn.Linear(3, 2), features=ROWS), [
+        ("probe", 3),
+        ("features", 3, ROWS[0, 0]),
     ]),
     *faults("fit_probe", calling(fit_probe, nn.Linear(3, 2), features=ROWS, labels=LABELS), [
-        ("features", ROWS.tolist()),
-        ("labels", LABELS.tolist()),
+        ("features", ROWS.tolist(), ROWS[0, 0]),
+        ("labels", LABELS.tolist(), LABELS[:3]),
         ("epochs", "10", -1),
         ("batch_size", 4.0, 0),
         ("seed", 0.5, -1),
+        ("loss_fn", 3),
+        ("optimizer", 5, "no-such-optimizer"),
     ]),
+    *faults("fit_probe", calling(fit_probe, features=ROWS, labels=LABELS), [("probe", 3)]),
     *faults("fresh_probe", calling(fresh_probe, nn.Linear(3, 2)), [("seed", "0", -1)]),
+    *faults("fresh_probe", calling(fresh_probe), [("probe", 3)]),
     # spt-latentviz
     *faults("neighbour_graph", calling(neighbour_graph, x=ROWS, k=2), [
         ("x", ROWS.tolist(), ROWS[0]),
         ("k", 2.0, 10),
+        ("chunk_size", 1.5, 0),
     ]),
+    *faults("neighbour_graph", calling(neighbour_graph, x=ROWS, k=2), [("metric", 3, "l2")],
+            type_fault=ALLOWED),
     *(
         fault
         for function in (trustworthiness, knn_recall)
@@ -324,7 +477,15 @@ FUNCTION_FAULTS = [
             ("high", ROWS.tolist(), ROWS[0]),
             ("low", ROWS.numpy(), ROWS[:5]),
             ("k", "2", 0),
+            ("chunk_size", 1.5, 0),
         ])
+    ),
+    *(
+        fault
+        for function in (trustworthiness, knn_recall)
+        for fault in faults(function.__name__, calling(function, high=ROWS, low=ROWS, k=2), [
+            ("metric", 3, "l2"),
+        ], type_fault=ALLOWED)
     ),
     *faults("sample_negatives", NEGATIVE_SAMPLES, [
         ("num_points", 10.0, 0),
@@ -343,8 +504,60 @@ FUNCTION_FAULTS = [
         ("hidden_dim", 1.5, 0),
         ("depth", 2.0, -1),
     ]),
+    *faults("projection_loss", calling(
+        projection_loss, projection=nn.Linear(3, 2), rows=ROWS, neighbours=GRAPH, n_negatives=2
+    ), [
+        ("projection", 3),
+        ("rows", ROWS.tolist(), ROWS[0, 0]),
+        ("neighbours", GRAPH.tolist(), GRAPH[:5]),
+        ("generator", 3),
+    ]),
+    *faults("sample_negatives", NEGATIVE_SAMPLES, [
+        ("neighbours", GRAPH.tolist(), GRAPH[:, 0]),
+        ("generator", 0),
+    ]),
     *faults("alignment", calling(alignment, reference=ROWS[:, :2]), [("z", "z", ROWS[:, 0])]),
-    *faults("feature_scaling", calling(feature_scaling), [("rows", ROWS.tolist(), ROWS[0])]),
+    *faults("alignment", calling(alignment, z=ROWS[:, :2]), [("reference", 3, ROWS[:0, :2])]),
+    *faults("align_map", calling(align_map, reference=ROWS[:, :2]), [("z", 3, ROWS[:5, :2])]),
+    *faults("align_map", calling(align_map, z=ROWS[:, :2]), [("reference", 3, ROWS[:, :1])]),
+    *faults("feature_scaling", calling(feature_scaling), [("rows", ROWS.tolist(), ROWS[:0])]),
+    *faults("feature_scaling", calling(feature_scaling, ROWS), [("floor", "0.1", 0.0)]),
+    *faults("scaling_from_sums", calling(scaling_from_sums, **SUMS), [
+        ("total", SUMS["total"].long(), SUMS["total"][:2]),
+        ("outer", "outer", SUMS["outer"][:2]),
+        ("count", "10", torch.ones(2)),
+        ("floor", None, 1.5),
+    ]),
+    *faults("principal_components", calling(principal_components), [
+        ("rows", ROWS.tolist(), ROWS[:0]),
+    ]),
+    *faults("map_scores", calling(map_scores, high=ROWS, low=ROWS, k=2), [
+        ("high", ROWS.tolist(), ROWS[0]),
+        ("low", 3, ROWS[:5]),
+        ("k", "2", 5),
+    ]),
+    *faults("map_scores", calling(map_scores, ROWS, ROWS, 2), [("metric", 3, "l2")], None, ALLOWED),
+    *faults("draw_map", calling(draw_map, coordinates=MAP, labels=MAP_LABELS), [
+        ("coordinates", STRINGS, MAP[:, 0]),
+        ("labels", OBJECTS, MAP_LABELS[:3]),
+        ("title", 3),
+        ("size", "7x6", (0.0, 6.0)),
+        ("dpi", 100.0, 0),
+        ("limits", "xy", (0, 1, 1, 0)),
+    ]),
+    *faults("save_map", calling(save_map, path=NOT_WRITTEN, coordinates=MAP), [
+        ("path", 3, "map\x00.npz"),
+        ("coordinates", STRINGS, MAP[:, 0]),
+        ("labels", OBJECTS, MAP_LABELS[:3]),
+        ("epoch", "three", [3, 4]),  # **scalars: one number each
+    ]),
+    *faults("load_map", calling(load_map), [("path", 3, "map\x00.npz")]),
+    *faults("save_animation", calling(save_animation, frames=[NOT_WRITTEN], path="maps.gif"), [
+        ("frames", NOT_WRITTEN, []),
+        ("path", 3, "maps\x00.gif"),
+        ("name", 3),
+        ("seconds_per_frame", "1", 0.0),
+    ]),
     # spt-embed
     *faults("embed_loader", EMBED, [
         ("loader", 3),
@@ -353,21 +566,74 @@ FUNCTION_FAULTS = [
         ("embed", "embedding"),
         ("with_index", 1),
     ]),
+    *faults("embed_loader", calling(
+        embed_loader, loader=CLEAN, input="embedding", target="label", owner="d"
+    ), [("pl_module", 3)]),
     *faults("EvaluationSchedule", calling(EvaluationSchedule), [("every_n_epochs", 1.5, 0)]),
+    *faults("agree_features", calling(agree_features), [("features", ROWS.tolist(), ROWS[0])]),
+    *faults("gather_in_loader_order", calling(
+        gather_in_loader_order, features=ROWS, labels=LABELS, index=torch.arange(10)
+    ), [
+        ("features", 3, ROWS[0]),
+        ("labels", LABELS.float(), LABELS[:3]),
+        ("index", 3, torch.arange(3)),
+    ]),
     # spt-queue
     *faults("RingBuffer", calling(RingBuffer, capacity=4), [
         ("capacity", 1.5, 0),
         ("shape", "10", -1),
+        ("dtype", "float32"),
+        ("device", 0.0, "no-such-device"),
     ]),
     *faults("OnlineQueue.read", lambda _: lambda n: queue().read(n), [("n", "2", -1)]),
+    *faults("find_queue", calling(find_queue, trainer=STAND_IN, key="z"), [
+        ("trainer", 3),
+        ("key", 3, ""),
+    ]),
+    *faults("find_or_create_queue", calling(
+        find_or_create_queue, trainer=STAND_IN, key="z", queue_length=4
+    ), [
+        ("trainer", 3),
+        ("key", 3, ""),
+        ("queue_length", 4.0, 0),
+        ("dim", 1.5, 0),
+        ("dtype", "float32"),
+        ("previous", 3),
+        ("consumer", 3, ""),
+        ("class_labels", 1),
+    ]),
+    *faults("read_aligned", calling(read_aligned, queues=[queue()], n=2, owner="knn"), [
+        ("queues", 3),
+        ("n", "2", -1),
+    ]),
     # spt-metrics
     *faults("rankme", calling(rankme, z=torch.eye(2)), [
         ("z", torch.eye(2).bool(), torch.zeros(4)),
         ("eps", "small", -1.0),
     ]),
-    *faults("RankMe", calling(RankMe), [("num_features", "8", 0)]),
+    *(
+        fault
+        for metric in (RankMe, DimsForEnergy, Uniformity, EffectiveRank, EmbeddingStd, LiDAR,
+                       MeanCosineSimilarity)
+        for fault in faults(metric.__name__, calling(metric), [("num_features", "8", 0)])
+    ),
+    *faults("RankMe", calling(RankMe, 4), [("eps", "small", -1.0)]),
     *faults("DimsForEnergy", calling(DimsForEnergy, 4), [("energy", "all", 1.5)]),
     *faults("Uniformity", calling(Uniformity, 4), [("max_rows", 8.0, 1), ("t", "2", 0.0)]),
+    *faults("LiDAR", calling(LiDAR, 4), [("delta", "small", 0.0), ("eps", "small", -1.0)]),
+    *faults("Alignment", calling(Alignment), [("alpha", "2", 0.0)]),
+    *faults("FunctionMetric", calling(FunctionMetric, len), [
+        ("num_args", "1", -1),
+        ("keywords", "preds", ["preds", "preds"]),
+        ("per_step", 1),
+        ("compute_on_cpu", "no"),
+        ("name", 3, ""),
+    ]),
+    *faults("FunctionMetric", calling(FunctionMetric), [("function", 3)]),
+    *faults("resolve_needs", calling(resolve_needs), [("metrics", 3)]),
+    *faults("resolve_needs", calling(resolve_needs, {"acc": MulticlassAccuracy(3)}), [
+        ("needs", 3, {"no_such_metric": ["preds"]}),
+    ]),
     # spt-trainable
     *faults("LARS", calling(LARS, PARAMETERS), [
         ("lr", "0.1", -1.0),
@@ -376,12 +642,39 @@ FUNCTION_FAULTS = [
         ("eta", [1e-3], -1e-3),
         ("eps", True, float("nan")),
         ("dampening", "0", -0.1),
+        ("clip_lr", 1),
+        ("exclude_bias_n_norm", "no"),
+        ("nesterov", 1),
     ]),
+    *faults("LARS", calling(LARS), [("params", 3)]),
     *faults("create_optimizer", lambda _: lambda spec: create_optimizer(PARAMETERS, spec), [
         ("optimizer", 5, "no-such-optimizer"),
     ]),
+    *faults("create_optimizer", lambda _: lambda params: create_optimizer(params, "SGD"), [
+        ("params", 3),
+    ]),
+    *faults("create_scheduler", calling(
+        create_scheduler, optimizer=AN_OPTIMIZER, spec="StepLR", horizon=lambda interval: 30
+    ), [
+        ("optimizer", 3),
+        ("horizon", 3),
+    ]),
+    *faults("create_scheduler", lambda _: lambda spec: create_scheduler(AN_OPTIMIZER, spec), [
+        ("scheduler", 5, "no-such-scheduler"),
+    ]),
+    *faults("input_width", calling(input_width), [("module", 3)]),
+    *faults("logger_writes_this_step", calling(logger_writes_this_step), [("trainer", 3)]),
     # spt-core
     *faults("set_verbosity", calling(set_verbosity), [("verbose", "yes")]),
+    *faults("SPTCallback", calling(SPTCallback, name="probe"), [
+        ("name", 3, "a/b"),
+        ("verbose", "yes"),
+    ]),
+    *faults("StageMetrics", calling(StageMetrics), [("metrics", [3])]),
+    *faults("callbacks_modules", calling(callbacks_modules), [("pl_module", 3)]),
+    *faults("callbacks_metrics", calling(callbacks_metrics), [("pl_module", 3)]),
+    *faults("unique_names", calling(unique_names), [("names", 3)]),
+    *faults("lookup", calling(lookup, outputs={}, batch={}, owner="knn"), [("key", 3)]),
 ]  # fmt: skip
 
 FAULTS = CALLBACK_FAULTS + FUNCTION_FAULTS
@@ -418,6 +711,46 @@ def test_every_argument_of_every_callback_is_in_the_table(callback):
     argument needs its row."""
     rows = {f.argument for f in CALLBACK_FAULTS if f.where == callback.__name__}
     assert set(inspect.signature(callback).parameters) == rows
+
+
+PACKAGES = [
+    spt_core, spt_distance, spt_embed, spt_knn, spt_latentviz, spt_metrics, spt_probe, spt_queue,
+    spt_trainable,
+]  # fmt: skip
+CALLBACK_NAMES = {"OnlineKNN", "OnlineProbe", "LatentViz", "MetricsCallback", "OnlineQueue"}
+CALLBACK_NAMES |= {"TrainableCallback"}
+RECORDS = {"ChunkPlan", "KNNBank", "ProbeStep", "RoundShape", "SchedulerConfig", "Sweep", "Needs"}
+"""Results that a checked function builds (``plan_chunks``, ``knn_bank``...), not user input."""
+LABELS_ONLY = {"owner", "argument", "where"}
+"""Who asks, or what to call the value, in a message: any value prints."""
+UNCHECKED = {
+    "lookup": {"outputs", "batch"},  # a mapping is searched; anything else holds no key
+    "metric_name": {"metric"},  # any object, class or function has a name
+    "named_metrics": {"metrics"},  # any value; callers check the entries (check_metrics)
+    "agree_on_rounds": {"device"},  # any form torch takes, checked by torch
+    "build_module": {"spec", "context"},  # spec's rows say `module`; context goes to the factory
+    "create_optimizer": {"spec"},  # its rows say `optimizer`, as errors do
+    "create_scheduler": {"spec"},  # its rows say `scheduler`, as errors do
+}
+"""Arguments that no value makes wrong, or whose rows carry the name errors use."""
+PUBLIC_FUNCTIONS = {
+    name: value
+    for package in PACKAGES
+    for name in package.__all__
+    if callable(value := getattr(package, name)) and not inspect.ismodule(value)
+    and name not in CALLBACK_NAMES | RECORDS
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(PUBLIC_FUNCTIONS))
+def test_every_checked_argument_of_every_public_function_is_in_the_table(name):
+    """Every argument of a public function or class (each package's ``__all__``) has a row,
+    unless no value is wrong for it; ``**kwargs`` (torchmetrics' own, or ``save_map``'s
+    scalars, whose rows use their keys) aside: a new argument needs its row."""
+    parameters = inspect.signature(PUBLIC_FUNCTIONS[name]).parameters.values()
+    named = {p.name for p in parameters if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+    rows = {f.argument for f in FUNCTION_FAULTS if f.where == name}
+    assert named - LABELS_ONLY - UNCHECKED.get(name, set()) <= rows
 
 
 # ---------------------------------------------------------------------------- data faults

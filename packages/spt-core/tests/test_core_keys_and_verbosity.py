@@ -10,6 +10,12 @@ def test_lookup_prefers_outputs_and_falls_back_to_the_batch():
     assert lookup("y", None, {"y": 3}, owner="x") == 3
 
 
+def test_a_key_that_is_not_a_string_is_a_type_error_naming_the_owner():
+    """It was a ``KeyError`` saying the key was missing."""
+    with pytest.raises(TypeError, match=r"OnlineKNN\[name=knn\]: key must be a string, got 3"):
+        lookup(3, {3: 1}, None, owner="OnlineKNN[name=knn]")
+
+
 def test_missing_key_names_the_owner_and_lists_keys():
     with pytest.raises(KeyError) as error:
         lookup("z", {"loss": 1}, [torch.ones(1)], owner="OnlineKNN[name=knn]")

@@ -5,7 +5,14 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from spt_core import StageMetrics, metric_name, named_metrics, unique_names
+from spt_core import (
+    StageMetrics,
+    callbacks_metrics,
+    callbacks_modules,
+    metric_name,
+    named_metrics,
+    unique_names,
+)
 
 
 class MulticlassAccuracy:
@@ -55,6 +62,24 @@ def test_unique_names_are_unique_and_keep_first_occurrences(names):
 def test_bad_dict_keys_are_named(metrics, error):
     with pytest.raises(error, match="metrics keys"):
         named_metrics(metrics, owner="knn")
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda: StageMetrics([torch.nn.Identity()]), "StageMetrics: metrics must be a dict"),
+        (lambda: unique_names("acc"), "unique_names: names must be an iterable of strings"),
+        (lambda: unique_names([1, 2]), "unique_names: names must be an iterable of strings"),
+        (lambda: callbacks_metrics(object()), "callbacks_metrics: pl_module must be a"),
+        (lambda: callbacks_modules(3), "callbacks_modules: pl_module must be a"),
+    ],
+    ids=["stage metrics", "a string", "numbers", "metrics of an object", "modules of an int"],
+)
+def test_arguments_python_used_to_refuse_are_named(call, match):
+    """A list of metrics, a string of names or an object without ``__dict__`` failed inside
+    ``dict()``, ``str`` formatting or ``object.__setattr__``; a string became its letters."""
+    with pytest.raises(TypeError, match=match):
+        call()
 
 
 def test_stages_and_dataloaders_never_mix():

@@ -57,6 +57,18 @@ QUERIES = torch.zeros(4, 3)
         (lambda: plan_chunks(4.5, 10, 3, 2), TypeError, ["n_queries", "4.5"]),
         (lambda: plan_chunks(4, 10, "3", 2), TypeError, ["dim", "'3'"]),
         (lambda: plan_chunks(4, 10, 3, None), TypeError, ["k", "None"]),
+        (  # was taken as is, sizing the plan for no known dtype
+            lambda: plan_chunks(4, 10, 3, 2, dtype="float32"),
+            TypeError,
+            ["dtype", "torch.dtype", "'float32'"],
+        ),
+        (lambda: plan_chunks(4, 10, 3, 2, dtype=torch.int64), ValueError, ["dtype", "floating"]),
+        (  # was torch's RuntimeError
+            lambda: plan_chunks(4, 10, 3, 2, device="no-such-device"),
+            ValueError,
+            ["device", "'no-such-device'"],
+        ),
+        (lambda: plan_chunks(4, 10, 3, 2, device=0.0), TypeError, ["device", "str", "0.0"]),
     ],
 )
 def test_bad_arguments_are_named_with_their_value_and_what_is_allowed(call, error, words):

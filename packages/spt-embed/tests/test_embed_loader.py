@@ -23,7 +23,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from spt_core import distributed
 from spt_core.testing import Backbone, DictDataset, RecordingLogger, quiet_trainer
-from spt_embed import embed_loader
+from spt_embed import agree_features, embed_loader, gather_in_loader_order
 
 
 def normed_features(batch: dict, module: Backbone) -> dict:
@@ -103,6 +103,21 @@ def test_embed_function_flattening_and_batch_fallback():
 def test_empty_loader_gives_no_rows():
     features, labels = embed_loader(Backbone(), [], input="embedding", target="label", owner="d")
     assert features.shape == (0, 0) and labels.shape == (0,) and labels.dtype == torch.long
+
+
+def test_the_arguments_of_a_gather_are_checked_on_one_process_too():
+    """A mismatched ``index`` or ``labels`` was returned unchecked without a process group
+    and failed inside a collective with one; a module that is no LightningModule failed with
+    an ``AttributeError`` reading its device."""
+    features, labels = torch.ones(4, 2), torch.arange(4)
+    with pytest.raises(ValueError, match=r"gather_in_loader_order: index must have shape \(4,\)"):
+        gather_in_loader_order(features, labels, torch.arange(3))
+    with pytest.raises(TypeError, match="gather_in_loader_order: labels must be an integer"):
+        gather_in_loader_order(features, labels.float(), torch.arange(4))
+    with pytest.raises(ValueError, match="agree_features: features must be a 2-D tensor"):
+        agree_features(torch.ones(4))
+    with pytest.raises(TypeError, match="d: pl_module must be a LightningModule, got Linear"):
+        embed_loader(nn.Linear(2, 2), [], input="embedding", target="label", owner="d")
 
 
 def test_bad_features_and_labels_name_owner_and_key():

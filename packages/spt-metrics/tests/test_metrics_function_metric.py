@@ -124,6 +124,24 @@ def test_a_function_must_be_callable():
         FunctionMetric(3)
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"num_args": "2"}, TypeError, "FunctionMetric: num_args must be an integer >= 0"),
+        ({"num_args": -1}, ValueError, "FunctionMetric: num_args must be an integer >= 0"),
+        # a string was taken as its characters: keywords ("p", "r", "e", "d", "s")
+        ({"keywords": "preds"}, TypeError, "FunctionMetric: keywords must be a tuple or list"),
+        ({"keywords": ("preds", "preds")}, ValueError, "keywords must not repeat a name"),
+        ({"keywords": ("preds", "")}, ValueError, r"keywords\[1\] must be a non-empty string"),
+        ({"per_step": "no"}, TypeError, "FunctionMetric: per_step must be a bool"),  # was truthy
+        ({"name": ""}, ValueError, "FunctionMetric: name must be a non-empty string key"),
+    ],
+)
+def test_the_declared_arguments_are_checked(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        FunctionMetric(len, **kwargs)
+
+
 def test_the_callback_exposes_its_function_copies_per_stage_and_mode(harness):
     data = harness.classification(12, 3, correct=0.5, seed=40)
 

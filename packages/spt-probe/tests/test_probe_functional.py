@@ -204,3 +204,46 @@ def test_check_targets_names_what_it_checks(target, default_loss, error, says):
 def test_check_targets_lets_any_tensor_of_one_entry_per_row_through_a_custom_loss():
     soft = torch.rand(2, 5)
     assert check_targets(soft, 2, default_loss=False) is soft
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "match"),
+    [
+        (  # was a RuntimeError from torch.where
+            lambda: probe_step(
+                nn.Linear(3, 2),
+                torch.ones(4, 3),
+                torch.zeros(4).long(),
+                finite=torch.ones(3, dtype=torch.bool),
+            ),
+            ValueError,
+            r"probe_step: finite must have shape \(4,\), one bool per row",
+        ),
+        (  # was a RuntimeError from torch.where: a mask of 0/1 integers is not a bool mask
+            lambda: probe_loss(
+                torch.ones(4, 2), torch.zeros(4).long(), finite=torch.ones(4).long()
+            ),
+            TypeError,
+            "probe_loss: finite must be a bool tensor or None",
+        ),
+        (  # was a RuntimeError from broadcasting inside the loss
+            lambda: probe_step(nn.Linear(3, 2), torch.ones(4, 3), torch.zeros(3).long()),
+            ValueError,
+            r"probe_step: target must have one entry per row of features, got \(3,\)",
+        ),
+        (  # was "'int' object is not callable"
+            lambda: probe_loss(torch.ones(4, 2), torch.zeros(4).long(), loss_fn=3),
+            TypeError,
+            r"probe_loss: loss_fn must be callable\(logits, target\) or None, got 3",
+        ),
+        (  # was an AttributeError: 'function' object has no attribute 'modules'
+            lambda: probe_predict(lambda x: x, torch.ones(4, 3)),
+            TypeError,
+            "probe_predict: probe must be an nn.Module, got function",
+        ),
+    ],
+    ids=["finite rows", "finite dtype", "target rows", "loss_fn", "probe"],
+)
+def test_arguments_python_used_to_refuse_are_named(call, error, match):
+    with pytest.raises(error, match=match):
+        call()

@@ -238,3 +238,17 @@ def test_a_checkpoint_with_other_rows_than_the_declared_dim_is_refused():
     feed(undeclared, {"z": torch.zeros(2, 3, dtype=torch.float16)})
     undeclared.load_state_dict(source.state_dict())
     assert torch.equal(undeclared.read(), torch.ones(3, 5))
+
+
+def test_a_bad_discovery_argument_registers_nothing():
+    """Every argument is checked before a queue is found, created or registered."""
+    trainer = fake_trainer()
+    with pytest.raises(TypeError, match=r"find_or_create_queue: dtype must be a torch\.dtype"):
+        find_or_create_queue(trainer, "z", 4, dtype="float32")
+    with pytest.raises(TypeError, match="find_or_create_queue: class_labels must be a bool"):
+        find_or_create_queue(trainer, "z", 4, consumer="knn", class_labels=1)
+    assert trainer.callbacks == []
+    with pytest.raises(TypeError, match="find_queue: trainer must be a lightning Trainer"):
+        find_queue([], "z")
+    with pytest.raises(TypeError, match="knn: queues must be a list or tuple of OnlineQueue"):
+        read_aligned([OnlineQueue("z", 4), "y"], 2, owner="knn")

@@ -172,3 +172,18 @@ def test_a_state_saved_before_any_append_leaves_the_buffer_as_constructed():
     assert (learned.shape, learned.dtype, len(learned)) == (None, None, 0)
     learned.append(torch.arange(3))  # the next append fixes shape and dtype again
     assert learned.dtype == torch.int64 and learned.shape == ()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"dtype": "float32"}, TypeError, "dtype must be a torch.dtype or None, got 'float32'"),
+        ({"device": 0.5}, TypeError, "device must be a torch.device, a str or None, got 0.5"),
+        ({"device": "no-such-device"}, ValueError, "device must name a torch device"),
+    ],
+)
+def test_dtype_and_device_are_checked_when_the_buffer_is_made(kwargs, error, match):
+    """A dtype given as a string was stored as is, to fail at the first append."""
+    with pytest.raises(error, match=match):
+        RingBuffer(4, **kwargs)
+    assert RingBuffer(4, dtype=torch.float16, device="cpu").device == torch.device("cpu")

@@ -122,11 +122,20 @@ def test_closure_is_evaluated_with_gradients_enabled():
         ({"weight_decay": "x"}, TypeError, "weight_decay"),
         ({"lr": True}, TypeError, "lr"),
         ({"nesterov": True, "momentum": 0.0}, ValueError, "nesterov"),
+        ({"nesterov": 1, "momentum": 0.9}, TypeError, "LARS: nesterov must be a bool, got 1"),
+        ({"clip_lr": "yes"}, TypeError, "LARS: clip_lr must be a bool"),  # was truthy: clipped
+        ({"exclude_bias_n_norm": 0}, TypeError, "LARS: exclude_bias_n_norm must be a bool"),
     ],
 )
 def test_bad_hyperparameters_are_named(kwargs, error, match):
     with pytest.raises(error, match=match):
         LARS([torch.nn.Parameter(torch.ones(1))], **kwargs)
+
+
+@pytest.mark.parametrize("params", [3, torch.ones(2)], ids=["int", "one tensor"])
+def test_params_that_are_no_iterable_of_parameters_are_named(params):
+    with pytest.raises(TypeError, match="LARS: params must be an iterable of parameters"):
+        LARS(params)
 
 
 def test_scale_factor_is_a_tensor_and_needs_no_host_sync():

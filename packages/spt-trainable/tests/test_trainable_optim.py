@@ -187,6 +187,20 @@ def test_bad_scheduler_forms_are_refused_before_anything_is_built(form, error, m
         check_scheduler(form)
 
 
+def test_a_horizon_must_be_callable_and_return_a_number_of_steps():
+    with pytest.raises(TypeError, match=r"scheduler: horizon must be callable\(interval\)"):
+        create_scheduler(sgd(), "CosineAnnealingLR", 40)
+    with pytest.raises(TypeError, match=r"scheduler: horizon\('step'\) must return an int or None"):
+        create_scheduler(sgd(), "CosineAnnealingLR", lambda interval: "40")
+
+
+def test_the_optimizer_to_schedule_and_the_parameters_to_optimize_are_named():
+    with pytest.raises(TypeError, match=r"scheduler: optimizer must be a torch\.optim\.Optimizer"):
+        create_scheduler(params(), "StepLR", lambda interval: 30)
+    with pytest.raises(TypeError, match="optimizer: params must be an iterable of parameters"):
+        create_optimizer(3, "SGD")
+
+
 def test_callable_returning_no_scheduler_is_refused():
     with pytest.raises(TypeError, match="not a learning-rate scheduler"):
         create_scheduler(sgd(), lambda optimizer: optimizer)

@@ -211,17 +211,24 @@ def callbacks_modules(pl_module: LightningModule) -> dict[str, Any]:
 
     A plain attribute, not a registered submodule: the model's parameters, its
     ``state_dict`` and DDP's wrapper never see what callbacks put there.
+
+    Raises:
+        TypeError: If ``pl_module`` cannot hold attributes (it is no ``LightningModule``).
     """
     return _plain_dict(pl_module, "callbacks_modules")
 
 
 def callbacks_metrics(pl_module: LightningModule) -> dict[str, Any]:
     """The ``callbacks_metrics`` dict of ``pl_module``, created on first use (a plain
-    attribute, like :func:`callbacks_modules`)."""
+    attribute, like :func:`callbacks_modules`, and raising as it does)."""
     return _plain_dict(pl_module, "callbacks_metrics")
 
 
 def _plain_dict(pl_module: LightningModule, attribute: str) -> dict[str, Any]:
+    if not hasattr(pl_module, "__dict__"):  # a LightningModule, or a stand-in with attributes
+        raise TypeError(
+            f"{attribute}: pl_module must be a LightningModule, got {type(pl_module).__name__}"
+        )
     store = pl_module.__dict__.get(attribute)
     if store is None:
         store = {}

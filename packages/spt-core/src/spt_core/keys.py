@@ -18,6 +18,7 @@ def lookup(key: str, outputs: Any, batch: Any, *, owner: str) -> Any:
         owner: Who asks, for the error message (e.g. ``"OnlineKNN[name=knn]"``).
 
     Raises:
+        TypeError: If ``key`` is not a string.
         KeyError: If neither holds ``key``; the message lists the keys that do exist.
 
     Example:
@@ -26,6 +27,8 @@ def lookup(key: str, outputs: Any, batch: Any, *, owner: str) -> Any:
         >>> lookup("y", {"z": 1}, {"y": 3}, owner="demo")
         3
     """
+    if not isinstance(key, str):
+        raise TypeError(f"{owner}: key must be a string, got {key!r}")
     for source in (outputs, batch):
         if isinstance(source, Mapping) and key in source:
             return source[key]

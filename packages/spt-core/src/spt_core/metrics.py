@@ -49,10 +49,17 @@ def metric_name(metric: Any) -> str:
 def unique_names(names: Iterable[str]) -> list[str]:
     """Make names unique by suffixing repeats with ``_2``, ``_3``...
 
+    Raises:
+        TypeError: If ``names`` is not an iterable of strings.
+
     Example:
         >>> unique_names(["acc", "acc", "f1", "acc"])
         ['acc', 'acc_2', 'f1', 'acc_3']
     """
+    given = names
+    names = list(names) if isinstance(names, Iterable) and not isinstance(names, str) else None
+    if names is None or not all(isinstance(name, str) for name in names):
+        raise TypeError(f"unique_names: names must be an iterable of strings, got {given!r}")
     taken: dict[str, None] = {}  # an ordered set
     for name in names:
         candidate, count = name, 1
@@ -120,6 +127,9 @@ class StageMetrics:
     Args:
         metrics: ``{name: metric}`` prototypes (see :func:`named_metrics`).
 
+    Raises:
+        TypeError: If ``metrics`` is not a mapping.
+
     Example:
         >>> class Mean:
         ...     def __init__(self): self.values = []
@@ -134,6 +144,10 @@ class StageMetrics:
     """
 
     def __init__(self, metrics: Mapping[str, Any]) -> None:
+        if not isinstance(metrics, Mapping):
+            raise TypeError(
+                f"StageMetrics: metrics must be a dict {{name: metric}}, got {metrics!r}"
+            )
         self.prototypes = dict(metrics)
         self._live: dict[tuple[str, int], dict[str, Any]] = {}
         self._updated: set[tuple[str, int]] = set()

@@ -93,6 +93,37 @@ def check_memory_budget(memory_budget: object) -> int:
     return memory_budget
 
 
+def check_dtype(dtype: object) -> torch.dtype:
+    """``dtype`` if it is a floating ``torch.dtype`` (what keys are searched in).
+
+    Raises:
+        TypeError: If it is not a ``torch.dtype``.
+        ValueError: If it is not a floating one.
+    """
+    if not isinstance(dtype, torch.dtype):
+        raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
+    if not dtype.is_floating_point:
+        raise ValueError(f"dtype must be a floating torch.dtype, got {dtype}")
+    return dtype
+
+
+def check_device(device: object) -> torch.device:
+    """``device`` (a ``torch.device`` or its name) as a ``torch.device``.
+
+    Raises:
+        TypeError: If it is neither.
+        ValueError: If the name is no device type torch knows.
+    """
+    if isinstance(device, torch.device):
+        return device
+    if not isinstance(device, str):
+        raise TypeError(f"device must be a torch.device or a str, got {device!r}")
+    try:
+        return torch.device(device)
+    except RuntimeError as error:
+        raise ValueError(f"device must name a torch device, got {device!r}: {error}") from None
+
+
 def compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
     """float64 when any input is float64, else float32 (fp16/bf16 are upcast)."""
     return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32

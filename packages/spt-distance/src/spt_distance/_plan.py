@@ -11,6 +11,8 @@ from spt_distance import _scores
 from spt_distance._checks import (
     check_chunk_size,
     check_count,
+    check_device,
+    check_dtype,
     check_k,
     check_memory_budget,
     check_metric,
@@ -70,9 +72,11 @@ def plan_chunks(
         The :class:`ChunkPlan`.
 
     Raises:
-        TypeError: If a size, ``k``, ``chunk_size`` or ``memory_budget`` is not an int.
+        TypeError: If a size, ``k``, ``chunk_size`` or ``memory_budget`` is not an int,
+            ``dtype`` not a ``torch.dtype`` or ``device`` neither a ``torch.device`` nor a str.
         ValueError: If ``n_queries`` or ``dim`` is negative, ``n_keys < 1``, ``k`` is outside
-            ``[1, n_keys]``, or ``metric``, ``chunk_size`` or ``memory_budget`` is not allowed.
+            ``[1, n_keys]``, ``metric``, ``chunk_size`` or ``memory_budget`` is not allowed,
+            ``dtype`` is not floating or ``device`` names no device type.
 
     Example:
         >>> plan = plan_chunks(256, 65536, 128, 20)
@@ -90,9 +94,10 @@ def plan_chunks(
     k = check_k(k, n_keys)
     chunk_size = check_chunk_size(chunk_size)
     budget = check_memory_budget(memory_budget)
+    dtype = check_dtype(dtype)
+    device = check_device(device)
     tile = min(TILE, n_keys)
     # A key holds a float32 score's 32 bits above a key index below 2**32.
-    device = torch.device(device)
     keyed = sync_free(device) and dtype != torch.float64 and n_keys < 2**32
     on_cpu = device.type == "cpu"
     # Every query block stays prepared (upcast, scaled, with its norms) until the end.

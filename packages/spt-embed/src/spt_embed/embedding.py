@@ -12,14 +12,13 @@ from lightning.pytorch import LightningModule, Trainer
 from torch import Tensor
 
 from spt_core import distributed
-from spt_core.checks import string_key
 from spt_core.keys import lookup
+from spt_embed._checks import check_gathered, check_loader_arguments, checked_batch, two_dimensional
 from spt_embed._clean_mode import clean_mode
 from spt_embed._rank_share import this_rank_batches
 
 __all__ = ["agree_features", "embed_loader", "gather_in_loader_order"]
 
-_INTEGER = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)  # narrowest first
 
 
@@ -114,7 +113,7 @@ def embed_loader(
         >>> features.tolist(), labels.tolist()
         ([[0.0, 1.0], [2.0, 3.0], [4.0, 5.0]], [0, 1, 0])
     """
-    _check_arguments(loader, input, target, embed, owner, with_index)
+    check_loader_arguments(pl_module, loader, input, target, embed, owner, with_index)
     device = pl_module.device
     trainer = pl_module._trainer  # the public property raises when no Trainer is attached
     step_kwargs = _step_kwargs(pl_module)
@@ -135,7 +134,7 @@ def embed_loader(
                     features = lookup(input, outputs, batch, owner=owner)
                     what = f"the features {input!r}"
             found = lookup(target, outputs, batch, owner=owner)
-            features, found = _checked(features, found, what, target, owner)
+            features, found = checked_batch(features, found, what, target, owner)
             if rows and features.shape[1] != rows[0].shape[1]:
                 raise ValueError(
                     f"{owner}: {what} changed width between batches of the clean loader, "
@@ -161,10 +160,15 @@ def agree_features(features: Tensor) -> Tensor:
     width of the others, and every rank the widest floating dtype of a rank with rows. Every
     rank calls it together: one small collective and one host sync (none on one process).
 
+    Raises:
+        TypeError: If ``features`` is not a tensor.
+        ValueError: If it is not 2-D.
+
     Example:
         >>> agree_features(torch.ones(2, 3)).shape
         torch.Size([2, 3])
     """
+    two_dimensional(features, "agree_features: features")
     if not distributed.is_distributed():
         return features
     dtype = features.dtype if features.dtype in _FLOATS else torch.float32
@@ -192,11 +196,17 @@ def gather_in_loader_order(
     Returns:
         ``(features, labels)`` of every rank; on one process, the inputs themselves.
 
+    Raises:
+        TypeError: If an argument is not a tensor, or ``labels`` or ``index`` not integers.
+        ValueError: If ``features`` is not 2-D, or ``labels`` and ``index`` are not one per
+            row, shape ``(N,)``.
+
     Example:
         >>> features, labels = torch.tensor([[5.0], [6.0]]), torch.tensor([1, 0])
         >>> gather_in_loader_order(features, labels, torch.arange(2))[1].tolist()
         [1, 0]
     """
+    check_gathered(features, labels, index)
     if not distributed.is_distributed():
         return features, labels
     features = agree_features(features)
@@ -205,50 +215,9 @@ def gather_in_loader_order(
     return distributed.gather_uneven(features)[order], labels[order]
 
 
-def _check_arguments(
-    loader: Any, input: Any, target: Any, embed: Any, owner: str, with_index: Any
-) -> None:
-    if not isinstance(loader, Iterable):
-        raise TypeError(f"{owner}: loader must be an iterable of batches, got {loader!r}")
-    string_key(input, f"{owner}: input")
-    string_key(target, f"{owner}: target")
-    if embed is not None and not callable(embed):
-        raise TypeError(f"{owner}: embed must be callable(pl_module, batch) or None, got {embed!r}")
-    if not isinstance(with_index, bool):
-        raise TypeError(f"{owner}: with_index must be a bool, got {with_index!r}")
-
-
 def _rows(labels: Any) -> int:
     """The number of labels (rows) in a batch another rank embeds."""
     return labels.numel() if isinstance(labels, Tensor) else len(labels)
-
-
-def _checked(
-    features: Any, labels: Any, what: str, target: str, owner: str
-) -> tuple[Tensor, Tensor]:
-    if not isinstance(features, Tensor):
-        raise TypeError(f"{owner}: {what} must be a tensor, got {type(features).__name__}")
-    if not isinstance(labels, Tensor):
-        raise TypeError(
-            f"{owner}: the labels {target!r} must be a tensor, got {type(labels).__name__}"
-        )
-    if labels.dtype not in _INTEGER:
-        raise TypeError(
-            f"{owner}: the labels {target!r} must be integer class indices, got {labels.dtype}"
-        )
-    features = features.detach()
-    if features.dim() == 0:
-        raise ValueError(f"{owner}: {what} must have a batch dimension, got a scalar")
-    features = features.reshape(features.shape[0], -1)
-    if not features.is_floating_point():
-        features = features.float()
-    labels = labels.detach().reshape(-1).long()
-    if labels.shape[0] != features.shape[0]:
-        raise ValueError(
-            f"{owner}: a clean batch has {features.shape[0]} feature rows but "
-            f"{labels.shape[0]} labels {target!r}"
-        )
-    return features, labels
 
 
 def _step_kwargs(pl_module: LightningModule) -> dict[str, int]:

@@ -10,6 +10,7 @@ from torch import Tensor
 
 from spt_core import distributed
 from spt_core.checks import check_label_range, finite_rows, positive_int
+from spt_knn._checks import integer_rows
 from spt_knn.search import knn_neighbours
 from spt_knn.sharded import RoundShape, sharded_neighbours
 
@@ -97,7 +98,8 @@ def knn_bank(
             the largest label and ``non_finite`` are taken over every rank (every rank must
             call together), and the bank is searched in rounds (:meth:`KNNBank.in_rounds`).
         keys: With ``sharded``, ``(N,)`` each row's position in the whole bank when the ranks
-            do not hold it in rank order (see :func:`spt_knn.sharded_neighbours`).
+            do not hold it in rank order (see :func:`spt_knn.sharded_neighbours`); ignored
+            without ``sharded``.
         where: What to name in the error for a label ``>= num_classes``.
 
     Returns:
@@ -105,9 +107,11 @@ def knn_bank(
 
     Raises:
         ValueError: For a ``features`` that is not 2-D, a label count that is not one per
-            row, a ``num_classes`` below 1 or a label ``>= num_classes``.
-        TypeError: If ``features`` or ``labels`` is not a tensor, ``labels`` not an integer
-            tensor or ``num_classes`` not an int.
+            row, a ``num_classes`` below 1, a label ``>= num_classes`` or ``keys`` that are
+            not one per row.
+        TypeError: If ``features``, ``labels`` or ``keys`` is not a tensor, ``labels`` or
+            ``keys`` not an integer tensor, ``num_classes`` not an int or ``sharded`` not a
+            bool.
 
     Example:
         >>> rows = torch.tensor([[0.0], [1.0], [float("nan")], [3.0]])
@@ -130,6 +134,10 @@ def knn_bank(
         raise TypeError(f"{where} must be an integer tensor, got {labels.dtype}")
     if num_classes is not None:
         positive_int(num_classes, "num_classes")
+    if not isinstance(sharded, bool):
+        raise TypeError(f"knn_bank: sharded must be a bool, got {sharded!r}")
+    if keys is not None:
+        integer_rows(keys, features.shape[0], "knn_bank: keys", "features")
     finite = finite_rows(features)
     labels = torch.where(finite, labels.long(), -1)
     summary = torch.stack(((labels >= 0).sum(), _largest(labels), (~finite).sum()))

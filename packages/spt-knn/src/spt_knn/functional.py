@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from spt_core.checks import positive_int
-from spt_knn._checks import WEIGHTINGS, check_knn_arguments
+from spt_knn._checks import WEIGHTINGS, check_knn_arguments, two_dimensional
 from spt_knn.bank import KNNBank, knn_bank
 from spt_knn.sweep import Pair, check_temperature, parse_sweep
 
@@ -157,8 +157,10 @@ def weighted_vote(
         row. A row without any voting neighbour (empty bank) is uniform, ``1 / num_classes``.
 
     Raises:
-        TypeError: If ``num_classes`` is not an int or ``temperature`` not a number.
-        ValueError: If ``num_classes < 1``, ``temperature`` is not a finite number ``> 0`` or
+        TypeError: If ``distances`` or ``labels`` is not a tensor, ``labels`` not integers,
+            ``num_classes`` not an int or ``temperature`` not a number.
+        ValueError: If ``distances`` is not 2-D, ``labels`` not of its shape,
+            ``num_classes < 1``, ``temperature`` is not a finite number ``> 0`` or
             ``weighting`` is not one of :data:`~spt_knn.WEIGHTINGS`.
 
     Example:
@@ -169,6 +171,7 @@ def weighted_vote(
         >>> weighted_vote(distances, labels, num_classes=3, temperature=1.0)
         tensor([[0.5000, 0.0000, 0.5000]])
     """
+    _check_votes(distances, labels)
     positive_int(num_classes, "weighted_vote: num_classes")
     check_temperature(temperature, "weighted_vote: temperature")
     if weighting not in WEIGHTINGS:
@@ -196,3 +199,19 @@ def weighted_vote(
     return torch.where(
         total > 0, scores / total.clamp_min(torch.finfo(dtype).tiny), 1.0 / num_classes
     )
+
+
+def _check_votes(distances: object, labels: object) -> None:
+    """Types and shapes only: a vote runs on every evaluation batch."""
+    shape = two_dimensional(distances, "weighted_vote: distances").shape
+    if not isinstance(labels, Tensor):
+        raise TypeError(
+            f"weighted_vote: labels must be a torch.Tensor, got {type(labels).__name__}"
+        )
+    if labels.is_floating_point() or labels.is_complex():
+        raise TypeError(f"weighted_vote: labels must be an integer tensor, got {labels.dtype}")
+    if labels.shape != shape:
+        raise ValueError(
+            f"weighted_vote: labels must have the shape of distances {tuple(shape)}, got "
+            f"{tuple(labels.shape)}"
+        )

@@ -7,7 +7,9 @@ import math
 import torch
 from torch import Tensor
 
+from spt_core.checks import positive_int
 from spt_distance import knn_search
+from spt_knn._checks import check_search, two_dimensional
 
 
 def knn_neighbours(
@@ -29,13 +31,20 @@ def knn_neighbours(
     Args:
         queries: ``(B, D)`` rows.
         bank: ``(N, D)`` rows (``N`` may be 0).
-        labels: ``(N,)`` the label of each bank row.
-        k: Neighbours per query; clipped to ``N``.
+        labels: ``(N,)`` the integer label of each bank row.
+        k: Neighbours per query (``>= 0``); clipped to ``N``.
         distance_metric: One of ``spt_distance.METRICS``.
         chunk_size: Bank rows per block of the search; ``-1`` one block, ``None`` automatic.
 
     Returns:
         ``(distances, labels)``, both ``(B, min(k, N))``, nearest first.
+
+    Raises:
+        TypeError: If ``queries``, ``bank`` or ``labels`` is not a tensor, ``labels`` not
+            integers, ``k`` or ``chunk_size`` not an int.
+        ValueError: If the shapes are not ``(B, D)``, ``(N, D)`` and ``(N,)``, ``k < 0``,
+            ``distance_metric`` is unknown or ``chunk_size`` is not ``-1``, ``None`` or
+            positive. Only Python values and shapes are read: nothing waits for the device.
 
     Example:
         >>> d, y = knn_neighbours(
@@ -45,6 +54,7 @@ def knn_neighbours(
         >>> d.tolist(), y.tolist()
         ([[1.0, 4.0], [1.0, 4.0]], [[7, 8], [8, 7]])
     """
+    check_search("knn_neighbours", queries, bank, labels, k, distance_metric, chunk_size)
     k = min(k, bank.shape[0])
     if k == 0:
         empty = torch.empty((queries.shape[0], 0), device=queries.device)
@@ -90,11 +100,17 @@ def merge_candidates(
     Args:
         distances: ``(B, S * j)`` candidate distances, shard-major.
         labels: ``(B, S * j)`` their labels.
-        k: How many to keep (at most ``S * j``).
+        k: How many to keep, ``0 <= k <= S * j``.
         keys: ``(B, S * j)`` distinct integer keys of the candidates, or ``None``.
 
     Returns:
         ``(distances, labels)`` of shape ``(B, k)``, nearest first.
+
+    Raises:
+        TypeError: If ``distances``, ``labels`` or ``keys`` is not a tensor, ``keys`` not
+            integers or ``k`` not an int.
+        ValueError: If ``distances`` is not 2-D, ``labels`` or ``keys`` not of its shape, or
+            ``k`` is negative or above ``S * j`` (shapes only: nothing waits for the device).
 
     Example:
         >>> d = torch.tensor([[0.1, 0.7, 0.3, 0.7]])  # shard 0: 0.1, 0.7; shard 1: 0.3, 0.7
@@ -102,8 +118,32 @@ def merge_candidates(
         >>> merge_candidates(d, y, 3)[1].tolist()
         [[1, 3, 2]]
     """
+    _check_candidates(distances, labels, k, keys)
     if keys is not None:
         by_key = torch.sort(keys, dim=1, stable=True).indices
         distances, labels = distances.gather(1, by_key), labels.gather(1, by_key)
     order = torch.sort(distances, dim=1, stable=True).indices[:, :k]
     return distances.gather(1, order), labels.gather(1, order)
+
+
+def _check_candidates(distances: object, labels: object, k: object, keys: object) -> None:
+    shape = two_dimensional(distances, "merge_candidates: distances").shape
+    for argument, value in (("labels", labels), ("keys", keys)):
+        if value is None and argument == "keys":
+            continue
+        if not isinstance(value, Tensor):
+            raise TypeError(
+                f"merge_candidates: {argument} must be a torch.Tensor, got {type(value).__name__}"
+            )
+        if argument == "keys" and (value.is_floating_point() or value.is_complex()):
+            raise TypeError(f"merge_candidates: keys must be an integer tensor, got {value.dtype}")
+        if value.shape != shape:
+            raise ValueError(
+                f"merge_candidates: {argument} must have the shape of distances {tuple(shape)}, "
+                f"got {tuple(value.shape)}"
+            )
+    positive_int(k, "merge_candidates: k", minimum=0)
+    if k > shape[1]:
+        raise ValueError(
+            f"merge_candidates: k must be at most the {shape[1]} candidates per row, got {k}"
+        )

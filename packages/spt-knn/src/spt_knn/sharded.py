@@ -19,6 +19,8 @@ import torch
 from torch import Tensor
 
 from spt_core import distributed
+from spt_core.checks import positive_int
+from spt_knn._checks import check_search, integer_rows, two_dimensional
 from spt_knn.search import knn_neighbours, merge_candidates, pad_candidates
 
 
@@ -79,10 +81,10 @@ def sharded_neighbours(
     Args:
         queries: ``(B, D)`` this rank's queries, ``B <= rows``.
         shard: ``(N_rank, D)`` this rank's labelled bank rows (``N_rank`` may be 0).
-        shard_labels: ``(N_rank,)`` their labels.
-        k: Neighbours per query, at most the total number of rows over all shards.
-        rows: Query rows every rank sends (this rank's are zero-padded up to it); the same
-            on every rank, so no host sync is needed to agree on shapes.
+        shard_labels: ``(N_rank,)`` their integer labels.
+        k: Neighbours per query (``>= 0``), at most the total number of rows over all shards.
+        rows: Query rows (``>= 1``) every rank sends (this rank's are zero-padded up to it);
+            the same on every rank, so no host sync is needed to agree on shapes.
         distance_metric: See :func:`knn_neighbours`.
         chunk_size: See :func:`knn_neighbours`.
         shard_keys: ``(N_rank,)`` each shard row's position in the whole bank (below
@@ -95,16 +97,28 @@ def sharded_neighbours(
         ``shard_keys``, to the lower key: one search over the bank in key order).
 
     Raises:
-        ValueError: If ``B > rows``.
+        TypeError: If a tensor argument is not a tensor, the labels or keys are not integers,
+            ``k``, ``rows`` or ``chunk_size`` not an int.
+        ValueError: If ``B > rows``, the shapes are not ``(B, D)``, ``(N_rank, D)`` and
+            ``(N_rank,)``, ``k < 0``, ``rows < 1``, or ``distance_metric`` or ``chunk_size`` is
+            not allowed (see :func:`knn_neighbours`). Only Python values and shapes are read:
+            nothing waits for the device.
     """
+    names = ("queries", "shard", "shard_labels")
+    check_search(
+        "sharded_neighbours", queries, shard, shard_labels, k, distance_metric, chunk_size, names
+    )
+    positive_int(rows, "sharded_neighbours: rows")
+    if shard_keys is not None:
+        integer_rows(shard_keys, shard.shape[0], "sharded_neighbours: shard_keys", "shard")
+    if queries.shape[0] > rows:
+        raise ValueError(
+            f"sharded_neighbours: a batch of {queries.shape[0]} query rows exceeds the "
+            f"rows={rows} that every rank sends per round"
+        )
     if not distributed.is_distributed():
         found = knn_neighbours(queries, shard, shard_labels, k, distance_metric, chunk_size)
         return pad_candidates(*found, k)
-    if queries.shape[0] > rows:
-        raise ValueError(
-            f"sharded kNN: a batch of {queries.shape[0]} query rows exceeds the {rows} rows "
-            "that every rank sends per round"
-        )
     return _round(queries, shard, shard_labels, k, rows, distance_metric, chunk_size, shard_keys)
 
 
@@ -116,8 +130,15 @@ def agree_on_rounds(queries: Tensor | None, rows: int, device: torch.device) -> 
     """The shape of the rounds every rank runs for its queries (``None``: none).
 
     One small gather and one host sync. ``rows`` is this rank's wish for the rows per round
-    (its largest batch); the ranks take the largest wish.
+    (its largest batch, ``>= 0``); the ranks take the largest wish.
+
+    Raises:
+        TypeError: If ``queries`` is neither a tensor nor ``None``, or ``rows`` not an int.
+        ValueError: If ``queries`` is not 2-D or ``rows`` is negative.
     """
+    if queries is not None:
+        two_dimensional(queries, "agree_on_rounds: queries")
+    positive_int(rows, "agree_on_rounds: rows", minimum=0)
     if queries is None:
         mine = [0, rows, -1, -1]
     else:

@@ -3,10 +3,13 @@ package shares live in :mod:`spt_core.checks`)."""
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
+from numbers import Real
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from spt_core.checks import flat_dim, positive_int, string_key
@@ -69,13 +72,53 @@ def unwritable_reason(folder: str) -> str | None:
     return None
 
 
-def as_rows(x: Any, argument: str) -> Tensor:
-    """``x`` as an ``(N, D)`` tensor (trailing dimensions flattened), else an error naming it."""
+def as_rows(x: Any, argument: str, min_rows: int = 0) -> Tensor:
+    """``x`` as an ``(N, D)`` tensor (trailing dimensions flattened) of at least ``min_rows``
+    rows, else an error naming it.
+
+    Example:
+        >>> as_rows(torch.zeros(0, 3), "rows", min_rows=1)
+        Traceback (most recent call last):
+        ...
+        ValueError: rows must hold at least 1 row(s) of shape (N, D), got (0, 3)
+    """
     if not isinstance(x, Tensor):
         raise TypeError(f"{argument} must be a torch.Tensor, got {type(x).__name__}")
     if x.dim() < 2:
         raise ValueError(f"{argument} must have shape (N, D), got {tuple(x.shape)}")
-    return x.reshape(x.shape[0], -1)
+    if x.shape[0] < min_rows:
+        raise ValueError(
+            f"{argument} must hold at least {min_rows} row(s) of shape (N, D), got {tuple(x.shape)}"
+        )
+    return x.reshape(x.shape[0], math.prod(x.shape[1:]))
+
+
+def positive_number(value: Any, argument: str, at_most: float | None = None) -> float:
+    """``value`` if it is a finite number ``> 0`` (and ``<= at_most`` when given).
+
+    Raises:
+        TypeError: If it is not a number.
+        ValueError: If it is out of range.
+
+    Example:
+        >>> positive_number(0.0, "floor", at_most=1.0)
+        Traceback (most recent call last):
+        ...
+        ValueError: floor must be a finite number in (0, 1.0], got 0.0
+    """
+    allowed = "> 0" if at_most is None else f"in (0, {at_most}]"
+    message = f"{argument} must be a finite number {allowed}, got {value!r}"
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(message)
+    if not (math.isfinite(value) and value > 0 and (at_most is None or value <= at_most)):
+        raise ValueError(message)
+    return float(value)
+
+
+def checked_generator(generator: Any, owner: str) -> None:
+    """Raise a ``TypeError`` unless ``generator`` is a ``torch.Generator`` or ``None``."""
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"{owner}: generator must be a torch.Generator or None, got {generator!r}")
 
 
 def check_k(k: Any, n: int, limit: int, allowed: str) -> None:

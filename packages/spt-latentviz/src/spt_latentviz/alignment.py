@@ -10,9 +10,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from spt_latentviz._checks import as_rows
+from spt_latentviz._checks import as_rows, positive_number
 
-__all__ = ["align_map", "alignment", "feature_scaling", "principal_components"]
+__all__ = ["align_map", "alignment", "feature_scaling", "principal_components", "scaling_from_sums"]
 
 
 def feature_scaling(rows: Tensor, floor: float = 0.1) -> tuple[Tensor, Tensor]:
@@ -26,11 +26,17 @@ def feature_scaling(rows: Tensor, floor: float = 0.1) -> tuple[Tensor, Tensor]:
 
     Args:
         rows: Points, shape ``(N, D)`` with ``N >= 1``.
-        floor: Smallest standard deviation whitened, relative to the largest (``0 < floor``).
+        floor: Smallest standard deviation whitened, relative to the largest
+            (``0 < floor <= 1``).
 
     Returns:
         ``centre`` (shape ``(D,)``) and ``transform`` (``(D, D)``), in ``rows``'s dtype; the
         identity when the rows coincide.
+
+    Raises:
+        TypeError: If ``rows`` is not a tensor or ``floor`` not a number.
+        ValueError: If ``rows`` is not ``(N, D)`` with ``N >= 1`` or ``floor`` is not in
+            ``(0, 1]``.
 
     Example:
         >>> rows = torch.tensor([[0.0, 0.0], [2.0, 0.0], [0.0, 4.0], [2.0, 4.0]])
@@ -38,7 +44,8 @@ def feature_scaling(rows: Tensor, floor: float = 0.1) -> tuple[Tensor, Tensor]:
         >>> centre.tolist(), ((rows - centre) @ transform).var(0, unbiased=False).tolist()
         ([1.0, 2.0], [1.0, 1.0])
     """
-    rows = as_rows(rows, "rows")
+    rows = as_rows(rows, "feature_scaling: rows", min_rows=1)
+    positive_number(floor, "feature_scaling: floor", at_most=1.0)
     moments = rows.sum(dim=0), rows.T @ rows, torch.tensor(float(len(rows)), device=rows.device)
     return scaling_from_sums(*moments, floor=floor)
 
@@ -48,7 +55,28 @@ def scaling_from_sums(
 ) -> tuple[Tensor, Tensor]:
     """:func:`feature_scaling` from the rows' sum ``(D,)``, the sum of their outer products
     ``(D, D)`` and their count (sums that ranks can add up); the three may share any positive
-    factor."""
+    factor.
+
+    Args:
+        total: ``(D,)`` floating sum of the rows.
+        outer: ``(D, D)`` floating sum of their outer products.
+        count: How many rows, a number or a one-element tensor.
+        floor: As for :func:`feature_scaling`.
+
+    Raises:
+        TypeError: If ``total`` or ``outer`` is not a floating tensor, ``count`` neither a
+            number nor a tensor, or ``floor`` not a number.
+        ValueError: If the shapes are not ``(D,)``, ``(D, D)`` and one value, or ``floor`` is
+            not in ``(0, 1]``.
+
+    Example:
+        >>> rows = torch.tensor([[0.0, 0.0], [2.0, 0.0], [0.0, 4.0], [2.0, 4.0]])
+        >>> scaling_from_sums(rows.sum(0), rows.T @ rows, 4)[0].tolist()
+        [1.0, 2.0]
+    """
+    _check_sums(total, outer, count)
+    positive_number(floor, "scaling_from_sums: floor", at_most=1.0)
+    count = torch.as_tensor(count, device=total.device)
     work = torch.float64
     count = count.to(work).clamp(min=1e-300)
     centre = total.to(work) / count
@@ -67,12 +95,16 @@ def principal_components(rows: Tensor) -> Tensor:
     """The rows' coordinates along their two principal directions, scaled so that the first
     has unit standard deviation (a starting map).
 
+    Raises:
+        TypeError: If ``rows`` is not a tensor.
+        ValueError: If ``rows`` is not ``(N, D)`` with ``N >= 1``.
+
     Example:
         >>> rows = torch.tensor([[0.0, 0.0, 1.0], [4.0, 0.0, 1.0], [0.0, 1.0, 1.0]])
         >>> principal_components(rows).shape
         torch.Size([3, 2])
     """
-    rows = as_rows(rows, "rows")
+    rows = as_rows(rows, "principal_components: rows", min_rows=1)
     centred = rows - rows.mean(dim=0)
     _, _, vh = torch.linalg.svd(centred, full_matrices=False)
     components = centred @ vh[:2].T
@@ -94,7 +126,8 @@ def alignment(z: Tensor, reference: Tensor) -> tuple[Tensor, Tensor]:
         ``R`` (``(d, d)``, orthogonal) and ``t`` (``(d,)``), in ``z``'s dtype.
 
     Raises:
-        ValueError: If the shapes differ.
+        TypeError: If ``z`` or ``reference`` is not a tensor.
+        ValueError: If the shapes differ or hold no row.
 
     Example:
         >>> z = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0]])
@@ -103,7 +136,7 @@ def alignment(z: Tensor, reference: Tensor) -> tuple[Tensor, Tensor]:
         >>> torch.allclose(turned @ rotation + shift, z, atol=1e-5)
         True
     """
-    z, reference = as_rows(z, "z"), as_rows(reference, "reference")
+    z, reference = as_rows(z, "z", min_rows=1), as_rows(reference, "reference", min_rows=1)
     if z.shape != reference.shape:
         raise ValueError(
             f"z and reference must have the same shape, got {tuple(z.shape)} and "
@@ -130,3 +163,22 @@ def align_map(z: Tensor, reference: Tensor) -> Tensor:
     """
     rotation, shift = alignment(z, reference)
     return z @ rotation + shift
+
+
+def _check_sums(total: object, outer: object, count: object) -> None:
+    for argument, value in (("total", total), ("outer", outer)):
+        if not isinstance(value, Tensor) or not value.is_floating_point():
+            raise TypeError(
+                f"scaling_from_sums: {argument} must be a floating-point tensor, got {value!r}"
+            )
+    if total.dim() != 1 or not total.shape[0] or outer.shape != (len(total), len(total)):
+        raise ValueError(
+            "scaling_from_sums: total and outer must have shapes (D,) and (D, D), D >= 1, got "
+            f"{tuple(total.shape)} and {tuple(outer.shape)}"
+        )
+    if isinstance(count, bool) or not isinstance(count, (int, float, Tensor)):
+        raise TypeError(f"scaling_from_sums: count must be a number or a tensor, got {count!r}")
+    if isinstance(count, Tensor) and count.numel() != 1:
+        raise ValueError(
+            f"scaling_from_sums: count must hold one value, got shape {tuple(count.shape)}"
+        )

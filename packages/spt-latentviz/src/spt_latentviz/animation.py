@@ -7,6 +7,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from spt_latentviz._checks import positive_number
+from spt_latentviz._map_checks import checked_frames, checked_path
 from spt_latentviz.plotting import (
     PLOT_EXTRA_HINT,
     draw_map,
@@ -41,8 +43,11 @@ def save_animation(
         The number of frames written.
 
     Raises:
+        TypeError: If ``frames`` is not a list of paths, ``path`` not a path, ``name`` not a
+            str or ``seconds_per_frame`` not a number.
+        ValueError: If ``frames`` is empty or ``seconds_per_frame`` not a finite number
+            ``> 0``.
         ImportError: Without matplotlib (see :data:`~spt_latentviz.plotting.PLOT_EXTRA_HINT`).
-        ValueError: When ``frames`` is empty.
 
     Example:
         >>> import tempfile
@@ -54,10 +59,13 @@ def save_animation(
         >>> save_animation(paths, os.path.join(folder, "maps.gif"))
         3
     """
+    frames = checked_frames(frames)
+    checked_path(path, "path")
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a str, got {name!r}")
+    positive_number(seconds_per_frame, "seconds_per_frame")
     if not has_matplotlib():
         raise ImportError(f"an animation needs matplotlib: {PLOT_EXTRA_HINT}")
-    if not frames:
-        raise ValueError("save_animation needs at least one frame")
     from PIL import Image
 
     maps = [load_map(frame) for frame in frames]

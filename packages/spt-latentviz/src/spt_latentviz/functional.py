@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from spt_core.checks import positive_int
-from spt_latentviz._checks import check_map
+from spt_latentviz._checks import check_map, checked_generator
 from spt_latentviz._graph import neighbour_graph
 from spt_latentviz.scores import knn_recall, map_scores, trustworthiness
 
@@ -51,8 +51,10 @@ def sample_negatives(
         int64 tensor of shape ``(N, k, n_negatives)`` with values in ``[0, num_points)``.
 
     Raises:
-        TypeError: If ``num_points`` or ``n_negatives`` is not an int.
-        ValueError: If ``num_points`` or ``n_negatives`` is below 1.
+        TypeError: If ``num_points`` or ``n_negatives`` is not an int, ``neighbours`` not a
+            tensor or ``generator`` neither a ``torch.Generator`` nor ``None``.
+        ValueError: If ``num_points`` or ``n_negatives`` is below 1 or ``neighbours`` is not
+            2-D.
 
     Example:
         >>> g = torch.Generator().manual_seed(0)
@@ -61,6 +63,15 @@ def sample_negatives(
     """
     positive_int(num_points, "num_points")
     positive_int(n_negatives, "n_negatives")
+    if not isinstance(neighbours, Tensor):
+        raise TypeError(
+            f"sample_negatives: neighbours must be a torch.Tensor, got {type(neighbours).__name__}"
+        )
+    if neighbours.dim() != 2:
+        raise ValueError(
+            f"sample_negatives: neighbours must have shape (N, k), got {tuple(neighbours.shape)}"
+        )
+    checked_generator(generator, "sample_negatives")
     device = generator.device if generator is not None else neighbours.device
     drawn = torch.randint(
         num_points, (*neighbours.shape, n_negatives), generator=generator, device=device
@@ -152,9 +163,11 @@ def projection_loss(
         projection's parameters).
 
     Raises:
-        TypeError: If ``n_negatives`` is not an int.
-        ValueError: If the projection does not map the rows to shape ``(N, 2)``, or
-            ``n_negatives`` is below 1.
+        TypeError: If ``projection`` is not callable, ``rows`` or ``neighbours`` not a tensor,
+            ``n_negatives`` not an int or ``generator`` neither a ``torch.Generator`` nor
+            ``None``.
+        ValueError: If ``rows`` is 0-d, the projection does not map the rows to shape
+            ``(N, 2)``, ``neighbours`` is not ``(N, k)`` or ``n_negatives`` is below 1.
 
     Example:
         >>> rows = torch.tensor([[0.0, 0.0], [0.0, 1.0], [5.0, 5.0], [5.0, 6.0]])
@@ -163,6 +176,14 @@ def projection_loss(
         >>> loss.shape, bool(loss > 0)
         (torch.Size([]), True)
     """
+    if not callable(projection):
+        raise TypeError(f"{owner}: projection must be callable (an nn.Module), got {projection!r}")
+    if not isinstance(rows, Tensor):
+        raise TypeError(f"{owner}: rows must be a torch.Tensor, got {type(rows).__name__}")
+    if rows.dim() == 0:
+        raise ValueError(f"{owner}: rows must have a row dimension, got a 0-d tensor")
+    positive_int(n_negatives, f"{owner}: n_negatives")
+    checked_generator(generator, owner)
     z = projection(rows)
     check_map(z, len(rows), owner)
     negatives = sample_negatives(len(rows), neighbours, n_negatives, generator)

@@ -12,6 +12,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from spt_latentviz._map_checks import (
+    check_figure,
+    check_scalars,
+    checked_coordinates,
+    checked_labels,
+    checked_path,
+)
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
@@ -56,7 +64,10 @@ def save_map(
         **scalars: Extra numbers stored as 0-d arrays (epoch, scores...).
 
     Raises:
-        ValueError: If the shapes do not fit.
+        TypeError: If ``path`` is not a str or a path, ``coordinates`` not numbers, ``labels``
+            neither numbers nor strings, or a scalar not a number.
+        ValueError: If the shapes do not fit or a scalar holds several numbers.
+        OSError: If the file cannot be written (e.g. its folder does not exist).
 
     Example:
         >>> import tempfile
@@ -65,21 +76,25 @@ def save_map(
         >>> sorted(load_map(path))
         ['coordinates', 'epoch', 'labels']
     """
-    coordinates = np.asarray(coordinates)
-    if coordinates.ndim != 2 or coordinates.shape[1] != 2:
-        raise ValueError(f"coordinates must have shape (N, 2), got {coordinates.shape}")
+    checked_path(path, "path")
+    coordinates = checked_coordinates(coordinates)
+    labels = checked_labels(labels, len(coordinates))
+    check_scalars(scalars)
     arrays: dict[str, Any] = {"coordinates": coordinates}
     if labels is not None:
-        labels = np.asarray(labels)
-        if labels.shape != (len(coordinates),):
-            raise ValueError(f"labels must have shape ({len(coordinates)},), got {labels.shape}")
         arrays["labels"] = labels
     arrays.update({key: np.asarray(value) for key, value in scalars.items()})
     np.savez_compressed(path, **arrays)
 
 
 def load_map(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
-    """Read a file written by :func:`save_map` into a dict of arrays (see its example)."""
+    """Read a file written by :func:`save_map` into a dict of arrays (see its example).
+
+    Raises:
+        TypeError: If ``path`` is not a str or a path.
+        OSError: If the file cannot be read.
+    """
+    checked_path(path, "path")
     with np.load(path) as data:
         return {key: data[key] for key in data.files}
 
@@ -146,6 +161,11 @@ def draw_map(
         A ``matplotlib.figure.Figure`` (not registered with pyplot).
 
     Raises:
+        TypeError: If ``coordinates`` are not numbers, ``labels`` neither numbers nor strings,
+            ``title`` not a str, ``size`` or ``limits`` not a tuple of numbers, ``dpi`` not an
+            int.
+        ValueError: If the shapes do not fit, a size or ``dpi`` is not positive, or
+            ``limits`` are not finite with ``x_min < x_max`` and ``y_min < y_max``.
         ImportError: Without matplotlib (see :data:`PLOT_EXTRA_HINT`).
 
     Example:
@@ -153,6 +173,9 @@ def draw_map(
         >>> fig.get_size_inches().tolist(), len(fig.axes[0].get_legend().get_texts())
         ([7.0, 6.0], 3)
     """
+    coordinates = checked_coordinates(coordinates).astype(np.float64)
+    labels = checked_labels(labels, len(coordinates))
+    check_figure(title, size, dpi, limits)
     if not has_matplotlib():
         raise ImportError(f"drawing a map needs matplotlib: {PLOT_EXTRA_HINT}")
     from matplotlib.cm import ScalarMappable
@@ -160,7 +183,6 @@ def draw_map(
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
 
-    coordinates = np.asarray(coordinates, dtype=np.float64)
     n = len(coordinates)
     fig = Figure(figsize=size, dpi=dpi, layout="constrained")
     ax = fig.add_subplot()
@@ -170,7 +192,6 @@ def draw_map(
     if labels is None:
         ax.scatter(coordinates[order, 0], coordinates[order, 1], color="tab:blue", **style)
     else:
-        labels = np.asarray(labels)
         classes, index, cmap = _class_colours(labels)
         if len(classes) > _MAX_LEGEND_CLASSES:
             values = labels if np.issubdtype(labels.dtype, np.number) else index

@@ -12,6 +12,7 @@ from torchmetrics import Metric
 from torchmetrics.utilities.data import dim_zero_cat
 from torchmetrics.utilities.distributed import gather_all_tensors
 
+from spt_core.checks import positive_int, string_key
 from spt_metrics._convert import as_rows, batch_size, scalar, to_numpy
 
 __all__ = ["FunctionMetric"]
@@ -51,9 +52,12 @@ class FunctionMetric(Metric):
         kwargs: Passed to torchmetrics' ``Metric`` (``process_group``...).
 
     Raises:
-        TypeError: If ``function`` is not callable, or if a call of :meth:`update` does not
-            give exactly the declared arguments.
-        ValueError: In exact mode, if an argument is a scalar (it has no rows).
+        TypeError: If ``function`` is not callable, ``num_args`` not an int, ``keywords`` not
+            a tuple or list of strings, ``per_step`` or ``compute_on_cpu`` not a bool, ``name``
+            neither a string nor ``None``, or if a call of :meth:`update` does not give
+            exactly the declared arguments.
+        ValueError: If ``num_args < 0``, a keyword is empty or repeated, ``name`` is empty,
+            or, in exact mode, an argument is a scalar (it has no rows).
 
     Example:
         >>> def hits(preds, target):
@@ -85,15 +89,14 @@ class FunctionMetric(Metric):
         name: str | None = None,
         **kwargs: Any,
     ) -> None:
-        if not callable(function):
-            raise TypeError(f"FunctionMetric: function must be callable, got {function!r}")
+        _check_arguments(function, num_args, keywords, per_step, compute_on_cpu, name)
         kwargs.setdefault("dist_sync_fn", _gather_on_backend_device)
         super().__init__(**kwargs)
         self._function = _Shared(function)
-        self.num_args = int(num_args)
+        self.num_args = num_args
         self.keywords = tuple(keywords)
-        self.per_step = bool(per_step)
-        self.keep_on_cpu = bool(compute_on_cpu)
+        self.per_step = per_step
+        self.keep_on_cpu = compute_on_cpu
         self.name = name or getattr(function, "__name__", type(function).__name__)
         if self.per_step:
             zero = torch.zeros((), dtype=torch.float64)
@@ -163,3 +166,23 @@ def _gather_on_backend_device(tensor: Tensor, group: Any = None) -> list[Tensor]
         device = torch.device("cuda", torch.cuda.current_device())
         return [t.to(tensor.device) for t in gather_all_tensors(tensor.to(device), group)]
     return gather_all_tensors(tensor, group)
+
+
+def _check_arguments(
+    function: Any, num_args: Any, keywords: Any, per_step: Any, compute_on_cpu: Any, name: Any
+) -> None:
+    owner = "FunctionMetric"
+    if not callable(function):
+        raise TypeError(f"{owner}: function must be callable, got {function!r}")
+    positive_int(num_args, f"{owner}: num_args", minimum=0)
+    if not isinstance(keywords, (tuple, list)):
+        raise TypeError(f"{owner}: keywords must be a tuple or list of names, got {keywords!r}")
+    for i, keyword in enumerate(keywords):
+        string_key(keyword, f"{owner}: keywords[{i}]")
+    if len(set(keywords)) != len(keywords):
+        raise ValueError(f"{owner}: keywords must not repeat a name, got {keywords!r}")
+    for argument, value in (("per_step", per_step), ("compute_on_cpu", compute_on_cpu)):
+        if not isinstance(value, bool):
+            raise TypeError(f"{owner}: {argument} must be a bool, got {value!r}")
+    if name is not None:
+        string_key(name, f"{owner}: name")

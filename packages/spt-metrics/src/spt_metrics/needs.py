@@ -179,6 +179,10 @@ def bind_needs(metric: Any, spec: NeedsSpec | None, *, name: str) -> Needs:
 def resolve_needs(metrics: Mapping[str, Any], needs: Any = None) -> dict[str, Needs]:
     """Resolve ``needs`` for every metric of ``{name: metric}``.
 
+    Raises:
+        TypeError: If ``metrics`` is not a mapping, or ``needs`` has no accepted form.
+        ValueError: If ``needs`` names no metric or does not fit a metric's signature.
+
     Example:
         >>> def accuracy(y_true, y_pred, *, normalize=True):
         ...     return 0.0
@@ -189,6 +193,8 @@ def resolve_needs(metrics: Mapping[str, Any], needs: Any = None) -> dict[str, Ne
         ...
         ValueError: needs overrides ['accuracy'], which name no metric; the metrics are ['acc']
     """
+    if not isinstance(metrics, Mapping):
+        raise TypeError(f"resolve_needs: metrics must be a dict {{name: metric}}, got {metrics!r}")
     specs = split_needs(list(metrics), needs)
     return {name: bind_needs(metric, specs[name], name=name) for name, metric in metrics.items()}
 

@@ -67,8 +67,8 @@ def check_targets(
         >>> check_targets(torch.tensor([0.5, 1.0]), rows=2)
         Traceback (most recent call last):
         ...
-        TypeError: target holds torch.float32 values, but the default loss (cross-entropy) takes integer class indices (cast them with .long()); pass a loss_fn for regression, soft or multi-label targets
-    """  # noqa: E501
+        TypeError: target holds torch.float32 values, but the default loss ... targets
+    """
     if not isinstance(target, Tensor):
         items = {type(item).__name__ for item in target} if isinstance(target, list) else ()
         hint = (

@@ -15,6 +15,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from spt_core.checks import finite_rows
+from spt_probe._function_checks import (
+    check_finite,
+    check_loss_fn,
+    check_probe,
+    check_tensors,
+    same_rows,
+)
 from spt_probe._targets import check_targets, ignore_index_of, is_class_labels
 
 __all__ = [
@@ -71,7 +78,7 @@ def masked_cross_entropy(logits: Tensor, target: Tensor) -> Tensor:
         >>> F.cross_entropy(logits[:2], torch.tensor([0, 1]))
         tensor(0.1269)
     """
-    _check_tensors("masked_cross_entropy", logits=logits, target=target)
+    check_tensors("masked_cross_entropy", logits=logits, target=target)
     if logits.ndim != 2 or target.ndim != 1 or target.shape[0] != logits.shape[0]:
         raise ValueError(
             f"masked_cross_entropy needs logits (N, C) and target (N,), got "
@@ -94,7 +101,7 @@ def prepare_features(features: Tensor, probe: nn.Module) -> Tensor:
         >>> prepare_features(x, torch.nn.Linear(3, 2)).dtype
         torch.float32
     """
-    _check_tensors("prepare_features", features=features)
+    check_tensors("prepare_features", features=features)
     features = features.detach()
     weight = next((p for p in probe.parameters() if p.is_floating_point()), None)
     if weight is None:
@@ -125,6 +132,11 @@ def probe_loss(
     Returns:
         ``(loss, rows)``: the scalar loss and a 0-d integer tensor, the rows it averages.
 
+    Raises:
+        TypeError: If ``logits`` or ``target`` is not a tensor, ``loss_fn`` not callable or
+            ``finite`` not a bool tensor.
+        ValueError: If a tensor is 0-d or they do not hold as many rows.
+
     Example:
         >>> logits = torch.tensor([[2.0, 0.0], [0.0, 2.0], [5.0, -5.0]])
         >>> probe_loss(logits, torch.tensor([0, 1, -1]))
@@ -134,6 +146,10 @@ def probe_loss(
         >>> loss, rows
         (tensor(0.), tensor(0))
     """
+    check_tensors("probe_loss", logits=logits, target=target)
+    same_rows("probe_loss", ("logits", logits), ("target", target))
+    check_loss_fn("probe_loss", loss_fn)
+    check_finite("probe_loss", finite, logits.shape[0])
     ignore = ignore_index_of(loss_fn)
     default = loss_fn is None or loss_fn is masked_cross_entropy
     if not is_class_labels(target) or not (default or ignore is not None):
@@ -175,7 +191,10 @@ def probe_step(
         A :class:`ProbeStep`: ``logits``, ``loss`` and the ``rows`` the loss averages.
 
     Raises:
-        TypeError: If ``features`` or ``target`` is not a tensor.
+        TypeError: If ``probe`` is not an ``nn.Module``, ``features`` or ``target`` not a
+            tensor, ``loss_fn`` not callable or ``finite`` not a bool tensor.
+        ValueError: If ``features`` or ``target`` is 0-d or they, and ``finite``, do not hold
+            as many rows.
 
     Example:
         >>> probe = torch.nn.Linear(2, 3)
@@ -187,7 +206,11 @@ def probe_step(
         >>> bool(probe.weight.grad.isfinite().all())
         True
     """
-    _check_tensors("probe_step", features=features, target=target)
+    check_probe("probe_step", probe)
+    check_tensors("probe_step", features=features, target=target)
+    same_rows("probe_step", ("features", features), ("target", target))
+    check_loss_fn("probe_step", loss_fn)
+    check_finite("probe_step", finite, features.shape[0])
     features = prepare_features(features, probe)
     if finite is None:
         finite = finite_rows(features)
@@ -212,7 +235,8 @@ def probe_predict(probe: nn.Module, features: Tensor) -> Tensor:
         ``(N, C)`` detached outputs.
 
     Raises:
-        TypeError: If ``features`` is not a tensor.
+        TypeError: If ``probe`` is not an ``nn.Module`` or ``features`` not a tensor.
+        ValueError: If ``features`` is 0-d.
 
     Example:
         >>> probe = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout(0.9))
@@ -220,7 +244,8 @@ def probe_predict(probe: nn.Module, features: Tensor) -> Tensor:
         >>> torch.equal(probe_predict(probe, x), probe[0](x).detach()), probe.training
         (True, True)
     """
-    _check_tensors("probe_predict", features=features)
+    check_probe("probe_predict", probe)
+    check_tensors("probe_predict", features=features)
     modes = [(module, module.training) for module in probe.modules()]
     probe.eval()
     try:
@@ -229,11 +254,3 @@ def probe_predict(probe: nn.Module, features: Tensor) -> Tensor:
     finally:
         for module, training in modes:
             module.training = training
-
-
-def _check_tensors(owner: str, **tensors: object) -> None:
-    for argument, value in tensors.items():
-        if not isinstance(value, Tensor):
-            raise TypeError(
-                f"{owner}: {argument} must be a torch.Tensor, got {type(value).__name__}"
-            )

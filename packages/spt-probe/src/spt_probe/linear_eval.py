@@ -14,7 +14,8 @@ import torch
 from torch import Tensor, nn
 
 from spt_core.checks import finite_rows, positive_int
-from spt_probe.functional import LossFn, _check_tensors, probe_step
+from spt_probe._function_checks import check_loss_fn, check_probe, check_tensors, same_rows
+from spt_probe.functional import LossFn, probe_step
 from spt_trainable.optimizers import OptimizerSpec, create_optimizer
 
 __all__ = ["DEFAULT_FIT_OPTIMIZER", "fit_probe", "fresh_probe", "not_reset"]
@@ -41,7 +42,7 @@ def fresh_probe(probe: nn.Module, seed: int = 0) -> nn.Module:
         The new module, in train mode.
 
     Raises:
-        TypeError: If ``seed`` is not an int.
+        TypeError: If ``probe`` is not an ``nn.Module`` or ``seed`` not an int.
         ValueError: If ``seed`` is negative.
 
     Example:
@@ -50,6 +51,7 @@ def fresh_probe(probe: nn.Module, seed: int = 0) -> nn.Module:
         >>> torch.equal(fresh_probe(nn.Linear(4, 2), seed=3).weight, expected.weight)
         True
     """
+    check_probe("fresh_probe", probe)
     positive_int(seed, "fresh_probe: seed", 0)
     device = next((p.device for p in probe.parameters()), torch.device("cpu"))
     fresh = copy.deepcopy(probe).cpu()
@@ -121,9 +123,11 @@ def fit_probe(
         ``probe``, trained, in train mode.
 
     Raises:
-        TypeError: If ``features`` or ``labels`` is not a tensor, or ``epochs``,
-            ``batch_size`` or ``seed`` not an int.
-        ValueError: If ``epochs < 0``, ``batch_size < 1`` or ``seed < 0``.
+        TypeError: If ``probe`` is not an ``nn.Module``, ``features`` or ``labels`` not a
+            tensor, ``epochs``, ``batch_size`` or ``seed`` not an int, ``loss_fn`` not callable
+            or ``optimizer`` not a form of :func:`spt_trainable.create_optimizer`.
+        ValueError: If ``epochs < 0``, ``batch_size < 1``, ``seed < 0``, a tensor is 0-d or
+            ``labels`` does not hold one entry per row of ``features``.
 
     Example:
         >>> x = torch.tensor([[1.0, 0.0], [0.0, 1.0]]).repeat(8, 1)
@@ -136,7 +140,10 @@ def fit_probe(
     positive_int(epochs, "fit_probe: epochs", 0)
     positive_int(batch_size, "fit_probe: batch_size")
     positive_int(seed, "fit_probe: seed", 0)
-    _check_tensors("fit_probe", features=features, labels=labels)
+    check_probe("fit_probe", probe)
+    check_tensors("fit_probe", features=features, labels=labels)
+    same_rows("fit_probe", ("features", features), ("labels", labels))
+    check_loss_fn("fit_probe", loss_fn)
     spec = DEFAULT_FIT_OPTIMIZER if optimizer is None else optimizer
     trained = [p for p in probe.parameters() if p.requires_grad]
     steps = create_optimizer(trained, dict(spec) if isinstance(spec, Mapping) else spec)

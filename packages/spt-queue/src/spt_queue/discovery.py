@@ -8,12 +8,19 @@ import torch
 from lightning.pytorch import Trainer
 from torch import Tensor
 
-from spt_core.checks import flat_dim
+from spt_core.checks import flat_dim, positive_int, string_key
 from spt_queue.online_queue import OnlineQueue
 
 
 def find_queue(trainer: Trainer, key: str) -> OnlineQueue | None:
-    """The :class:`OnlineQueue` of ``key`` registered on ``trainer``, or ``None``."""
+    """The :class:`OnlineQueue` of ``key`` registered on ``trainer``, or ``None``.
+
+    Raises:
+        TypeError: If ``trainer`` has no ``callbacks`` list (not a ``Trainer``) or ``key`` is
+            not a string.
+        ValueError: If ``key`` is empty.
+    """
+    _check_trainer_and_key("find_queue", trainer, key)
     for callback in trainer.callbacks:
         if isinstance(callback, OnlineQueue) and callback.key == key:
             return callback
@@ -56,9 +63,26 @@ def find_or_create_queue(
         The shared queue.
 
     Raises:
-        ValueError: If an existing queue of ``key`` was declared with another ``dim``, or
-            ``class_labels`` is set without a ``consumer``.
+        TypeError: If an argument has the wrong type (``trainer`` not a ``Trainer``, ``key``
+            or ``consumer`` not a string, ``queue_length`` not an int, ``dim`` not an int or
+            shape, ``dtype`` not a ``torch.dtype``, ``previous`` not an ``OnlineQueue``,
+            ``class_labels`` not a bool).
+        ValueError: If ``key`` or ``consumer`` is empty, ``queue_length < 1``, a size of
+            ``dim`` is below 1, an existing queue of ``key`` was declared with another
+            ``dim``, or ``class_labels`` is set without a ``consumer``.
     """
+    owner = "find_or_create_queue"
+    _check_trainer_and_key(owner, trainer, key)
+    positive_int(queue_length, f"{owner}: queue_length")
+    flat_dim(dim, f"{owner}: dim")
+    if dtype is not None and not isinstance(dtype, torch.dtype):
+        raise TypeError(f"{owner}: dtype must be a torch.dtype or None, got {dtype!r}")
+    if previous is not None and not isinstance(previous, OnlineQueue):
+        raise TypeError(f"{owner}: previous must be an OnlineQueue or None, got {previous!r}")
+    if consumer is not None:
+        string_key(consumer, f"{owner}: consumer")
+    if not isinstance(class_labels, bool):
+        raise TypeError(f"{owner}: class_labels must be a bool, got {class_labels!r}")
     if class_labels and consumer is None:
         raise ValueError("class_labels=True needs the consumer's name (consumer=...)")
     queue = find_queue(trainer, key)
@@ -96,6 +120,9 @@ def read_aligned(queues: Sequence[OnlineQueue], n: int, owner: str) -> list[Tens
         One tensor per queue, with the same number of rows.
 
     Raises:
+        TypeError: If ``queues`` is not a list or tuple of :class:`OnlineQueue`, or ``n`` not
+            an int.
+        ValueError: If ``n`` is negative.
         RuntimeError: If the queues did not receive the same rows (different append counts or
             lengths), which would pair a feature with another sample's label.
 
@@ -105,6 +132,10 @@ def read_aligned(queues: Sequence[OnlineQueue], n: int, owner: str) -> list[Tens
         >>> [rows.shape[0] for rows in read_aligned([features, labels], 2, owner="knn")]
         [2, 2]
     """
+    if not isinstance(queues, (list, tuple)) or not all(
+        isinstance(queue, OnlineQueue) for queue in queues
+    ):
+        raise TypeError(f"{owner}: queues must be a list or tuple of OnlineQueue, got {queues!r}")
     rows = [queue.read(n) for queue in queues]
     if len({(q.appended, len(r)) for q, r in zip(queues, rows, strict=True)}) > 1:
         detail = ", ".join(
@@ -113,3 +144,12 @@ def read_aligned(queues: Sequence[OnlineQueue], n: int, owner: str) -> list[Tens
         )
         raise RuntimeError(f"{owner}: its queues are not aligned ({detail})")
     return rows
+
+
+def _check_trainer_and_key(owner: str, trainer: object, key: object) -> None:
+    if not isinstance(getattr(trainer, "callbacks", None), list):  # a Trainer, or a stand-in
+        raise TypeError(
+            f"{owner}: trainer must be a lightning Trainer (with a callbacks list), got "
+            f"{type(trainer).__name__}"
+        )
+    string_key(key, f"{owner}: key")

@@ -29,9 +29,11 @@ class RingBuffer:
         device: Storage device. ``None``: the first append's device.
 
     Raises:
-        ValueError: If ``capacity`` is below 1, or ``shape`` holds a negative size.
-        TypeError: If ``capacity`` is not an int, or ``shape`` is neither ``None``, an int nor
-            a sequence of ints.
+        ValueError: If ``capacity`` is below 1, ``shape`` holds a negative size, or
+            ``device`` names no device type.
+        TypeError: If ``capacity`` is not an int, ``shape`` is neither ``None``, an int nor
+            a sequence of ints, ``dtype`` not a ``torch.dtype`` or ``device`` neither a
+            ``torch.device`` nor a str.
 
     Example:
         >>> buffer = RingBuffer(3)
@@ -54,8 +56,10 @@ class RingBuffer:
     ) -> None:
         self.capacity = positive_int(capacity, "capacity")
         self.shape = _row_shape(shape)
+        if dtype is not None and not isinstance(dtype, torch.dtype):
+            raise TypeError(f"dtype must be a torch.dtype or None, got {dtype!r}")
         self.dtype = dtype
-        self.device = None if device is None else torch.device(device)
+        self.device = None if device is None else _device(device)
         self._declared = (self.shape, self.dtype)
         self._data: Tensor | None = None
         self._head = 0
@@ -205,3 +209,14 @@ def _row_shape(shape: object) -> tuple[int, ...] | None:
     if any(s < 0 for s in shape):
         raise ValueError(f"shape must hold sizes >= 0, got {shape!r}")
     return tuple(shape)
+
+
+def _device(device: Any) -> torch.device:
+    if isinstance(device, torch.device):
+        return device
+    if not isinstance(device, str):
+        raise TypeError(f"device must be a torch.device, a str or None, got {device!r}")
+    try:
+        return torch.device(device)
+    except RuntimeError as error:
+        raise ValueError(f"device must name a torch device, got {device!r}: {error}") from None

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
+
+from torch import Tensor
 
 
 def registry(module: Any, base: type) -> dict[str, type]:
@@ -93,3 +95,23 @@ def built(value: Any, expected: type, spec: Any, argument: str, given: str, what
             f"{argument}: calling {spec!r} with {given} returned {type(value).__name__}, not {what}"
         )
     return value
+
+
+def check_params(params: Any, argument: str) -> None:
+    """Raise unless ``params`` is an iterable (not a single tensor) of what an optimizer
+    takes: parameters or parameter groups (torch checks the entries).
+
+    Raises:
+        TypeError: Naming ``argument`` and what was given.
+
+    Example:
+        >>> check_params(3, "params")
+        Traceback (most recent call last):
+        ...
+        TypeError: params must be an iterable of parameters or parameter groups (dicts), got int
+    """
+    if isinstance(params, Tensor) or not isinstance(params, Iterable):
+        raise TypeError(
+            f"{argument} must be an iterable of parameters or parameter groups (dicts), got "
+            f"{type(params).__name__}"
+        )

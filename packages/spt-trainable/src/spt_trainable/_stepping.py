@@ -46,8 +46,8 @@ def check_stepping(
         >>> check_stepping(0, None, "norm", "TrainableCallback[name=head]")
         Traceback (most recent call last):
         ...
-        ValueError: TrainableCallback[name=head]: accumulate_grad_batches must be an integer >= 1, got 0
-    """  # noqa: E501
+        ValueError: TrainableCallback[name=head]: accumulate_grad_batches must be an ... got 0
+    """
     positive_int(accumulate_grad_batches, f"{owner}: accumulate_grad_batches")
     if gradient_clip_val is not None:
         message = f"{owner}: gradient_clip_val must be a number > 0 or None, got "
@@ -116,9 +116,17 @@ def logger_writes_this_step(trainer: Trainer) -> bool:
     training stops); a ``log`` call costs about a millisecond, so a callback that logs its
     loss per batch skips the calls whose values no logger would see.
 
+    Raises:
+        TypeError: If ``trainer`` is not a Lightning ``Trainer``.
+
     Example:
         >>> logger_writes_this_step(Trainer(logger=False, log_every_n_steps=1))
         True
     """
+    if not isinstance(trainer, Trainer):
+        raise TypeError(
+            f"logger_writes_this_step: trainer must be a lightning Trainer, got "
+            f"{type(trainer).__name__}"
+        )
     connector = getattr(trainer, "_logger_connector", None)  # private, stable since 1.6
     return bool(getattr(connector, "should_update_logs", True))

@@ -9,6 +9,8 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from spt_trainable._forms import check_params
+
 
 def lars_scale(
     weight_norm: Tensor,
@@ -82,8 +84,9 @@ class LARS(Optimizer):
         dampening: Dampening of the momentum buffer (default 0).
 
     Raises:
-        TypeError: If ``lr``, ``momentum``, ``weight_decay``, ``eta``, ``eps`` or
-            ``dampening`` is not a number.
+        TypeError: If ``params`` is not an iterable of parameters or groups, ``lr``,
+            ``momentum``, ``weight_decay``, ``eta``, ``eps`` or ``dampening`` is not a number,
+            or ``clip_lr``, ``exclude_bias_n_norm`` or ``nesterov`` not a bool.
         ValueError: If one of those numbers is negative or NaN (as ``torch.optim.SGD``
             refuses a negative ``lr``), or for Nesterov without momentum or with dampening.
 
@@ -121,6 +124,11 @@ class LARS(Optimizer):
                 raise TypeError(f"LARS: {arg} must be a number >= 0, got {value!r}")
             if not value >= 0:
                 raise ValueError(f"LARS: {arg} must be a number >= 0, got {value!r}")
+        flags = {"clip_lr": clip_lr, "exclude_bias_n_norm": exclude_bias_n_norm}
+        for arg, value in {**flags, "nesterov": nesterov}.items():
+            if not isinstance(value, bool):
+                raise TypeError(f"LARS: {arg} must be a bool, got {value!r}")
+        check_params(params, "LARS: params")
         if nesterov and (momentum <= 0 or dampening != 0):
             raise ValueError(
                 f"LARS: nesterov needs momentum > 0 and dampening 0, "

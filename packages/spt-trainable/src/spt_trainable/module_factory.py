@@ -52,12 +52,17 @@ def input_width(module: nn.Module) -> int | None:
     An ``nn.Linear`` takes ``in_features``; an ``nn.Sequential`` takes what its first layer
     takes. Anything else (a lazy layer, a convolution, a custom module) gives ``None``.
 
+    Raises:
+        TypeError: If ``module`` is not an ``nn.Module``.
+
     Example:
         >>> input_width(nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2)))
         8
         >>> input_width(nn.LazyLinear(2)) is None
         True
     """
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"input_width: module must be an nn.Module, got {type(module).__name__}")
     while isinstance(module, nn.Sequential) and len(module):
         module = module[0]
     if isinstance(module, nn.Linear) and not isinstance(module, nn.modules.lazy.LazyModuleMixin):

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch.optim import Optimizer
 
-from spt_trainable._forms import built, by_name, check_kwargs, registry, split_type
+from spt_trainable._forms import built, by_name, check_kwargs, check_params, registry, split_type
 from spt_trainable.lars import LARS
 
 __all__ = ["OptimizerSpec", "check_optimizer", "create_optimizer", "optimizer_class"]
@@ -95,7 +95,8 @@ def create_optimizer(
         The optimizer.
 
     Raises:
-        TypeError: If ``spec`` has no accepted form or a callable returns no ``Optimizer``.
+        TypeError: If ``params`` is not an iterable of parameters or groups, ``spec`` has no
+            accepted form or a callable returns no ``Optimizer``.
         ValueError: For an unknown name.
 
     Example:
@@ -111,6 +112,7 @@ def create_optimizer(
     check_optimizer(spec, argument)
     if isinstance(spec, Optimizer):
         return spec
+    check_params(params, f"{argument}: params")
     if isinstance(spec, str):
         spec = {"type": spec}
     if isinstance(spec, Mapping):

@@ -204,7 +204,9 @@ def create_scheduler(
         A :class:`SchedulerConfig`.
 
     Raises:
-        TypeError: For an unsupported form or a callable that returns no scheduler.
+        TypeError: For an ``optimizer`` that is not an ``Optimizer``, a ``horizon`` that is
+            not callable (or returns neither an int nor ``None``), an unsupported form or a
+            callable that returns no scheduler.
         ValueError: For an unknown name, a bad option, a scheduler bound to another
             optimizer, or a run length that is needed but unknown.
 
@@ -220,6 +222,12 @@ def create_scheduler(
         ('epoch', 'eval/acc')
     """
     check_scheduler(spec, argument)
+    if not isinstance(optimizer, Optimizer):
+        raise TypeError(
+            f"{argument}: optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}"
+        )
+    if horizon is not None and not callable(horizon):
+        raise TypeError(f"{argument}: horizon must be callable(interval) or None, got {horizon!r}")
     inner, options = _options(spec, argument)
     interval = options.get("interval")
     if isinstance(inner, str) or (isinstance(inner, type) and issubclass(inner, LRScheduler)):
@@ -229,7 +237,9 @@ def create_scheduler(
     elif isinstance(inner, Mapping):
         cls, kwargs = split_type(inner, argument, scheduler_class)
         default = "epoch" if issubclass(cls, ReduceLROnPlateau) else "step"
-        steps = (lambda: horizon(interval or default)) if horizon is not None else None
+        steps = (
+            None if horizon is None else (lambda: _length(horizon, interval or default, argument))
+        )
         scheduler = cls(optimizer, **fill_defaults(cls, kwargs, optimizer, steps, argument))
     else:
         given = "the optimizer"
@@ -245,3 +255,12 @@ def create_scheduler(
         monitor=options.get("monitor"),
         strict=options.get("strict", True),
     )
+
+
+def _length(horizon: Callable[[str], int | None], interval: str, argument: str) -> int | None:
+    value = horizon(interval)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        raise TypeError(
+            f"{argument}: horizon({interval!r}) must return an int or None, got {value!r}"
+        )
+    return value
