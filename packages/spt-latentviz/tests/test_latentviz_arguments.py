@@ -60,6 +60,7 @@ def test_the_arguments_of_a_picture_are_checked_without_matplotlib(monkeypatch, 
 
 def test_numpy_numbers_make_axis_limits():
     """``save_animation`` computes its shared limits with numpy (float32 maps)."""
+    pytest.importorskip("matplotlib")
     limits = tuple(np.float32(v) for v in (-1.0, 1.0, -2.0, 2.0))
     axes = draw_map(MAP, limits=limits, size=(np.float64(2.0), 2), dpi=50).axes[0]
     assert axes.get_xlim() == (-1.0, 1.0)
