@@ -124,10 +124,7 @@ def check_knn_arguments(
         or (chunk_size != -1 and chunk_size <= 0)
     ):
         raise ValueError(_CHUNK_SIZE.format(owner=owner, value=chunk_size))
-    if distance_metric not in METRICS:
-        raise ValueError(
-            f"{owner}: distance_metric must be one of {METRICS}, got {distance_metric!r}"
-        )
+    _check_metric(distance_metric, owner)
     if weighting not in WEIGHTINGS:
         raise ValueError(f"{owner}: weighting must be one of {WEIGHTINGS}, got {weighting!r}")
 
@@ -169,10 +166,7 @@ def check_search(
         )
     integer_rows(labels, bank.shape[0], f"{owner}: {names[2]}", names[1])
     positive_int(k, f"{owner}: k", minimum=0)
-    if distance_metric not in METRICS:
-        raise ValueError(
-            f"{owner}: distance_metric must be one of {METRICS}, got {distance_metric!r}"
-        )
+    _check_metric(distance_metric, owner)
     if chunk_size is None:
         return
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int):
@@ -211,3 +205,10 @@ def integer_rows(value: object, rows: int, argument: str, of: str = "bank") -> T
             f"{argument} must have shape ({rows},) (one per row of {of}), got {tuple(value.shape)}"
         )
     return value
+
+
+def _check_metric(distance_metric: object, owner: str) -> None:
+    if distance_metric not in METRICS:
+        raise ValueError(
+            f"{owner}: distance_metric must be one of {METRICS}, got {distance_metric!r}"
+        )
