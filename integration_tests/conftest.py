@@ -20,6 +20,8 @@ from typing import Any
 import pytest
 import torch
 
+from spt_core.testing import free_port
+
 SCENARIOS = Path(__file__).parent / "scenarios"
 # Scenario scripts run a Trainer when imported: never collect them (not even for doctests).
 collect_ignore = ["scenarios"]
@@ -38,7 +40,7 @@ def _run(name: str, workdir: Path, devices: int, timeout: float, params: dict) -
         json.dumps(params),
     ]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MASTER_", "LOCAL_RANK"))}
-    env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", MASTER_PORT=str(free_port()))
     process = subprocess.Popen(
         command,
         cwd=workdir,

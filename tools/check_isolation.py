@@ -8,7 +8,7 @@ pyproject: spt-distance's tests use spt-core's test harness, which its users nev
 then ``pytest packages/<pkg>/tests``. A package with extras runs
 twice: once bare (its optional paths must skip or degrade cleanly) and once with every
 extra installed (``spt-metrics[sklearn]``), so the tests of the optional paths run too.
-Prints a table; exits 1 if any run fails.
+Prints the end of each failed step's output, then a table; exits 1 if any run fails.
 
     python tools/check_isolation.py                # every package, ~1.5 min per run
     python tools/check_isolation.py spt-queue spt-knn --keep /tmp/iso
@@ -76,13 +76,21 @@ def variants(package: str, mode: str = "both") -> list[str]:
     return {"both": [package, full], "none": [package], "only": [full]}[mode]
 
 
+def folder_name(install: str) -> str:
+    """``spt-x[a,b]`` -> ``spt-x-a-b``: the name of ``install``'s environment in the work folder
+    (its failure log is that name plus ``.log``)."""
+    return install.replace("[", "-").replace("]", "").replace(",", "-")
+
+
 def check(install: str, wheels: Path, work: Path) -> tuple[bool, str, float]:
     """Install ``install`` (``spt-x`` or ``spt-x[extra,...]``) in a fresh environment and
     run the package's tests there; returns (passed, last line or summary, seconds)."""
     start = time.perf_counter()
     package = install.split("[", 1)[0]
-    venv = work / install.replace("[", "-").replace("]", "").replace(",", "-")
+    venv = work / folder_name(install)
     python = str(venv / "bin" / "python")
+    log = work / f"{folder_name(install)}.log"
+    log.unlink(missing_ok=True)
     steps = [
         [sys.executable, "-m", "venv", str(venv)],
         [python, "-m", "pip", "install", "-q", TORCH],
@@ -115,11 +123,9 @@ def check(install: str, wheels: Path, work: Path) -> tuple[bool, str, float]:
     for step in steps:
         done = run(step, cwd=work)
         if done.returncode:
-            return (
-                False,
-                (done.stdout + done.stderr).strip().splitlines()[-1],
-                time.perf_counter() - start,
-            )
+            log.write_text(done.stdout + done.stderr)
+            last = (done.stdout + done.stderr).strip().splitlines()[-1]
+            return False, f"{last} (whole output: {log})", time.perf_counter() - start
     summary = done.stdout.strip().splitlines()[-1]
     freeze = run([python, "-m", "pip", "freeze"]).stdout
     spt = sorted(line.split("==")[0] for line in freeze.splitlines() if line.startswith("spt"))
@@ -145,6 +151,10 @@ def main() -> int:
         work.mkdir(parents=True, exist_ok=True)
         build_wheels(work / "wheels")
         results = {install: check(install, work / "wheels", work) for install in installs}
+        for install, (ok, _, _) in results.items():
+            if not ok:
+                tail = (work / f"{folder_name(install)}.log").read_text().splitlines()[-60:]
+                print(f"\n--- {install} (last {len(tail)} lines) ---", *tail, sep="\n")
     width = max(len(install) for install in results) + 1
     print(f"\n{'install':<{width}} {'result':<6} {'seconds':>7}  detail")
     for install, (ok, detail, seconds) in results.items():

@@ -1,4 +1,3 @@
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -6,6 +5,7 @@ from pathlib import Path
 import torch
 
 from spt_core import distributed
+from spt_core.testing import free_port
 
 
 def test_single_process_fallbacks():
@@ -20,9 +20,7 @@ def test_single_process_fallbacks():
 
 
 def test_collectives_in_two_gloo_processes():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     script = Path(__file__).with_name("gloo_collectives.py")
     done = subprocess.run(
         [sys.executable, str(script), str(port)], capture_output=True, text=True, timeout=180

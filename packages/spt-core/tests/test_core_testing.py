@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import random
+import socket
 
 import pytest
 import torch
@@ -13,6 +15,8 @@ from spt_core.testing import (
     CallbackTester,
     DictDataset,
     RecordingLogger,
+    free_port,
+    ports,
     quiet_trainer,
 )
 
@@ -100,3 +104,26 @@ def test_callback_tester_ddp_failure_is_reported():
     tester = _tester(make_callback=functools.partial(LogEpochMean, key="missing"))
     with pytest.raises(AssertionError, match="DDP run failed"):
         tester.run_ddp(stage="validate")
+
+
+def test_free_port_is_below_the_ephemeral_range_and_bindable():
+    start = ports._ephemeral_start()
+    for _ in range(20):
+        port = free_port()
+        assert 10_000 <= port < start
+        with socket.socket() as probe:
+            probe.bind(("", port))
+
+
+def test_free_port_skips_a_taken_port_and_says_when_all_are(monkeypatch):
+    with socket.socket() as taken:
+        taken.bind(("", free_port()))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        other = free_port()
+        draws = iter([busy, other])
+        monkeypatch.setattr(random.SystemRandom, "randrange", lambda self, a, b: next(draws))
+        assert free_port() == other
+        monkeypatch.setattr(random.SystemRandom, "randrange", lambda self, a, b: busy)
+        with pytest.raises(RuntimeError, match="3 ports"):
+            free_port(attempts=3)

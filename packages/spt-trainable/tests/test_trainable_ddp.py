@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import datetime
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -27,6 +26,7 @@ import torch.distributed as dist
 from torch import nn
 
 from spt_core import distributed
+from spt_core.testing import free_port
 from spt_trainable import TrainableCallback
 
 # One tensor of each dtype; the dtypes of parameters and buffers come in the order given.
@@ -207,15 +207,9 @@ def run_rank(rank: int, port: int) -> None:
     dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.mark.parametrize("seeds", [(0, 1), (2, 3), (4, 5), (6, 7)])
 def test_two_ranks_started_with_different_hash_seeds_agree(seeds):
-    port = _free_port()
+    port = free_port()
     ranks = []
     for rank, seed in enumerate(seeds):
         env = {**os.environ, "PYTHONHASHSEED": str(seed), "OMP_NUM_THREADS": "1"}

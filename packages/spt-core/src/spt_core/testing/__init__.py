@@ -3,9 +3,9 @@
 `quiet_trainer` builds a CPU Trainer that prints nothing, `DictDataset` serves dict batches,
 `Backbone` is a tiny LightningModule whose steps return ``{"loss", <feature key>, ...}``,
 `RecordingLogger` keeps every logged value, `forbid_host_sync` refuses host syncs,
-`SyncFreeAccuracy` is a metric that makes none, `captured_logs` keeps spt's log lines, and
-`CallbackTester` runs a callback on one process or on two gloo processes and compares what it
-logged with a reference.
+`SyncFreeAccuracy` is a metric that makes none, `captured_logs` keeps spt's log lines,
+`free_port` gives a DDP launch its rendezvous port, and `CallbackTester` runs a callback on one
+process or on two gloo processes and compares what it logged with a reference.
 """
 
 from spt_core.testing.host_sync import HostSyncError, forbid_host_sync
@@ -17,6 +17,7 @@ from spt_core.testing.parts import (
     SyncFreeAccuracy,
     quiet_trainer,
 )
+from spt_core.testing.ports import free_port
 from spt_core.testing.tester import CallbackTester
 
 __all__ = [
@@ -28,5 +29,6 @@ __all__ = [
     "SyncFreeAccuracy",
     "captured_logs",
     "forbid_host_sync",
+    "free_port",
     "quiet_trainer",
 ]

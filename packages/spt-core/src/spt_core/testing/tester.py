@@ -22,6 +22,7 @@ import lightning as L
 from torch.utils.data import DataLoader, Dataset
 
 from spt_core.testing.parts import RecordingLogger, quiet_trainer
+from spt_core.testing.ports import free_port
 
 _SCRIPT = Path(__file__).with_name("ddp_main.py")
 
@@ -88,7 +89,7 @@ class CallbackTester:
             spec = Path(folder) / "spec.pkl"
             spec.write_bytes(_dumps((self, stage, devices)))
             env = {k: v for k, v in os.environ.items() if not k.startswith(("MASTER_", "LOCAL_"))}
-            env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+            env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", MASTER_PORT=str(free_port()))
             command = [sys.executable, str(_SCRIPT), str(spec), folder]
             process = subprocess.Popen(
                 command,
