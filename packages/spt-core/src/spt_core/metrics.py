@@ -182,9 +182,11 @@ class StageMetrics:
 
         Unlabelled rows (negative labels) never reach a metric. A copy whose ``ignore_index``
         was left at ``None`` (torchmetrics' classification metrics) has it set to ``-1`` and
-        receives negative labels as ``-1``, with no host sync; any other metric receives the
-        labelled rows only, selected by a boolean mask (one host sync per batch on an
-        accelerator). Floating-point targets (regression, soft labels) pass unchanged.
+        receives negative labels as ``-1``, which torchmetrics leaves out itself: in most of its
+        update paths with a boolean mask, a host sync per batch on an accelerator (the cost of
+        any torchmetrics metric given an ``ignore_index``). Any other metric receives the
+        labelled rows only, selected here by a boolean mask, at the same cost. Floating-point
+        targets (regression, soft labels) pass unchanged.
 
         Example:
             >>> class Hits:  # counts correct rows; knows nothing of unlabelled ones

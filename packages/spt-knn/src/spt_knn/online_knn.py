@@ -89,8 +89,9 @@ class OnlineKNN(SPTCallback):
             only). They receive ``(scores (B, num_classes), target)`` for the labelled rows
             (see :meth:`spt_core.StageMetrics.update_labelled`). The callback adds no host
             sync per batch off the CPU, but torchmetrics' classification metrics do on CUDA
-            (argument validation unless ``validate_args=False``; ``torch.bincount`` in
-            ``update`` unless deterministic algorithms are on).
+            (argument validation unless ``validate_args=False``; the mask of the
+            ``ignore_index=-1`` their copies get; ``torch.bincount`` unless deterministic
+            algorithms are on).
         input_dim: Feature size; a tuple/list is flattened to its product, and features of
             shape ``(B, *input_dim)`` are flattened to ``(B, prod)``. ``None`` accepts any.
         target_dim: Target size per row; only ``1`` (or ``None``) fits class labels.

@@ -108,8 +108,9 @@ class OnlineProbe(ProbeInputs, TrainableCallback):
             and ``accuracy_top5``), or ``{name: metric}``; each is updated with
             ``(logits, target)``. ``None`` logs the loss only. The probe adds no host sync
             per batch, but torchmetrics' classification metrics do on CUDA (argument
-            validation unless ``validate_args=False``; ``torch.bincount`` in ``update``
-            unless deterministic algorithms are on).
+            validation unless ``validate_args=False``; the mask of the ``ignore_index=-1``
+            their copies get, see :meth:`spt_core.StageMetrics.update_labelled`;
+            ``torch.bincount`` unless deterministic algorithms are on).
         clean_loader: Labelled batches for the clean evaluation (needs ``metrics``), or ``None``.
         clean_every_n_epochs: Training epochs between two clean trainings.
         clean_epochs: Passes over the clean features per training.
