@@ -28,7 +28,10 @@ def tools(monkeypatch):
 
 
 def copy_packages(target: Path, names: list[str] | None = None) -> Path:
-    """A copy of ``packages/`` (pyproject, README, CHANGELOG, LICENSE, src) under ``target``."""
+    """A copy of ``packages/`` (pyproject, README, CHANGELOG, LICENSE, src) under ``target``,
+    with the root README when every package is copied."""
+    if names is None:
+        shutil.copy(ROOT / "README.md", target / "README.md")
     for folder in sorted((ROOT / "packages").iterdir()):
         if names is None or folder.name in names:
             shutil.copytree(
@@ -106,6 +109,16 @@ def test_check_deps_fails_on_a_third_party_dependency_without_floor(tools, tmp_p
     edit(root / "packages/spt-latentviz/pyproject.toml", '"matplotlib>=3.11"', '"matplotlib"')
     assert workspace_problems(tools, root) == [
         "spt-latentviz: matplotlib has no floor (declare >=X.Y)"
+    ]
+
+
+def test_check_deps_fails_when_a_readme_leaves_a_dependency_out(tools, tmp_path):
+    root = copy_packages(tmp_path)
+    edit(root / "packages/spt-queue/README.md", "`spt-core`, `torch`, `lightning`.", "`spt-core`.")
+    edit(root / "README.md", "numpy; `[plot]`: matplotlib, pillow; `[wandb]`: wandb |", "numpy |")
+    assert workspace_problems(tools, root) == [
+        "spt-latentviz: the root README's table does not name plot, wandb, matplotlib, pillow",
+        "spt-queue: its README's 'Depends on' does not name torch, lightning",
     ]
 
 

@@ -7,7 +7,8 @@ sibling's current version, and the sibling graph must have no cycle. A sibling e
 the package's README promises (`` `spt-metrics[sklearn]` ``) must be in its requirement on
 that sibling, and exist there. Every third-party dependency has a floor (``>=``), and
 packages that declare the same one declare the same range, so that one test environment
-tests every package's floor.
+tests every package's floor. Each package README's "Depends on" paragraph and the root
+README's package table name every declared dependency and every extra with what it adds.
 
 Usage: ``python tools/check_deps.py`` (exit 1 and one line per problem when something is off).
 """
@@ -125,6 +126,45 @@ def problems(packages: list[Package]) -> list[str]:
     found += _cycles({p.name: [d for d in p.requires if d in by_name] for p in packages})
     found += _promised_extras(packages)
     found += _third_party_ranges(packages)
+    found += _stated_dependencies(packages)
+    return found
+
+
+def depends_on_paragraph(readme: str) -> str:
+    """The paragraph of a README that starts with "Depends on" ("" if there is none).
+
+    Example:
+        >>> depends_on_paragraph("# x\\n\\nDepends on `a`,\\n`b`.\\n\\nMore.")
+        'Depends on `a`,\\n`b`.'
+    """
+    start = readme.find("Depends on")
+    return "" if start < 0 else readme[start:].split("\n\n", 1)[0].strip()
+
+
+def table_cell(readme: str, package: str) -> str:
+    """The last cell of the root README's table row for ``package`` ("" if there is none)."""
+    for line in readme.splitlines():
+        if line.startswith(f"| [{package}]"):
+            return line.rstrip(" |").rsplit("|", 1)[-1]
+    return ""
+
+
+def _stated_dependencies(packages: list[Package]) -> list[str]:
+    root = packages[0].folder.parent.parent / "README.md"
+    table = root.read_text() if root.exists() else ""
+    found = []
+    for p in packages:
+        extras = [name for extra in sorted(p.extras) for name in sorted(p.extras[extra])]
+        names = list(dict.fromkeys([*p.requires, *p.extras, *extras]))
+        texts = {"its README's 'Depends on'": depends_on_paragraph(p.readme)}
+        if table:
+            texts["the root README's table"] = table_cell(table, p.name)
+        for where, text in texts.items():
+            missing = [
+                n for n in names if not re.search(rf"(?<![\w-]){re.escape(n)}(?![\w-])", text)
+            ]
+            if missing:
+                found.append(f"{p.name}: {where} does not name {', '.join(missing)}")
     return found
 
 
