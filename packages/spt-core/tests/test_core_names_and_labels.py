@@ -6,9 +6,10 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from lightning.pytorch import Callback, Trainer
+from lightning.pytorch import Callback
 
 from spt_core import SPTCallback, StageMetrics
+from spt_core.testing import quiet_trainer
 
 
 class Knn(SPTCallback):
@@ -23,13 +24,9 @@ class Store(SPTCallback):
     unique_name = False
 
 
-def _trainer(*callbacks):
-    return Trainer(callbacks=list(callbacks), logger=False, enable_checkpointing=False)
-
-
 def test_two_callbacks_of_different_classes_with_one_name_are_refused_at_setup():
     knn, probe = Knn("x"), Probe("x")
-    trainer = _trainer(knn, probe)
+    trainer = quiet_trainer(callbacks=[knn, probe])
     with pytest.raises(ValueError, match=r"Probe\[name=x\].*'x'") as failure:
         knn.setup(trainer, None, "fit")
     assert "Knn[name=x]" in str(failure.value)
@@ -37,7 +34,7 @@ def test_two_callbacks_of_different_classes_with_one_name_are_refused_at_setup()
 
 def test_distinct_names_and_callbacks_that_opt_out_pass():
     knn, probe, store = Knn("x"), Probe("y"), Store("x")
-    trainer = _trainer(knn, probe, store)
+    trainer = quiet_trainer(callbacks=[knn, probe, store])
     for callback in (knn, probe, store):
         callback.setup(trainer, None, "fit")
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from spt_core.testing import captured_logs
+from spt_core.testing import captured_logs, quiet_trainer
 from spt_latentviz import LatentViz, load_map, projection_mlp
 
 
@@ -273,7 +273,6 @@ def test_string_labels_are_refused_at_the_first_batch(run_fit, blobs, backbone, 
 
 
 def test_validate_after_fit_maps_the_queue_the_fit_filled(run_fit, blobs, backbone, tmp_path):
-    import lightning as L
     from torch.utils.data import DataLoader
 
     features, labels = blobs(120, 16, 3)
@@ -287,20 +286,13 @@ def test_validate_after_fit_maps_the_queue_the_fit_filled(run_fit, blobs, backbo
     saved = load_map(tmp_path / "latent_viz_viz" / "epoch_0002.npz")
     assert float(saved["trustworthiness"]) == pytest.approx(same["eval/viz_trustworthiness"])
     # Another Trainer, without the fit's queues among its callbacks: the same map.
-    other = L.Trainer(
-        accelerator="cpu",
-        callbacks=[callback],
-        logger=False,
-        enable_progress_bar=False,
-        default_root_dir=tmp_path / "other",
-    )
+    other = quiet_trainer(callbacks=[callback], default_root_dir=tmp_path / "other")
     callback.last_plot_epoch = None
     (again,) = other.validate(trainer.lightning_module, rows, verbose=False)
     assert again == pytest.approx(same)
 
 
 def test_validate_before_any_fit_says_there_is_no_map(blobs, backbone, tmp_path):
-    import lightning as L
     from torch.utils.data import DataLoader
 
     features, labels = blobs(40, 16, 3)
@@ -308,9 +300,7 @@ def test_validate_before_any_fit_says_there_is_no_map(blobs, backbone, tmp_path)
         [{"x": f, "label": y} for f, y in zip(features, labels, strict=True)], batch_size=20
     )
     with captured_logs(level="DEBUG", format="{message}") as lines:
-        trainer = L.Trainer(
-            accelerator="cpu", callbacks=[viz()], logger=False, enable_progress_bar=False
-        )
+        trainer = quiet_trainer(callbacks=[viz()])
         (logged,) = trainer.validate(backbone(16), rows, verbose=False)
     assert logged == {}
     assert sum("no map: the queues are filled by a fit" in line for line in lines) == 1

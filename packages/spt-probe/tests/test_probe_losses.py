@@ -4,32 +4,26 @@ and reconstruction probes train, validate and log; no class-label check applies 
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import Dataset
 from torchmetrics import MeanSquaredError
 from torchmetrics.classification import MultilabelAccuracy
 
 from spt_core import callbacks_modules
+from spt_core.testing import DictDataset
 from spt_probe import OnlineProbe
 
 
-class Targets(Dataset):
+def targets(n: int = 48, seed: int = 0) -> DictDataset:
     """Dict rows with a class ``label`` and float targets: ``y`` (a regression value, shape
     (1,), far above 1), ``multi`` (three 0/1 labels), ``soft`` (class probabilities)."""
-
-    def __init__(self, n: int = 48, seed: int = 0):
-        generator = torch.Generator().manual_seed(seed)
-        self.x = torch.randn(n, 6, generator=generator) * 2
-        self.label = torch.arange(n) % 3
-        self.y = self.x @ torch.tensor([[3.0], [-1.0], [2.0], [0.5], [0.0], [1.0]]) + 7.0
-        self.multi = (self.x[:, :3] > 0).float()
-        self.soft = torch.softmax(self.x[:, :3], dim=1)
-
-    def __len__(self):
-        return len(self.label)
-
-    def __getitem__(self, i):
-        keys = ("x", "label", "y", "multi", "soft")
-        return {key: getattr(self, key)[i] for key in keys}
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 6, generator=generator) * 2
+    return DictDataset(
+        x=x,
+        label=torch.arange(n) % 3,
+        y=x @ torch.tensor([[3.0], [-1.0], [2.0], [0.5], [0.0], [1.0]]) + 7.0,
+        multi=(x[:, :3] > 0).float(),
+        soft=torch.softmax(x[:, :3], dim=1),
+    )
 
 
 def probes():
@@ -67,16 +61,18 @@ def probes():
 
 
 def offline(name, probe, model, rows):
-    """The metric each probe logs, recomputed from the trained probe."""
+    """The metric each probe logs, recomputed from the trained probe over ``rows`` (a
+    ``DictDataset``)."""
+    columns = rows.columns
     with torch.no_grad():
-        out = probe(model.encoder(rows.x))
+        out = probe(model.encoder(columns["x"]))
     if name == "regression":
-        return (out - rows.y).square().mean().item()
+        return (out - columns["y"]).square().mean().item()
     if name == "multilabel":
-        return ((out.sigmoid() > 0.5).float() == rows.multi).float().mean().item()
+        return ((out.sigmoid() > 0.5).float() == columns["multi"]).float().mean().item()
     if name == "soft":
-        return (out - rows.soft).square().mean().item()
-    return (out - rows.x).square().mean().item()
+        return (out - columns["soft"]).square().mean().item()
+    return (out - columns["x"]).square().mean().item()
 
 
 METRIC = {"regression": "mse", "multilabel": "accuracy", "soft": "mse", "reconstruction": "mse"}
@@ -84,7 +80,7 @@ METRIC = {"regression": "mse", "multilabel": "accuracy", "soft": "mse", "reconst
 
 def run_all(backbone, trainer, loader):
     """The four probes next to one backbone for two epochs, validated each epoch."""
-    train, val = Targets(seed=0), Targets(n=32, seed=1)
+    train, val = targets(seed=0), targets(n=32, seed=1)
     every, starts = probes()
     model = backbone()
     fit = trainer(callbacks=list(every.values()), max_epochs=2)

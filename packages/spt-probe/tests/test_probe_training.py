@@ -12,6 +12,7 @@ from torch.optim.lr_scheduler import ConstantLR, StepLR
 from torchmetrics.classification import MulticlassAccuracy
 
 from spt_core import callbacks_modules
+from spt_core.testing import Backbone, DictDataset
 from spt_probe import OnlineProbe, probe_step
 
 
@@ -128,34 +129,8 @@ def test_linear_probe_on_digits_is_within_two_points_of_logistic_regression(trai
         offline = LogisticRegression(max_iter=2000).fit(x_train, y_train)
     reference = offline.score(x_test, y_test)
 
-    class FixedFeatures(L.LightningModule):
-        """The backbone is the identity on standardised pixels (a dummy weight keeps
-        Lightning's automatic optimization busy)."""
-
-        def __init__(self):
-            super().__init__()
-            self.dummy = nn.Parameter(torch.zeros(1))
-
-        def training_step(self, batch, batch_idx):
-            return {"loss": self.dummy.square().sum(), "embedding": batch["x"]}
-
-        def validation_step(self, batch, batch_idx):
-            return {"embedding": batch["x"]}
-
-        def configure_optimizers(self):
-            return torch.optim.SGD(self.parameters(), lr=0.1)
-
-    dataset = type(
-        "Digits",
-        (torch.utils.data.Dataset,),
-        {
-            "__init__": lambda self, a, b: setattr(self, "rows", (a, b)),
-            "__len__": lambda self: len(self.rows[1]),
-            "__getitem__": lambda self, i: {"x": self.rows[0][i], "label": self.rows[1][i]},
-        },
-    )
-    train = dataset(torch.tensor(x_train, dtype=torch.float32), torch.tensor(y_train))
-    test = dataset(torch.tensor(x_test, dtype=torch.float32), torch.tensor(y_test))
+    train = DictDataset(x=torch.tensor(x_train, dtype=torch.float32), label=torch.tensor(y_train))
+    test = DictDataset(x=torch.tensor(x_test, dtype=torch.float32), label=torch.tensor(y_test))
     torch.manual_seed(0)
     probe = probe_on(
         probe=nn.Linear(64, 10),
@@ -163,7 +138,8 @@ def test_linear_probe_on_digits_is_within_two_points_of_logistic_regression(trai
     )
     # The default optimizer (LARS without momentum, lr 0.1) is plain-SGD slow: 30 epochs.
     fit = trainer(callbacks=[probe], max_epochs=30, check_val_every_n_epoch=30)
-    fit.fit(FixedFeatures(), loader(train, 64, shuffle=True), loader(test, 540))
+    # Backbone(): the embedding is the standardised pixels themselves.
+    fit.fit(Backbone(), loader(train, 64, shuffle=True), loader(test, 540))
     online = fit.callback_metrics["eval/linear_accuracy"].item()
     assert online >= reference - 0.02, (online, reference)
 

@@ -5,7 +5,6 @@ import sys
 import types
 from types import SimpleNamespace
 
-import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
@@ -13,7 +12,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from spt_core import SPTCallback, callbacks_modules
-from spt_core.testing import DictDataset, captured_logs, quiet_trainer
+from spt_core.testing import Backbone, DictDataset, captured_logs, quiet_trainer
 from spt_trainable import TrainableCallback
 
 
@@ -29,21 +28,6 @@ def rows(n: int, seed: int = 0) -> DictDataset:
     """``n`` rows ``{"x", "y"}`` of a noiseless linear regression."""
     x = torch.randn(n, 3, generator=torch.Generator().manual_seed(seed))
     return DictDataset(x=x, y=x @ torch.tensor([[1.0], [-2.0], [0.5]]) + 0.1)
-
-
-class Model(L.LightningModule):
-    def __init__(self):
-        super().__init__()
-        self.layer = nn.Linear(3, 1)
-
-    def training_step(self, batch, batch_idx):
-        return F.mse_loss(self.layer(batch["x"]), batch["y"])
-
-    def validation_step(self, batch, batch_idx):
-        return None
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.01)
 
 
 class Regressor(TrainableCallback):
@@ -66,7 +50,7 @@ class Regressor(TrainableCallback):
 
 
 def fit(callbacks, n=56, batch_size=8, epochs=1, model=None, **kwargs):
-    model = model if model is not None else Model()
+    model = model if model is not None else Backbone()
     trainer = quiet_trainer(max_epochs=epochs, callbacks=callbacks, **kwargs)
     trainer.fit(model, DataLoader(rows(n), batch_size=batch_size))
     return trainer, model
@@ -145,7 +129,7 @@ def test_module_is_exposed_but_never_registered_on_the_lightning_module():
     head = Regressor()
     _, model = fit([head], max_steps=1)
     assert callbacks_modules(model)["head"] is head.module
-    assert set(model.state_dict()) == {"layer.weight", "layer.bias"}
+    assert set(model.state_dict()) == {"weight"}  # the Backbone's own parameter only
     assert all(p.device == model.device for p in head.module.parameters())
 
 
@@ -161,7 +145,7 @@ def test_defaults_are_adamw_and_a_constant_rate():
 def test_validate_alone_builds_the_module_but_no_optimizer():
     head = Regressor()
     trainer = quiet_trainer(callbacks=[head])
-    model = Model()
+    model = Backbone()
     trainer.validate(model, DataLoader(rows(16), batch_size=8), verbose=False)
     assert callbacks_modules(model)["head"] is head.module
     with pytest.raises(RuntimeError, match="built when fit starts"):
@@ -183,7 +167,7 @@ def test_module_before_setup_is_a_clear_error():
 )
 def test_features_that_do_not_fit_the_first_layer_name_both_sizes(module, checked):
     wide = Regressor(module=module)
-    wide.setup(_stub_trainer(), Model(), "validate")
+    wide.setup(_stub_trainer(), Backbone(), "validate")
     wide.check_input_width(torch.zeros(2, 3), "x")
     if not checked:
         wide.check_input_width(torch.zeros(2, 5), "x")
@@ -214,7 +198,7 @@ def test_training_context_leaves_the_global_rng_alone_and_escapes_autocast():
 
 def test_prepare_input_detaches_and_casts_floats_only():
     head = Regressor(module=nn.Linear(3, 1).double())
-    head.setup(_stub_trainer(), Model(), "validate")
+    head.setup(_stub_trainer(), Backbone(), "validate")
     x = torch.ones(2, 3, requires_grad=True).to(torch.float16)
     prepared = head.prepare_input(x)
     assert prepared.dtype == torch.float64 and not prepared.requires_grad
@@ -237,7 +221,7 @@ def test_callable_gets_the_lightning_module_when_it_asks_for_it():
 
 
 def test_building_from_a_callable_does_not_consume_the_global_rng():
-    head, model = Regressor(module=lambda: nn.Linear(3, 1)), Model()
+    head, model = Regressor(module=lambda: nn.Linear(3, 1)), Backbone()
     state = torch.get_rng_state()
     head.setup(_stub_trainer(), model, "validate")
     assert torch.equal(torch.get_rng_state(), state)
@@ -247,7 +231,7 @@ def test_building_from_a_callable_does_not_consume_the_global_rng():
 def test_a_callable_must_produce_a_module():
     head = Regressor(module=lambda: "linear")
     with pytest.raises(TypeError, match="module produced str"):
-        head.setup(_stub_trainer(), Model(), "validate")
+        head.setup(_stub_trainer(), Backbone(), "validate")
 
 
 def test_bad_module_form_is_refused_at_construction():
@@ -269,7 +253,7 @@ def test_hydra_config_is_instantiated_through_hydra(monkeypatch):
     monkeypatch.setitem(sys.modules, "hydra.utils", hydra.utils)
     config = {"_target_": "torch.nn.Linear", "in_features": 3, "out_features": 2}
     head = Regressor(module=config)
-    head.setup(_stub_trainer(), Model(), "validate")
+    head.setup(_stub_trainer(), Backbone(), "validate")
     assert head.module.out_features == 2
     assert calls == [(config, {"_convert_": "object"})]
 
@@ -277,7 +261,7 @@ def test_hydra_config_is_instantiated_through_hydra(monkeypatch):
 def test_hydra_config_with_real_hydra():
     pytest.importorskip("hydra")
     head = Regressor(module={"_target_": "torch.nn.Linear", "in_features": 3, "out_features": 2})
-    head.setup(_stub_trainer(), Model(), "validate")
+    head.setup(_stub_trainer(), Backbone(), "validate")
     assert isinstance(head.module, nn.Linear)
 
 
@@ -286,7 +270,7 @@ def test_hydra_config_without_hydra_says_what_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "hydra.utils", None)  # even after a real import
     head = Regressor(module={"_target_": "torch.nn.Linear", "in_features": 3, "out_features": 2})
     with pytest.raises(ImportError, match="pip install hydra-core"):
-        head.setup(_stub_trainer(), Model(), "validate")
+        head.setup(_stub_trainer(), Backbone(), "validate")
 
 
 # ----------------------------------------------------------------------------- arguments
@@ -348,7 +332,7 @@ def test_a_mid_window_checkpoint_resumes_exactly():
         "scheduler": {"type": "StepLR", "step_size": 1},
     }
     straight = Regressor(module=copy.deepcopy(start), **kwargs)
-    straight.setup(trainer, Model(), "fit")
+    straight.setup(trainer, Backbone(), "fit")
     for i in range(5):
         assert _call(straight, trainer, i, seed=i) == (i == 2)
     state = copy.deepcopy(straight.state_dict())
@@ -356,7 +340,7 @@ def test_a_mid_window_checkpoint_resumes_exactly():
 
     resumed = Regressor(module=nn.Linear(3, 1), **kwargs)
     resumed.load_state_dict(state)  # before setup: kept until the module exists
-    resumed.setup(trainer, Model(), "fit")
+    resumed.setup(trainer, Backbone(), "fit")
     for p, q in zip(straight.module.parameters(), resumed.module.parameters(), strict=True):
         assert torch.equal(p, q) and torch.equal(p.grad, q.grad)
     assert _call(straight, trainer, 5, seed=5) and _call(resumed, trainer, 5, seed=5)
@@ -386,7 +370,7 @@ def test_resume_through_a_lightning_checkpoint(tmp_path):
     trainer, _ = fit([first], epochs=1)
     trainer.save_checkpoint(tmp_path / "one.ckpt")
     resumed = fresh()
-    model = Model()
+    model = Backbone()
     trainer = quiet_trainer(max_epochs=2, callbacks=[resumed])
     trainer.fit(model, DataLoader(rows(56), batch_size=8), ckpt_path=tmp_path / "one.ckpt")
     torch.testing.assert_close(
@@ -413,6 +397,6 @@ def test_a_fit_without_validation_batches_is_said_once(val_rows, limit, said):
         trainer = quiet_trainer(
             max_epochs=2, limit_val_batches=limit, callbacks=[Announcer("announcer")]
         )
-        trainer.fit(Model(), DataLoader(rows(16), batch_size=8), DataLoader(rows(val_rows)))
+        trainer.fit(Backbone(), DataLoader(rows(16), batch_size=8), DataLoader(rows(val_rows)))
     expected = "no validation batch (limit_val_batches=0 or an empty validation loader): "
     assert [expected in line and "eval/announcer_*" in line for line in lines] == [True] * said

@@ -43,7 +43,21 @@ PACKAGES = (core, distance, queue, trainable, embed, knn, probe, latentviz, metr
 
 
 def versions() -> dict[str, str]:
-    """The installed version of every spt package, keyed by distribution name."""
+    """The installed version of every spt package, keyed by distribution name.
+
+    Returns:
+        ``{"spt-all": ..., "spt-core": ..., ...}``: ``spt-all`` first, then :data:`PACKAGES`
+        in dependency order.
+
+    Raises:
+        importlib.metadata.PackageNotFoundError: If a package is importable but not installed
+            (run from a source tree without ``pip install -e``).
+
+    Example:
+        >>> found = versions()
+        >>> list(found)[:3], found["spt-all"] == __version__
+        (['spt-all', 'spt-core', 'spt-distance'], True)
+    """
     names = ["spt-all", *(package.__name__.replace("_", "-") for package in PACKAGES)]
     return {name: metadata.version(name) for name in names}
 

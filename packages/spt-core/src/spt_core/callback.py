@@ -212,15 +212,48 @@ def callbacks_modules(pl_module: LightningModule) -> dict[str, Any]:
     A plain attribute, not a registered submodule: the model's parameters, its
     ``state_dict`` and DDP's wrapper never see what callbacks put there.
 
+    Args:
+        pl_module: The model the callbacks run on.
+
+    Returns:
+        The dict itself (the same object on every call), keyed by callback name.
+
     Raises:
         TypeError: If ``pl_module`` cannot hold attributes (it is no ``LightningModule``).
+
+    Example:
+        >>> from lightning.pytorch import LightningModule
+        >>> model = LightningModule()
+        >>> callbacks_modules(model)["probe"] = "a head"
+        >>> callbacks_modules(model)
+        {'probe': 'a head'}
+        >>> "callbacks_modules" in dict(model.named_modules())
+        False
     """
     return _plain_dict(pl_module, "callbacks_modules")
 
 
 def callbacks_metrics(pl_module: LightningModule) -> dict[str, Any]:
     """The ``callbacks_metrics`` dict of ``pl_module``, created on first use (a plain
-    attribute, like :func:`callbacks_modules`, and raising as it does)."""
+    attribute, like :func:`callbacks_modules`).
+
+    Args:
+        pl_module: The model.
+
+    Returns:
+        Where callbacks keep their live metric objects: ``{callback name: metrics}``.
+
+    Raises:
+        TypeError: As :func:`callbacks_modules` does.
+
+    Example:
+        >>> from lightning.pytorch import LightningModule
+        >>> model = LightningModule()
+        >>> callbacks_metrics(model) is callbacks_metrics(model)
+        True
+        >>> callbacks_metrics(model)
+        {}
+    """
     return _plain_dict(pl_module, "callbacks_metrics")
 
 

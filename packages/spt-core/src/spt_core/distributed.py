@@ -37,17 +37,41 @@ _BYTE = {torch.bool: torch.uint8}
 
 
 def is_distributed() -> bool:
-    """Whether a process group with more than one process is active."""
+    """Whether a process group with more than one process is active.
+
+    Returns:
+        ``True`` inside a process group of two or more processes, else ``False``.
+
+    Example:
+        >>> is_distributed()
+        False
+    """
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def world_size() -> int:
-    """Number of processes in the default group, 1 without one."""
+    """Number of processes in the default group, 1 without one.
+
+    Returns:
+        The default group's size, or 1 when no process group is initialised.
+
+    Example:
+        >>> world_size()
+        1
+    """
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 def rank() -> int:
-    """Rank of this process in the default group, 0 without one."""
+    """Rank of this process in the default group, 0 without one.
+
+    Returns:
+        This process's rank in the default group, or 0 when no process group is initialised.
+
+    Example:
+        >>> rank()
+        0
+    """
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
@@ -90,6 +114,13 @@ def gather_uneven(tensor: Tensor) -> Tensor:
 def gather_equal(tensor: Tensor) -> Tensor:
     """Concatenate every rank's equally shaped ``tensor`` in rank order (no host sync).
 
+    Args:
+        tensor: This rank's rows, with the same shape and dtype on every rank.
+
+    Returns:
+        ``(world_size * n, *shape)`` on the input's device and dtype; the input itself without
+        a process group.
+
     Example:
         >>> gather_equal(torch.arange(3)).tolist()
         [0, 1, 2]
@@ -106,6 +137,13 @@ def exchange(tensor: Tensor) -> Tensor:
     """Send block ``r`` of ``tensor``'s rows to rank ``r`` and receive every rank's block for
     this rank, in rank order (an all-to-all; the rows must divide evenly by the world size).
 
+    Args:
+        tensor: Rows for every rank, block ``r`` for rank ``r``; the same shape on every rank.
+
+    Returns:
+        A tensor shaped like ``tensor`` whose block ``r`` came from rank ``r``; the input itself
+        without a process group.
+
     Example:
         >>> exchange(torch.arange(4)).tolist()
         [0, 1, 2, 3]
@@ -118,7 +156,13 @@ def exchange(tensor: Tensor) -> Tensor:
 
 
 def all_reduce_max_(tensor: Tensor) -> Tensor:
-    """Replace ``tensor``, in place, by its elementwise maximum over all ranks; returns it.
+    """Replace ``tensor``, in place, by its elementwise maximum over all ranks.
+
+    Args:
+        tensor: A tensor with the same shape and dtype on every rank.
+
+    Returns:
+        ``tensor`` itself, now holding the maximum.
 
     Example:
         >>> all_reduce_max_(torch.tensor([1.0, 0.0])).tolist()
@@ -213,6 +257,14 @@ def broadcast_(tensors: Sequence[Tensor], src: int = 0) -> None:
 def any_rank(flag: bool, device: torch.device | None = None) -> bool:
     """Whether ``flag`` is true on at least one rank; every rank calls it together (one
     collective on ``device``, one host sync).
+
+    Args:
+        flag: This rank's flag.
+        device: Where the collective's tensor lives (CUDA under NCCL); ``None`` uses torch's
+            default device.
+
+    Returns:
+        ``True`` if any rank passed a true ``flag``; ``bool(flag)`` without a process group.
 
     Example:
         >>> any_rank(True), any_rank(False)

@@ -13,9 +13,13 @@ def lookup(key: str, outputs: Any, batch: Any, *, owner: str) -> Any:
     over a raw input of the same name.
 
     Args:
+        key: The name to look up.
         outputs: What the step returned (a dict, a tensor, or ``None``).
         batch: The batch the step received (a dict, or anything else).
         owner: Who asks, for the error message (e.g. ``"OnlineKNN[name=knn]"``).
+
+    Returns:
+        The value found, as it is (no copy).
 
     Raises:
         TypeError: If ``key`` is not a string.

@@ -26,6 +26,13 @@ def metric_name(metric: Any) -> str:
     torchmetrics' task prefixes are dropped (``MulticlassAccuracy`` -> ``accuracy``) and a
     ``top_k`` above 1 is kept in the name, so top-1 and top-5 accuracy stay apart.
 
+    Args:
+        metric: A metric object (named by its class), a class or function (by its
+            ``__name__``), or a ``functools.partial`` (by the function it wraps).
+
+    Returns:
+        The snake_case name, ``"lambda"`` for a lambda.
+
     Example:
         >>> import functools, operator
         >>> metric_name(operator.add), metric_name(functools.partial(operator.add, 1))
@@ -48,6 +55,12 @@ def metric_name(metric: Any) -> str:
 
 def unique_names(names: Iterable[str]) -> list[str]:
     """Make names unique by suffixing repeats with ``_2``, ``_3``...
+
+    Args:
+        names: The names, in order; the first of a repeated name keeps it unchanged.
+
+    Returns:
+        A new list, as long as ``names``, with no name twice.
 
     Raises:
         TypeError: If ``names`` is not an iterable of strings.
@@ -78,6 +91,10 @@ def named_metrics(metrics: Any, *, owner: str, argument: str = "metrics") -> dic
             named by :func:`metric_name` and made unique.
         owner: Who asks, for error messages.
         argument: The argument's name, for error messages.
+
+    Returns:
+        A new dict: a mapping's own keys, or the generated names in the given order; empty
+        for ``None``.
 
     Raises:
         TypeError: If a key is not a string.

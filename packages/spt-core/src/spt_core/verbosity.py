@@ -41,8 +41,19 @@ def set_verbosity(verbose: bool | None) -> None:
 def get_verbosity() -> bool:
     """Return the global verbosity.
 
+    Returns:
+        The value given to :func:`set_verbosity`, else ``SPT_VERBOSE`` read as a flag, else
+        ``False``.
+
     Raises:
         ValueError: If ``SPT_VERBOSE`` holds something other than 1/0, true/false, yes/no, on/off.
+
+    Example:
+        >>> from spt_core import get_verbosity, set_verbosity
+        >>> set_verbosity(False)
+        >>> get_verbosity()
+        False
+        >>> set_verbosity(None)
     """
     if _setting[0] is not None:
         return _setting[0]

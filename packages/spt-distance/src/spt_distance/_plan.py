@@ -34,20 +34,32 @@ _CANDIDATE_COST = 24.0  # ns per candidate value: a cache miss to gather it, the
 
 @dataclass(frozen=True)
 class ChunkPlan:
-    """How `knn_search` cuts its work, and the scratch memory that costs."""
+    """How `knn_search` cuts its work, and the scratch memory that costs.
+
+    :func:`plan_chunks` builds it; a user reads it to size ``chunk_size`` or
+    ``memory_budget``.
+
+    Args:
+        tile: Keys per matrix product.
+        chunk: Keys scored per step (a multiple of ``tile``, or every key).
+        query_block: Queries searched together.
+        scratch_bytes: Upper estimate of the extra memory of a step (scores, top-k
+            candidates, buffers) and of the prepared queries.
+        keyed: Whether candidates are ranked by one int64 key per (score, index) pair, which
+            settles ties at the k-th place without a host sync (off the CPU, for float32
+            scores).
+
+    Example:
+        >>> plan = plan_chunks(8, 3000, 16, 5, chunk_size=1500)
+        >>> plan.tile, plan.chunk, plan.query_block, plan.keyed
+        (1024, 2048, 8, False)
+    """
 
     tile: int
-    """Keys per matrix product."""
     chunk: int
-    """Keys scored per step (a multiple of ``tile``, or every key)."""
     query_block: int
-    """Queries searched together."""
     scratch_bytes: int
-    """Upper estimate of the extra memory of a step (scores, top-k candidates, buffers) and
-    of the prepared queries."""
     keyed: bool = False
-    """Whether candidates are ranked by one int64 key per (score, index) pair, which settles
-    ties at the k-th place without a host sync (off the CPU, for float32 scores)."""
 
 
 def plan_chunks(

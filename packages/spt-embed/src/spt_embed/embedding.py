@@ -160,6 +160,14 @@ def agree_features(features: Tensor) -> Tensor:
     width of the others, and every rank the widest floating dtype of a rank with rows. Every
     rank calls it together: one small collective and one host sync (none on one process).
 
+    Args:
+        features: ``(N, D)`` this rank's rows, as :func:`embed_loader` returns them (``N``
+            may be 0).
+
+    Returns:
+        ``(N, D_agreed)`` in the agreed dtype (a non-floating dtype counts as float32); on
+        one process, ``features`` itself.
+
     Raises:
         TypeError: If ``features`` is not a tensor.
         ValueError: If it is not 2-D.
@@ -192,6 +200,11 @@ def gather_in_loader_order(
     The ranks first agree on the features' width and dtype (:func:`agree_features`), so a
     rank without a batch takes part. Every rank calls it together: that agreement, then two
     uneven gathers (positions with labels, then features).
+
+    Args:
+        features: ``(N, D)`` this rank's rows (``N`` may be 0).
+        labels: ``(N,)`` their integer labels.
+        index: ``(N,)`` each row's position in the whole loader.
 
     Returns:
         ``(features, labels)`` of every rank; on one process, the inputs themselves.

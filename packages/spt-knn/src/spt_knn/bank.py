@@ -22,24 +22,42 @@ class KNNBank:
     Pass it to :func:`spt_knn.knn_predict` in place of the bank tensor, its labels and
     ``num_classes``: the labels were checked when it was made, so a prediction waits for
     nothing on the device.
+
+    Args:
+        features: ``(N, D)`` the rows that vote: a label ``>= 0`` and finite features.
+        labels: ``(N,)`` int64 labels, ``< num_classes``.
+        num_classes: Width of the scores.
+        size: Voting rows in the whole bank: ``N``, or the sum over the ranks of a sharded
+            bank.
+        non_finite: Rows left out because a feature was not finite (over every rank when
+            sharded).
+        rounds: For a bank sharded across ranks, the shape of the collective search rounds
+            (see :meth:`in_rounds`); ``None`` for a bank held whole.
+        keys: For a shard, ``(N,)`` each row's position in the whole bank, which breaks exact
+            ties between shards; ``None``: the bank is the shards in rank order.
+
+    Raises:
+        RuntimeError: From :meth:`neighbours`, for one rank's shard of a bank split across
+            ranks (``size`` above its own rows) searched without its :meth:`in_rounds`.
+        ValueError: From :meth:`neighbours`, if a sharded round gets more queries than its
+            rows.
+
+    Example:
+        >>> bank = knn_bank(torch.tensor([[0.0], [1.0], [5.0]]), torch.tensor([0, 1, 1]))
+        >>> bank.num_classes, bank.size
+        (2, 3)
+        >>> distances, labels = bank.neighbours(torch.tensor([[0.8]]), k=2)
+        >>> labels.tolist()
+        [[1, 0]]
     """
 
     features: Tensor
-    """``(N, D)`` the rows that vote: a label ``>= 0`` and finite features."""
     labels: Tensor
-    """``(N,)`` int64 labels, ``< num_classes``."""
     num_classes: int
-    """Width of the scores."""
     size: int
-    """Voting rows in the whole bank: ``N``, or the sum over the ranks of a sharded bank."""
     non_finite: int = 0
-    """Rows left out because a feature was not finite (over every rank when sharded)."""
     rounds: RoundShape | None = None
-    """For a bank sharded across ranks, the shape of the collective search rounds (see
-    :meth:`in_rounds`); ``None`` for a bank held whole."""
     keys: Tensor | None = None
-    """For a shard, ``(N,)`` each row's position in the whole bank, which breaks exact ties
-    between shards; ``None``: the bank is the shards in rank order."""
 
     def in_rounds(self, rounds: RoundShape) -> KNNBank:
         """This shard of a bank split across ranks, searched in collective ``rounds``

@@ -103,6 +103,15 @@ def sharded_neighbours(
             ``(N_rank,)``, ``k < 0``, ``rows < 1``, or ``distance_metric`` or ``chunk_size`` is
             not allowed (see :func:`knn_neighbours`). Only Python values and shapes are read:
             nothing waits for the device.
+
+    Example:
+        Without a process group, one rank's shard is the whole bank:
+
+        >>> shard, shard_labels = torch.tensor([[0.0], [1.0], [3.0]]), torch.tensor([0, 1, 2])
+        >>> queries = torch.tensor([[0.2], [2.6]])
+        >>> distances, labels = sharded_neighbours(queries, shard, shard_labels, k=2, rows=4)
+        >>> distances.shape, labels.tolist()
+        (torch.Size([2, 2]), [[0, 1], [2, 1]])
     """
     names = ("queries", "shard", "shard_labels")
     check_search(
@@ -129,12 +138,29 @@ QUERY_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 def agree_on_rounds(queries: Tensor | None, rows: int, device: torch.device) -> RoundShape:
     """The shape of the rounds every rank runs for its queries (``None``: none).
 
-    One small gather and one host sync. ``rows`` is this rank's wish for the rows per round
-    (its largest batch, ``>= 0``); the ranks take the largest wish.
+    One small gather and one host sync. Every rank must call it together.
+
+    Args:
+        queries: ``(B, D)`` this rank's queries, or ``None`` for a rank that holds none.
+        rows: This rank's wish for the rows per round (its largest batch, ``>= 0``); the
+            ranks take the largest wish (at least 1).
+        device: Where the gather runs (the process group's device).
+
+    Returns:
+        The :class:`RoundShape`: the most queries any rank holds, the rows per round, the
+        feature count and the widest query dtype of :data:`QUERY_DTYPES` (float32 for another
+        dtype or when no rank holds queries).
 
     Raises:
         TypeError: If ``queries`` is neither a tensor nor ``None``, or ``rows`` not an int.
         ValueError: If ``queries`` is not 2-D or ``rows`` is negative.
+
+    Example:
+        >>> shape = agree_on_rounds(torch.zeros(5, 3), rows=2, device=torch.device("cpu"))
+        >>> shape
+        RoundShape(queries=5, rows=2, dim=3, dtype=torch.float32)
+        >>> shape.rounds, [len(part) for part in shape.parts(torch.zeros(5, 3), "cpu")]
+        (3, [2, 2, 1])
     """
     if queries is not None:
         two_dimensional(queries, "agree_on_rounds: queries")
@@ -156,15 +182,27 @@ def agree_on_rounds(queries: Tensor | None, rows: int, device: torch.device) -> 
 
 @dataclass(frozen=True)
 class RoundShape:
-    """What every rank agrees on before a series of :func:`sharded_neighbours` rounds."""
+    """What every rank agrees on before a series of :func:`sharded_neighbours` rounds, made
+    by :func:`agree_on_rounds`.
+
+    Args:
+        queries: The most query rows any rank holds.
+        rows: Query rows per rank and round.
+        dim: Features of the query rows.
+        dtype: dtype of the query rows on the wire.
+
+    Example:
+        >>> shape = RoundShape(queries=0, rows=4, dim=2, dtype=torch.float32)
+        >>> shape.rounds, shape.parts(None, torch.device("cpu"))
+        (0, [])
+        >>> [len(part) for part in RoundShape(9, 4, 2, torch.float32).parts(None, "cpu")]
+        [0, 0, 0]
+    """
 
     queries: int
-    """The most query rows any rank holds."""
     rows: int
-    """Query rows per rank and round."""
     dim: int
     dtype: torch.dtype
-    """Features and dtype of the query rows on the wire."""
 
     @property
     def rounds(self) -> int:

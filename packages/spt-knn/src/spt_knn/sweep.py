@@ -18,15 +18,24 @@ class Sweep:
 
     Every pair ``(k, T)`` is voted from the neighbours of one search at :attr:`largest_k`
     (the first ``k`` columns of its distance-sorted neighbours).
+
+    Args:
+        ks: The ``k`` values, in the order given.
+        temperatures: The temperatures, as floats, in the order given.
+        swept: Whether ``k`` or ``temperature`` was given as a tuple or list (results are then
+            keyed by pair and logged names carry :meth:`suffix`).
+
+    Example:
+        >>> sweep = parse_sweep((20, 10), 0.07)
+        >>> sweep.ks, sweep.temperatures, sweep.swept, sweep.largest_k
+        ((20, 10), (0.07,), True, 20)
+        >>> sweep.pairs
+        [(20, 0.07), (10, 0.07)]
     """
 
     ks: tuple[int, ...]
-    """The ``k`` values, in the order given."""
     temperatures: tuple[float, ...]
-    """The temperatures, as floats, in the order given."""
     swept: bool
-    """Whether ``k`` or ``temperature`` was given as a tuple or list (results are then keyed
-    by pair and logged names carry :meth:`suffix`)."""
 
     @property
     def pairs(self) -> list[Pair]:
@@ -66,6 +75,9 @@ def parse_sweep(
         k: Neighbours per vote, or a tuple/list of distinct values.
         temperature: Temperature of the vote, or a tuple/list of distinct values.
         owner: Who asks (a callback's ``state_key``), named first in the messages.
+
+    Returns:
+        The :class:`Sweep`; its ``swept`` is set when either argument is a tuple or list.
 
     Raises:
         TypeError: If ``k`` is not an int (or a tuple/list of them), or ``temperature`` not a

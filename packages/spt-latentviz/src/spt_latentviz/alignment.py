@@ -155,6 +155,17 @@ def align_map(z: Tensor, reference: Tensor) -> Tensor:
 
     Every distance within ``z`` is kept, so are its faithfulness scores.
 
+    Args:
+        z: A map, shape ``(N, d)``.
+        reference: The map to align to, same shape (the same rows, in the same order).
+
+    Returns:
+        The aligned map, shape ``(N, d)``, in ``z``'s dtype.
+
+    Raises:
+        TypeError: If ``z`` or ``reference`` is not a tensor.
+        ValueError: If the shapes differ or hold no row.
+
     Example:
         >>> z = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0]])
         >>> mirrored = z * torch.tensor([-1.0, 1.0]) - 3.0

@@ -195,6 +195,9 @@ def drop_non_finite(rows: Tensor) -> tuple[Tensor, Tensor | None]:
 
     One host sync decides whether any row goes.
 
+    Args:
+        rows: ``(N, D)`` rows.
+
     Returns:
         The finite rows and the boolean mask of the kept rows, or ``rows`` itself and
         ``None`` when every row is finite.

@@ -88,11 +88,25 @@ def save_map(
 
 
 def load_map(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
-    """Read a file written by :func:`save_map` into a dict of arrays (see its example).
+    """Read a file written by :func:`save_map` into a dict of arrays.
+
+    Args:
+        path: The ``.npz`` file.
+
+    Returns:
+        ``{"coordinates": (N, 2), "labels": (N,) when saved, and each scalar as a 0-d array}``.
 
     Raises:
         TypeError: If ``path`` is not a str or a path.
         OSError: If the file cannot be read.
+
+    Example:
+        >>> import tempfile
+        >>> path = os.path.join(tempfile.mkdtemp(), "map.npz")
+        >>> save_map(path, np.array([[0.5, 1.0], [2.0, 3.0]]), epoch=7)
+        >>> saved = load_map(path)
+        >>> saved["coordinates"].tolist(), int(saved["epoch"]), "labels" in saved
+        ([[0.5, 1.0], [2.0, 3.0]], 7, False)
     """
     checked_path(path, "path")
     with np.load(path) as data:

@@ -17,6 +17,9 @@ def projection_mlp(in_dim: int, hidden_dim: int = 128, depth: int = 2) -> nn.Seq
         hidden_dim: Width of the hidden layers.
         depth: Number of hidden layers.
 
+    Returns:
+        ``depth`` pairs of ``Linear`` and ``ReLU``, then a ``Linear`` to 2 features.
+
     Raises:
         TypeError: If a size or ``depth`` is not an int.
         ValueError: If a size is below 1 or ``depth`` below 0.

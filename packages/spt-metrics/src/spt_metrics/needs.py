@@ -179,6 +179,14 @@ def bind_needs(metric: Any, spec: NeedsSpec | None, *, name: str) -> Needs:
 def resolve_needs(metrics: Mapping[str, Any], needs: Any = None) -> dict[str, Needs]:
     """Resolve ``needs`` for every metric of ``{name: metric}``.
 
+    Args:
+        metrics: ``{name: metric}``, a metric being a callable or a torchmetrics ``Metric``.
+        needs: One of the four forms of the module docstring (``None``: infer every metric's
+            required parameters).
+
+    Returns:
+        ``{name: Needs}`` in the order of ``metrics``: the sources each metric is called with.
+
     Raises:
         TypeError: If ``metrics`` is not a mapping, or ``needs`` has no accepted form.
         ValueError: If ``needs`` names no metric or does not fit a metric's signature.

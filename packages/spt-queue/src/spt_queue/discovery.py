@@ -15,10 +15,23 @@ from spt_queue.online_queue import OnlineQueue
 def find_queue(trainer: Trainer, key: str) -> OnlineQueue | None:
     """The :class:`OnlineQueue` of ``key`` registered on ``trainer``, or ``None``.
 
+    Args:
+        trainer: The Trainer whose callbacks are searched (never changed).
+        key: The queued key.
+
+    Returns:
+        The first queue of ``key`` in ``trainer.callbacks``, or ``None`` if there is none.
+
     Raises:
         TypeError: If ``trainer`` has no ``callbacks`` list (not a ``Trainer``) or ``key`` is
             not a string.
         ValueError: If ``key`` is empty.
+
+    Example:
+        >>> from spt_core.testing import quiet_trainer
+        >>> trainer = quiet_trainer(callbacks=[OnlineQueue("embedding", 8)])
+        >>> find_queue(trainer, "embedding").key, find_queue(trainer, "label")
+        ('embedding', None)
     """
     _check_trainer_and_key("find_queue", trainer, key)
     for callback in trainer.callbacks:
@@ -70,6 +83,14 @@ def find_or_create_queue(
         ValueError: If ``key`` or ``consumer`` is empty, ``queue_length < 1``, a size of
             ``dim`` is below 1, an existing queue of ``key`` was declared with another
             ``dim``, or ``class_labels`` is set without a ``consumer``.
+
+    Example:
+        >>> from spt_core.testing import quiet_trainer
+        >>> trainer = quiet_trainer()
+        >>> queue = find_or_create_queue(trainer, "embedding", 8, consumer="OnlineKNN[name=a]")
+        >>> shared = find_or_create_queue(trainer, "embedding", 32, consumer="LatentViz[name=b]")
+        >>> shared is queue, queue.buffer.capacity, queue.consumers
+        (True, 32, ['OnlineKNN[name=a]', 'LatentViz[name=b]'])
     """
     owner = "find_or_create_queue"
     _check_trainer_and_key(owner, trainer, key)

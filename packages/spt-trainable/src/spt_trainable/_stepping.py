@@ -116,6 +116,13 @@ def logger_writes_this_step(trainer: Trainer) -> bool:
     training stops); a ``log`` call costs about a millisecond, so a callback that logs its
     loss per batch skips the calls whose values no logger would see.
 
+    Args:
+        trainer: The running Trainer.
+
+    Returns:
+        ``True`` when the values logged during this step reach the loggers (Lightning's own
+        rule, ``log_every_n_steps=0`` included).
+
     Raises:
         TypeError: If ``trainer`` is not a Lightning ``Trainer``.
 

@@ -52,6 +52,13 @@ def input_width(module: nn.Module) -> int | None:
     An ``nn.Linear`` takes ``in_features``; an ``nn.Sequential`` takes what its first layer
     takes. Anything else (a lazy layer, a convolution, a custom module) gives ``None``.
 
+    Args:
+        module: The module (a probe head, a projector...).
+
+    Returns:
+        Its first ``nn.Linear``'s ``in_features``, or ``None`` when the input width is not
+        known before a first batch.
+
     Raises:
         TypeError: If ``module`` is not an ``nn.Module``.
 

@@ -73,13 +73,19 @@ def scheduler_class(name: str, argument: str = "scheduler") -> type:
 
 @dataclass
 class SchedulerConfig:
-    """A built scheduler and how to step it.
+    """A built scheduler and how to step it, as :func:`create_scheduler` returns it.
 
-    Attributes:
+    Args:
         scheduler: The scheduler.
         interval: ``"step"`` (after every optimizer step) or ``"epoch"``.
         monitor: The logged value passed to a ``ReduceLROnPlateau``'s ``step``.
         strict: Whether a missing monitored value is an error (else the step is skipped).
+
+    Example:
+        >>> opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        >>> config = SchedulerConfig(torch.optim.lr_scheduler.StepLR(opt, 5), interval="epoch")
+        >>> config.interval, config.monitor, config.strict, config.needs_monitor
+        ('epoch', None, True, False)
     """
 
     scheduler: Any

@@ -38,7 +38,16 @@ _INDEXING = frozenset({"aten.index", "aten.index_put", "aten.index_put_", "aten.
 
 
 class HostSyncError(RuntimeError):
-    """Raised inside `forbid_host_sync` by an operation that would wait for the device."""
+    """Raised inside `forbid_host_sync` by an operation that would wait for the device.
+
+    Example:
+        >>> with forbid_host_sync():
+        ...     try:
+        ...         torch.ones(2).sum().item()
+        ...     except HostSyncError as error:
+        ...         print(error)
+        aten._local_scalar_dense.default waits for the device
+    """
 
 
 def _is_mask(index: Any) -> bool:
@@ -77,6 +86,9 @@ class _SyncDetector(TorchDispatchMode):
 @contextmanager
 def forbid_host_sync() -> Iterator[None]:
     """Raise `HostSyncError` at the first operation in the block that would sync the host.
+
+    Returns:
+        A context manager (``as`` binds ``None``); ``Tensor`` methods are restored on exit.
 
     Raises:
         HostSyncError: When such an operation runs, naming it.

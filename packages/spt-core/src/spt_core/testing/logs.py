@@ -17,6 +17,9 @@ def captured_logs(level: str = "INFO", format: str | None = None) -> Iterator[li
         format: A loguru format (``"{message}"`` keeps the message alone); ``None``: loguru's
             default line, with time, level and place.
 
+    Returns:
+        A context manager whose target is the list of lines, filled while the block runs.
+
     Example:
         >>> with captured_logs(format="{message}") as lines:
         ...     logger.info("hello")

@@ -16,6 +16,12 @@ def quiet_trainer(**kwargs: Any) -> L.Trainer:
     """A one-device CPU Trainer, one epoch, with no logger, checkpoints, progress bar, model
     summary or sanity check. Every setting can be overridden.
 
+    Args:
+        **kwargs: ``lightning.Trainer`` arguments, replacing the defaults above.
+
+    Returns:
+        The Trainer.
+
     Example:
         >>> trainer = quiet_trainer(max_epochs=2)
         >>> trainer.max_epochs, trainer.logger
@@ -168,7 +174,14 @@ class Backbone(L.LightningModule):
 
 
 class RecordingLogger(Logger):
-    """Keeps every ``log_metrics`` call as ``(step, {name: value})`` in ``records``."""
+    """Keeps every ``log_metrics`` call as ``(step, {name: value})`` in ``records``.
+
+    Example:
+        >>> logger = RecordingLogger()
+        >>> logger.log_metrics({"loss": torch.tensor(0.5)}, step=3)
+        >>> logger.records, logger.logged()
+        ([(3, {'loss': 0.5})], {'loss': [0.5]})
+    """
 
     def __init__(self) -> None:
         super().__init__()

@@ -44,6 +44,12 @@ class CallbackTester:
         batch_size: Rows per batch (per process).
         trainer_kwargs: Passed to `quiet_trainer`.
 
+    Raises:
+        ValueError: From `run` and `run_ddp`, when ``stage`` is neither ``"fit"`` nor
+            ``"validate"``.
+        AssertionError: From `run_ddp` when the run fails or hangs, and from `assert_logged`
+            when a value is missing or different.
+
     Example:
         >>> import torch
         >>> from spt_core.testing import Backbone, DictDataset
