@@ -18,7 +18,53 @@ from spt_probe.functional import prepare_features, probe_predict
 from spt_probe.linear_eval import DEFAULT_FIT_OPTIMIZER, fit_probe, fresh_probe, not_reset
 from spt_trainable.optimizers import OptimizerSpec, check_optimizer
 
-__all__ = ["CleanEvaluation", "NoCleanEvaluation"]
+__all__ = ["CleanEvaluation", "NoCleanEvaluation", "check_clean_arguments", "clean_evaluation"]
+
+
+def check_clean_arguments(
+    owner: str,
+    *,
+    every_n_epochs: Any,
+    epochs: Any,
+    batch_size: Any,
+    optimizer: Any,
+    seed: Any,
+    clean_embed: Any,
+) -> None:
+    """Raise naming ``owner`` (a ``state_key``), the ``clean_*`` argument and its value when
+    one is not allowed; an :class:`~spt_probe.OnlineProbe` checks them with or without a
+    ``clean_loader``.
+
+    Raises:
+        TypeError: For a count or seed that is not an int, a ``clean_embed`` that is not
+            callable, or an optimizer of no accepted form (an ``Optimizer`` instance included).
+        ValueError: For a count below 1, a negative seed or an unknown optimizer name.
+
+    Example:
+        >>> check_clean_arguments("OnlineProbe[name=p]", every_n_epochs=0, epochs=10,
+        ...                       batch_size=256, optimizer=None, seed=0, clean_embed=None)
+        Traceback (most recent call last):
+        ...
+        ValueError: OnlineProbe[name=p]: clean_every_n_epochs must be an integer >= 1, got 0
+    """
+    for argument, value, least in (
+        ("clean_every_n_epochs", every_n_epochs, 1),
+        ("clean_epochs", epochs, 1),
+        ("clean_batch_size", batch_size, 1),
+        ("clean_seed", seed, 0),
+    ):
+        positive_int(value, f"{owner}: {argument}", least)
+    if clean_embed is not None and not callable(clean_embed):
+        raise TypeError(
+            f"{owner}: clean_embed must be callable(pl_module, batch), got {clean_embed!r}"
+        )
+    if isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(
+            f"{owner}: clean_optimizer cannot be an Optimizer instance (each clean "
+            "evaluation trains a new probe); pass a name, a dict or a partial"
+        )
+    if optimizer is not None:
+        check_optimizer(optimizer, f"{owner}: clean_optimizer")
 
 
 class CleanEvaluation:
@@ -68,26 +114,13 @@ class CleanEvaluation:
         metrics: Mapping[str, Any],
     ) -> None:
         key = owner.state_key
+        check_clean_arguments(
+            key, every_n_epochs=every_n_epochs, epochs=epochs, batch_size=batch_size,
+            optimizer=optimizer, seed=seed, clean_embed=clean_embed,
+        )  # fmt: skip
         self.schedule = EvaluationSchedule(every_n_epochs, f"{key}: clean_every_n_epochs")
-        for argument, value, least in (
-            ("clean_epochs", epochs, 1),
-            ("clean_batch_size", batch_size, 1),
-            ("clean_seed", seed, 0),
-        ):
-            positive_int(value, f"{key}: {argument}", least)
         if not isinstance(loader, Iterable):
             raise TypeError(f"{key}: clean_loader must be an iterable of batches, got {loader!r}")
-        if clean_embed is not None and not callable(clean_embed):
-            raise TypeError(
-                f"{key}: clean_embed must be callable(pl_module, batch), got {clean_embed!r}"
-            )
-        if isinstance(optimizer, torch.optim.Optimizer):
-            raise TypeError(
-                f"{key}: clean_optimizer cannot be an Optimizer instance (each clean "
-                "evaluation trains a new probe); pass a name, a dict or a partial"
-            )
-        if optimizer is not None:
-            check_optimizer(optimizer, f"{key}: clean_optimizer")
         if not metrics:
             raise ValueError(f"{key}: clean_loader needs metrics=..., the values it logs")
         self.owner, self.loader, self.clean_embed = owner, loader, clean_embed
@@ -223,3 +256,21 @@ def _gathered(
     :func:`~spt_probe.fit_probe` sees what one process sees); features in the probe's dtype."""
     features, labels = gather_in_loader_order(features, labels, index)
     return prepare_features(features, probe), labels
+
+
+def clean_evaluation(
+    owner: SPTCallback, loader: Iterable[Any] | None, **options: Any
+) -> CleanEvaluation | NoCleanEvaluation:
+    """The clean evaluation of ``owner``: a :class:`CleanEvaluation` of ``loader`` with
+    ``options`` (its keyword arguments), or a :class:`NoCleanEvaluation` when ``loader`` is
+    ``None``; the ``clean_*`` options are checked either way (:func:`check_clean_arguments`).
+
+    Raises:
+        TypeError: See :func:`check_clean_arguments` and :class:`CleanEvaluation`.
+        ValueError: See :func:`check_clean_arguments` and :class:`CleanEvaluation`.
+    """
+    checked = {key: value for key, value in options.items() if key != "metrics"}
+    check_clean_arguments(owner.state_key, **checked)
+    if loader is None:
+        return NoCleanEvaluation()
+    return CleanEvaluation(owner, loader, **options)

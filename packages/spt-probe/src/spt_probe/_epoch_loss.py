@@ -45,6 +45,23 @@ class EpochLoss:
         _, counted, rows = total.tolist()
         return (total[0] / total[1] if counted > 0 else None), rows > 0
 
+    @staticmethod
+    def mean_over_ranks(total: Tensor | None, device: torch.device | None) -> Tensor | None:
+        """A rank's running ``total`` replaced by its mean over the ranks (``None`` when no
+        rank has a row), for a checkpoint: every rank restoring it reduces, at the epoch's
+        end, to the mean the uninterrupted run logs. Every rank calls it together (one
+        collective, one host sync).
+
+        Example:
+            >>> EpochLoss.mean_over_ranks(torch.tensor([6.0, 3.0, 4.0]), None).tolist()
+            [6.0, 3.0, 4.0]
+            >>> EpochLoss.mean_over_ranks(None, None) is None
+            True
+        """
+        total = torch.zeros(3, device=device) if total is None else total.detach().float().clone()
+        distributed.all_reduce_mean([total])
+        return total if bool(total[2] > 0) else None
+
     def load(self, total: Tensor | None) -> None:
         """Restore :attr:`total`; a 0.2 checkpoint's ``(loss * rows, rows)`` counts every row
         as labelled."""

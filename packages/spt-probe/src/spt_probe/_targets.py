@@ -16,6 +16,12 @@ PROBE_OUTPUT = "the probe's output"
 def is_class_labels(target: Tensor) -> bool:
     """Whether ``target`` holds one integer class index per row (unlabelled rows: ``< 0``).
 
+    Args:
+        target: A batch's targets.
+
+    Returns:
+        ``True`` for a 1-D integer tensor (bools excluded), from its dtype and shape alone.
+
     Example:
         >>> is_class_labels(torch.tensor([0, 2, -1])), is_class_labels(torch.zeros(3))
         (True, False)

@@ -39,15 +39,23 @@ LossFn = Callable[[Tensor, Tensor], Tensor]  # (logits, target) -> a scalar
 
 
 class ProbeStep(NamedTuple):
-    """What :func:`probe_step` computed for one batch."""
+    """What :func:`probe_step` computed for one batch.
+
+    Args:
+        logits: The probe's outputs, attached to its graph.
+        loss: The scalar loss to call ``backward`` on.
+        rows: How many rows ``loss`` averages (a 0-d integer tensor): the labelled rows with
+            finite features when unlabelled rows are left out, else every row.
+
+    Example:
+        >>> step = ProbeStep(torch.zeros(2, 3), torch.tensor(1.1), torch.tensor(2))
+        >>> step.loss, int(step.rows)
+        (tensor(1.1000), 2)
+    """
 
     logits: Tensor
-    """The probe's outputs, attached to its graph."""
     loss: Tensor
-    """The scalar loss to call ``backward`` on."""
     rows: Tensor
-    """How many rows ``loss`` averages (a 0-d integer tensor): the labelled rows with finite
-    features when unlabelled rows are left out, else every row."""
 
 
 def masked_cross_entropy(logits: Tensor, target: Tensor) -> Tensor:
@@ -92,6 +100,14 @@ def masked_cross_entropy(logits: Tensor, target: Tensor) -> Tensor:
 
 def prepare_features(features: Tensor, probe: nn.Module) -> Tensor:
     """``features`` detached, on the probe's device, floating values in the probe's dtype.
+
+    Args:
+        features: A batch of features.
+        probe: The module they feed (its first floating-point parameter sets device and dtype;
+            without one, ``features`` are only detached).
+
+    Returns:
+        The features to feed ``probe``, cut from the backbone's graph.
 
     Raises:
         TypeError: If ``features`` is not a tensor.

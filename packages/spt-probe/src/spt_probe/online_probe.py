@@ -12,7 +12,8 @@ from torchmetrics import Metric
 from spt_core import named_metrics
 from spt_core.checks import check_metrics
 from spt_probe._arguments import DEFAULT_OPTIMIZER, check_arguments
-from spt_probe._clean import CleanEvaluation, NoCleanEvaluation
+from spt_probe._checkpoint import ProbeCheckpoint
+from spt_probe._clean import clean_evaluation
 from spt_probe._epoch_loss import EpochLoss
 from spt_probe._inputs import ProbeInputs
 from spt_probe._probe_metrics import WHERE, ProbeMetrics, loaders_of
@@ -25,7 +26,7 @@ from spt_trainable.schedulers import SchedulerSpec
 __all__ = ["OnlineProbe"]
 
 
-class OnlineProbe(ProbeInputs, TrainableCallback):
+class OnlineProbe(ProbeInputs, ProbeCheckpoint, TrainableCallback):
     """Train a probe (linear or MLP) on frozen features during training and evaluate it.
 
     On every training batch the probe reads ``input`` (step outputs first, then the batch),
@@ -82,8 +83,8 @@ class OnlineProbe(ProbeInputs, TrainableCallback):
     **DDP.** The probe starts from rank 0's weights and averages its gradients across ranks
     before each step. BatchNorm running statistics (and any floating-point buffer) are
     averaged across ranks before each validation or test run and at the end of each training
-    epoch, so every rank evaluates, and every checkpoint written at an epoch's end holds, the
-    same probe (see :class:`~spt_trainable.TrainableCallback`).
+    epoch, so every rank evaluates the same probe; any checkpoint resumes every rank exactly
+    (see :meth:`gather_checkpoint_state`).
 
     Args:
         module: The LightningModule being trained, or ``None``; when given, the probe
@@ -176,7 +177,7 @@ class OnlineProbe(ProbeInputs, TrainableCallback):
         self._metrics = ProbeMetrics(named, self, input, target)
         self._epoch_loss = EpochLoss()
         self._classes: int | None = None  # the probe's output width, seen at its first call
-        self._clean = NoCleanEvaluation() if clean_loader is None else CleanEvaluation(
+        self._clean = clean_evaluation(
             self, clean_loader, every_n_epochs=clean_every_n_epochs, epochs=clean_epochs,
             batch_size=clean_batch_size, optimizer=clean_optimizer, seed=clean_seed,
             clean_embed=clean_embed, metrics=named,
@@ -233,7 +234,7 @@ class OnlineProbe(ProbeInputs, TrainableCallback):
         skip = self._metrics.read_checks(trainer, device, "train", 1, self._classes)
         mean, seen = self._epoch_loss.reduce(device)
         if mean is not None:
-            self.log_values(pl_module, {f"train/{self.name}_loss": mean}, sync_dist=True)
+            self.log_values(pl_module, {f"train/{self.name}_loss": mean})  # over every rank
         elif seen:
             self.info_once(
                 trainer,
@@ -242,10 +243,9 @@ class OnlineProbe(ProbeInputs, TrainableCallback):
                 f"train/{self.name}_loss is not logged",
             )
         if self._metrics:
-            # torchmetrics already synced the states: every rank holds the global value, and
-            # sync_dist only averages identical numbers (it silences Lightning's DDP warning).
+            # torchmetrics already synced the states: every rank holds the global value.
             values = self._metrics.compute("train", 1, device, skip)
-            self.log_values(pl_module, values, sync_dist=True)
+            self.log_values(pl_module, values)
         super().on_train_epoch_end(trainer, pl_module)
 
     # ------------------------------------------------------------------ evaluation
@@ -284,16 +284,4 @@ class OnlineProbe(ProbeInputs, TrainableCallback):
         skip = self._metrics.read_checks(trainer, device, stage, loaders, self._classes)
         values = self._metrics.compute(stage, loaders, device, skip)
         values.update(self._clean.compute(stage, loaders, device, skip))
-        self.log_values(pl_module, values, sync_dist=True, add_dataloader_idx=False)
-
-    # ------------------------------------------------------------------ checkpoints
-
-    def state_dict(self) -> dict[str, Any]:
-        clean = {"clean": self._clean.state_dict()} if self._clean else {}
-        return {**super().state_dict(), "loss_total": self._epoch_loss.total, **clean}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        state = dict(state_dict)
-        self._epoch_loss.load(state.pop("loss_total", None))
-        self._clean.load_state_dict(state.pop("clean", {}))
-        super().load_state_dict(state)
+        self.log_values(pl_module, values, add_dataloader_idx=False)  # synced by torchmetrics

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
+import torch
 from lightning.pytorch import LightningModule, Trainer
 from torch import Tensor
 
@@ -46,8 +48,8 @@ class TrainableCallback(OptimizerHost):
       drift apart within an epoch; they are made identical again before every validation or
       test run and at the end of every training epoch: floating-point buffers become their
       mean over the ranks, other buffers (``num_batches_tracked``) take rank 0's values. A
-      checkpoint written at those points (Lightning writes them there) holds that common
-      value; one written mid-epoch holds rank 0's. Every rank must call
+      checkpoint holds that mean too, also one written mid-epoch (see **Checkpoints**).
+      Every rank must call
       :meth:`backward_and_step` equally often (once per training batch, say); the epoch's
       last, unfinished window is flushed on every rank together, also a rank with no batch.
       Collectives run in an order that depends only on the module's structure, never on a
@@ -58,7 +60,14 @@ class TrainableCallback(OptimizerHost):
       own random stream (checkpointed), so adding the callback does not change the random
       stream the user's model sees, and a dropout probe resumes exactly.
     - **Checkpoints.** :meth:`state_dict` holds the module, optimizer, scheduler, counters and
-      any gradient of an unfinished window: a resume continues exactly.
+      any gradient of an unfinished window: a resume continues exactly. Under DDP, what differs
+      between ranks is made to resume exactly on every rank when a checkpoint is saved
+      (:meth:`gather_checkpoint_state`): an unfinished window's gradients and the
+      floating-point buffers become their mean over the ranks (the window's average and the
+      buffers' next common value are unchanged by it, up to rounding) and the random stream
+      is kept for every rank, each rank restoring its own (rank 0's when the number of ranks
+      changed). Parameters, optimizer and scheduler states and counters are the same on every
+      rank.
 
     Args:
         name: Unique identifier (logging, ``callbacks_modules`` key, checkpoint slot).
@@ -199,6 +208,33 @@ class TrainableCallback(OptimizerHost):
             )
         return state
 
+    def gather_checkpoint_state(self, state: dict[str, Any]) -> dict[str, Any]:
+        """This rank's :meth:`state_dict` with the values that differ between ranks made
+        common: an unfinished window's gradients and the module's floating-point buffers are
+        replaced by their mean over the ranks, and ``rng_of_ranks`` lists every rank's random
+        stream (``rng`` stays rank 0's).
+
+        Called on every rank while a checkpoint is saved; the collectives depend only on the
+        module's structure. The live module and its gradients are left as they are.
+
+        Args:
+            state: What :meth:`state_dict` returned on this rank.
+
+        Returns:
+            The state to write (``state`` itself without a process group).
+        """
+        state = super().gather_checkpoint_state(state)
+        if self._module is None or not distributed.is_distributed():
+            return state
+        state = dict(state)
+        state["module"] = self._mean_buffers(state["module"])
+        if "optimizer" in state:
+            state["grads"] = self._mean_grads(state["grads"])
+            rngs = self._rng_of_ranks(state["rng"])
+            if rngs is not None:
+                state["rng_of_ranks"] = rngs
+        return state
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._pending = dict(state_dict)
         self._apply_pending()
@@ -229,7 +265,52 @@ class TrainableCallback(OptimizerHost):
             self._window_count = state.pop("window_count")
             self._window_size = state.pop("window_size")
             self._random.state = state.pop("rng", None)
+            rngs = state.pop("rng_of_ranks", None)
+            if rngs is not None and len(rngs) == distributed.world_size():
+                self._random.state = rngs[distributed.rank()]
             grads = state.pop("grads")
             if grads is not None:
                 for p, grad in zip(self._parameters(), grads, strict=True):
                     p.grad = None if grad is None else grad.to(p.device, p.dtype).clone()
+
+    def _mean_buffers(self, module_state: dict[str, Any]) -> dict[str, Any]:
+        """``module_state`` with its floating-point buffers replaced by their mean over the
+        ranks (one collective per dtype, in the module's buffer order)."""
+        names = [
+            name
+            for name, buffer in self.module.named_buffers()
+            if buffer.is_floating_point() and name in module_state
+        ]
+        means = [module_state[name].detach().clone() for name in names]
+        distributed.all_reduce_mean(means)
+        module_state = copy.copy(module_state)  # keeps the ``_metadata`` load_state_dict reads
+        module_state.update(zip(names, means, strict=True))
+        return module_state
+
+    def _mean_grads(self, grads: list[Tensor | None] | None) -> list[Tensor] | None:
+        """The mean over the ranks of an unfinished window's gradients (a rank without a
+        gradient adds zeros), ``None`` when no rank holds a window."""
+        if not distributed.any_rank(grads is not None, self._device):
+            return None
+        params = self._parameters()
+        grads = grads if grads is not None else [None] * len(params)
+        means = [
+            torch.zeros_like(p) if g is None else g.detach().clone()
+            for p, g in zip(params, grads, strict=True)
+        ]
+        distributed.all_reduce_mean(means)
+        return means
+
+    def _rng_of_ranks(self, rng: dict[str, Any] | None) -> list[dict[str, Any]] | None:
+        """Every rank's random stream state, in rank order; ``None`` when a rank has none."""
+        if distributed.any_rank(rng is None, self._device):
+            return None
+        parts = {key: rng[key] for key in ("cpu", "device") if key in rng}
+        gathered = {
+            key: distributed.gather_equal(value.to(self._device)[None]).cpu()
+            for key, value in parts.items()
+        }
+        return [
+            {**rng, **{key: rows[r].clone() for key, rows in gathered.items()}}
+            for r in range(distributed.world_size())
+        ]
