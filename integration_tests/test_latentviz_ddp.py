@@ -24,12 +24,13 @@ def check_one_projection_and_rank_0_draws_the_gathered_queue(ranks):
     # Each rank trains on its own rows; the map is drawn from every rank's rows, once each.
     assert not torch.equal(first["own_rows"], second["own_rows"])
     gathered = torch.cat([first["own_rows"], second["own_rows"]])
+    shared = {k: v for k, v in first["logged"].items() if k != "train/viz_loss_step"}
     for rank in ranks:
         assert torch.equal(rank["snapshot"], gathered)
-        assert rank["logged"] == first["logged"]
-    # The loss is logged as OnlineProbe logs it: the last update's loss averaged over the
-    # ranks (logged every 2 steps, as each update), and the mean over both ranks' updates of
-    # the last epoch under the plain name.
+        assert {k: v for k, v in rank["logged"].items() if k != "train/viz_loss_step"} == shared
+    # The loss is logged as OnlineProbe logs it: each rank's last update's loss (logged every
+    # 2 steps, as each update), and the mean over both ranks' updates of the last epoch under
+    # the plain name.
     assert set(first["logged"]) == {
         "train/viz_loss",
         "train/viz_loss_step",
@@ -39,8 +40,8 @@ def check_one_projection_and_rank_0_draws_the_gathered_queue(ranks):
     last = [loss for rank in ranks for epoch, loss in rank["losses"] if epoch == 2]
     assert len(last) == 8
     assert first["logged"]["train/viz_loss"] == pytest.approx(sum(last) / len(last))
-    step = (first["losses"][-1][1] + second["losses"][-1][1]) / 2
-    assert first["logged"]["train/viz_loss_step"] == pytest.approx(step)
+    for rank in ranks:
+        assert rank["logged"]["train/viz_loss_step"] == pytest.approx(rank["losses"][-1][1])
     assert 0.0 <= first["logged"]["eval/viz_trustworthiness"] <= 1.0
     assert 0.0 <= first["logged"]["eval/viz_knn_recall"] <= 1.0
     # Only rank 0 writes, one file per plot; its coordinates are the projected gathered queue.

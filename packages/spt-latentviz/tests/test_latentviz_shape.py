@@ -22,6 +22,7 @@ from spt_latentviz import (
     sample_negatives,
 )
 from spt_latentviz import _training as training
+from spt_trainable import TrainableCallback
 
 SEED_POSITIONAL = [
     "name",
@@ -69,6 +70,9 @@ def fitted(run_fit, blobs):
 def pretend_two_ranks(monkeypatch, gather):
     monkeypatch.setattr(distributed, "is_distributed", lambda: True)
     monkeypatch.setattr(distributed, "gather_uneven", gather)
+    monkeypatch.setattr(distributed, "all_reduce_mean", lambda tensors: None)  # equal ranks
+    # Only LatentViz's own values: the projection's part is spt-trainable's (and tested there).
+    monkeypatch.setattr(TrainableCallback, "gather_checkpoint_state", lambda self, state: state)
 
 
 def test_state_dict_never_communicates(fitted, monkeypatch):

@@ -3,6 +3,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from spt_core import distributed
 from spt_queue import OnlineQueue, find_or_create_queue, find_queue, read_aligned
@@ -252,3 +253,15 @@ def test_a_bad_discovery_argument_registers_nothing():
         find_queue([], "z")
     with pytest.raises(TypeError, match="knn: queues must be a list or tuple of OnlineQueue"):
         read_aligned([OnlineQueue("z", 4), "y"], 2, owner="knn")
+
+
+def test_a_queue_added_to_a_trainer_goes_before_its_checkpoint_callbacks(tmp_path):
+    # Lightning runs checkpoint callbacks last: a queue behind one would append a batch's rows
+    # after the checkpoint of that batch was written, and a mid-epoch resume would lack them.
+    user, checkpoint = Callback(), ModelCheckpoint(dirpath=tmp_path)
+    first = fake_trainer(user, checkpoint)
+    queue = find_or_create_queue(first, "z", 4)
+    assert first.callbacks == [user, queue, checkpoint]
+    second = fake_trainer(checkpoint)  # a later fit that re-registers the consumer's queue
+    assert find_or_create_queue(second, "z", 4, previous=queue) is queue
+    assert second.callbacks == [queue, checkpoint]

@@ -22,8 +22,9 @@ class MapTraining(MapFrames):
 
     Each update reads the queue, rebuilds the neighbour graph when enough rows are new, and
     takes one optimizer step on :func:`~spt_latentviz.functional.projection_loss`. The
-    negative-sampling generator is per rank; :meth:`state_dict` holds this rank's and
-    :meth:`gather_checkpoint_state` writes every rank's.
+    negative-sampling generator and the epoch's loss total are per rank: :meth:`state_dict`
+    holds this rank's, :meth:`gather_checkpoint_state` writes every rank's generator and the
+    loss total's mean over the ranks.
     """
 
     graph_refresh: float = 0.1
@@ -98,13 +99,12 @@ class MapTraining(MapFrames):
         update = torch.stack((loss.float(), torch.ones_like(loss, dtype=torch.float32)))
         total = self._loss_total
         self._loss_total = update if total is None else total.to(update.device) + update
-        if logger_writes_this_step(trainer):
+        if logger_writes_this_step(trainer):  # this rank's loss, as OnlineProbe logs its own
             pl_module.log(
                 f"train/{self.name}_loss_step",
                 loss,
                 on_step=True,
                 on_epoch=False,
-                sync_dist=True,
                 batch_size=len(rows),
             )
         return loss
@@ -123,14 +123,33 @@ class MapTraining(MapFrames):
         return state
 
     def gather_checkpoint_state(self, state: dict[str, Any]) -> dict[str, Any]:
-        """Every rank's negative-sampling generator state, one row per rank, in the checkpoint
-        (collective under DDP: every rank saves the checkpoint together)."""
+        """The checkpoint's values of every rank (collective under DDP: every rank saves the
+        checkpoint together, each issuing the same two collectives).
+
+        - ``generators``: every rank's negative-sampling generator state, one row per rank.
+        - ``loss_total``: this epoch's (sum of the update losses, updates), as its mean over
+          the ranks (a rank without an update counts zeros; ``None`` when no rank has one).
+          Every rank restores it, so the ranks' totals again sum to the interrupted run's
+          and ``train/{name}_loss`` after a mid-epoch resume is the uninterrupted run's.
+
+        Every other value of ``latent_viz`` is already the same on every rank:
+        ``train_batches`` (the ranks run the same training batches), ``last_plot_epoch``
+        (every rank draws each map), the scaling (agreed by an all-reduce) and the frames
+        (broadcast from rank 0). The projection and its optimizer are
+        :class:`~spt_trainable.TrainableCallback`'s, whose ``gather_checkpoint_state`` runs
+        first.
+        """
+        state = super().gather_checkpoint_state(state)
         own = state.get("latent_viz")
         if own is None or own["generators"] is None or not distributed.is_distributed():
             return state
-        device = self._device or torch.device("cpu")  # NCCL gathers CUDA tensors only
+        device = self._device or torch.device("cpu")  # NCCL reduces CUDA tensors only
         generators = distributed.gather_uneven(own["generators"].to(device)).cpu()
-        return {**state, "latent_viz": {**own, "generators": generators}}
+        total = own["loss_total"]
+        total = torch.zeros(2, device=device) if total is None else total.to(device).clone()
+        distributed.all_reduce_mean([total])
+        total = total.cpu() if total[1] > 0 else None  # one host sync per checkpoint
+        return {**state, "latent_viz": {**own, "generators": generators, "loss_total": total}}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         state = dict(state_dict)
@@ -162,7 +181,9 @@ class MapTraining(MapFrames):
         """Log ``train/{name}_loss``, the mean of this epoch's update losses over every rank.
 
         Under DDP every rank joins one all-reduce per epoch, with or without updates; one
-        host sync per epoch decides whether there was any update to log.
+        host sync per epoch decides whether there was any update to log. The value is then
+        the same on every rank: it is logged without Lightning's ``sync_dist`` (which would
+        reduce it a second time).
         """
         total, self._loss_total = self._loss_total, None
         if total is None:
@@ -172,9 +193,7 @@ class MapTraining(MapFrames):
         total = total.to(pl_module.device)
         distributed.all_reduce_mean([total])  # sums over ranks, up to a common factor
         if total[1] > 0:
-            self.log_values(
-                pl_module, {f"train/{self.name}_loss": total[0] / total[1]}, sync_dist=True
-            )
+            self.log_values(pl_module, {f"train/{self.name}_loss": total[0] / total[1]})
 
     def _current_graph(self, trainer: Trainer) -> tuple[Tensor, Tensor | None] | None:
         """The rows to train on and their neighbour graph, rebuilt when enough rows are new.

@@ -59,10 +59,12 @@ class LatentViz(MapTraining, MapOutputs):
       ``x``, ``y`` and, with ``target``, ``class``; one row per point) and
       ``{name}/current_epoch``, as the seed does.
 
-    The projection's loss is logged as ``train/{name}_loss_step`` (the update's value,
-    averaged over ranks, on the steps whose logs the Trainer writes: ``log_every_n_steps``)
-    and ``train/{name}_loss`` (the mean over the epoch's updates and ranks, at the end of
-    each training epoch that had an update).
+    The projection's loss is logged as ``train/{name}_loss_step`` (this rank's update loss,
+    as ``OnlineProbe`` logs its batch loss, so the loggers, on rank 0, write rank 0's; on the
+    steps whose logs the Trainer writes: ``log_every_n_steps``) and ``train/{name}_loss``
+    (the mean over the epoch's updates and ranks, at the end of each training epoch that had
+    an update; a mid-epoch checkpoint keeps every rank's share of it, so a resumed run logs
+    what the uninterrupted run does).
 
     Args:
         name: Unique identifier (logged names, ``pl_module.callbacks_modules[name]``,
@@ -266,9 +268,8 @@ class LatentViz(MapTraining, MapOutputs):
             self.debug(f"epoch {epoch}: the map of {n} rows took {steps} steps")
         z = self.project(x)
         scores = map_scores(x, z, k, self.distance_metric)
-        self.log_values(
-            pl_module, {f"eval/{self.name}_{key}": v for key, v in scores.items()}, sync_dist=True
-        )
+        # The same on every rank (the same rows and map): no sync_dist, no second reduction.
+        self.log_values(pl_module, {f"eval/{self.name}_{key}": v for key, v in scores.items()})
         if trainer.is_global_zero:
             self._write(trainer, epoch, z, labels, scores)
         return scores

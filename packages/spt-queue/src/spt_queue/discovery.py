@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import torch
 from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import Checkpoint
 from torch import Tensor
 
 from spt_core.checks import flat_dim, positive_int, string_key
@@ -59,7 +60,9 @@ def find_or_create_queue(
     each consumer gathers or shards what it reads).
 
     Args:
-        trainer: The Trainer whose callbacks are searched (and extended).
+        trainer: The Trainer whose callbacks are searched (and extended: a new queue goes
+            before its checkpoint callbacks, so a checkpoint written at a batch's end holds
+            that batch's rows).
         key: The queued key.
         queue_length: Rows this consumer reads per rank.
         dim: Expected feature size (see :class:`OnlineQueue`).
@@ -109,10 +112,10 @@ def find_or_create_queue(
     queue = find_queue(trainer, key)
     if queue is None and previous is not None and previous.key == key:
         queue = previous
-        trainer.callbacks.append(queue)
+        _add_before_checkpoints(trainer, queue)
     if queue is None:
         queue = OnlineQueue(key, queue_length, dim=dim, dtype=dtype)
-        trainer.callbacks.append(queue)
+        _add_before_checkpoints(trainer, queue)
     else:
         wanted = flat_dim(dim)
         if wanted is not None and queue.dim is not None and wanted != queue.dim:
@@ -174,3 +177,11 @@ def _check_trainer_and_key(owner: str, trainer: object, key: object) -> None:
             f"{type(trainer).__name__}"
         )
     string_key(key, f"{owner}: key")
+
+
+def _add_before_checkpoints(trainer: Trainer, queue: OnlineQueue) -> None:
+    """Put ``queue`` before the Trainer's checkpoint callbacks, which Lightning runs last, so
+    that a checkpoint written at the end of a batch holds the rows that batch appended."""
+    callbacks = trainer.callbacks
+    at = next((i for i, c in enumerate(callbacks) if isinstance(c, Checkpoint)), len(callbacks))
+    callbacks.insert(at, queue)

@@ -1,0 +1,112 @@
+"""LatentViz on ranks with different rows, checkpointed mid-epoch and resumed there.
+
+Each rank trains on its own rows (rank 1's spread wider, so the ranks' projection losses
+differ), 8 batches per epoch through a loader Lightning can resume mid-epoch.
+
+params: epochs, checkpoint_dir (a checkpoint every ``every_n_train_steps`` global steps),
+every_n_train_steps, resume (checkpoint path to resume from).
+"""
+
+from typing import Any
+
+from _common import DictDataset, Encoder, blobs, parse, save, trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+from torch.utils.data import DataLoader
+
+from spt_latentviz import LatentViz, projection_mlp
+
+ROWS, BATCH = 64, 8
+
+args = parse()
+p = {"epochs": 2, "every_n_train_steps": 12, **args.params}
+
+
+class ResumableLoader(DataLoader):
+    """A loader that resumes where a mid-epoch checkpoint left off (Lightning saves and
+    restores its ``state_dict``): the restored pass starts at the first untrained batch."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fetched, self.start = 0, 0
+
+    def __iter__(self):
+        start, self.start = self.start, 0
+        self.fetched = start
+        for i, batch in enumerate(super().__iter__()):
+            if i >= start:
+                self.fetched += 1
+                yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        # Lightning fetches no batch ahead from a loader with a length: all fetched trained.
+        return {"next": self.fetched}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.start = state["next"]
+
+
+class RankRows(Encoder):
+    """The Encoder, each rank with its own rows and no distributed sampler."""
+
+    def train_dataloader(self) -> DataLoader:
+        features, labels = blobs(ROWS, dim=4, classes=4, seed=self.global_rank)
+        data = DictDataset(features * (1 + self.global_rank), labels)
+        return ResumableLoader(data, batch_size=BATCH)
+
+
+class RecordingViz(LatentViz):
+    """Keeps this rank's ``(epoch, loss)`` of every update."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.losses: list[tuple[int, float]] = []
+
+    def update_projection(self, trainer, pl_module):
+        loss = super().update_projection(trainer, pl_module)
+        if loss is not None:
+            self.losses.append((trainer.current_epoch, loss.item()))
+        return loss
+
+
+viz = RecordingViz(
+    "viz",
+    "embedding",
+    "label",
+    projection_mlp(8, 16),
+    queue_length=32,
+    k_neighbors=5,
+    update_interval=1,
+    plot_interval=100,
+)
+# LatentViz creates its queues at setup, before ModelCheckpoint (which Lightning runs last),
+# so the mid-epoch checkpoint holds the rows of the batch it was written at.
+callbacks = [viz]
+if p.get("checkpoint_dir"):
+    callbacks.append(
+        ModelCheckpoint(
+            dirpath=p["checkpoint_dir"],
+            filename="{step}",
+            save_top_k=-1,
+            every_n_train_steps=p["every_n_train_steps"],
+        )
+    )
+fit = trainer(
+    args,
+    max_epochs=p["epochs"],
+    callbacks=callbacks,
+    enable_checkpointing=p.get("checkpoint_dir") is not None,
+    use_distributed_sampler=False,
+    log_every_n_steps=1,
+    default_root_dir=str(args.out),
+)
+model = RankRows(in_dim=4, lr=0.01)
+fit.fit(model, ckpt_path=p.get("resume"))
+save(
+    args,
+    fit,
+    {
+        "logged": {k: float(v) for k, v in fit.callback_metrics.items() if "viz" in k},
+        "losses": viz.losses,
+        "seen": [batch.tolist() for batch in model.seen],
+    },
+)
