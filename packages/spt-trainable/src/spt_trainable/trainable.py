@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
-import torch
 from lightning.pytorch import LightningModule, Trainer
 from torch import Tensor
 
 from spt_core import distributed
 from spt_trainable._optimization import OptimizerHost
+from spt_trainable._rank_state import mean_buffers, mean_grads, rng_of_ranks
 from spt_trainable._stepping import check_stepping, prepare_gradients, run_length, window_size
 from spt_trainable.module_factory import ModuleSpec
 from spt_trainable.optimizers import OptimizerSpec
@@ -227,10 +226,10 @@ class TrainableCallback(OptimizerHost):
         if self._module is None or not distributed.is_distributed():
             return state
         state = dict(state)
-        state["module"] = self._mean_buffers(state["module"])
+        state["module"] = mean_buffers(self.module, state["module"])
         if "optimizer" in state:
-            state["grads"] = self._mean_grads(state["grads"])
-            rngs = self._rng_of_ranks(state["rng"])
+            state["grads"] = mean_grads(self._parameters(), state["grads"], self._device)
+            rngs = rng_of_ranks(state["rng"], self._device)
             if rngs is not None:
                 state["rng_of_ranks"] = rngs
         return state
@@ -272,45 +271,3 @@ class TrainableCallback(OptimizerHost):
             if grads is not None:
                 for p, grad in zip(self._parameters(), grads, strict=True):
                     p.grad = None if grad is None else grad.to(p.device, p.dtype).clone()
-
-    def _mean_buffers(self, module_state: dict[str, Any]) -> dict[str, Any]:
-        """``module_state`` with its floating-point buffers replaced by their mean over the
-        ranks (one collective per dtype, in the module's buffer order)."""
-        names = [
-            name
-            for name, buffer in self.module.named_buffers()
-            if buffer.is_floating_point() and name in module_state
-        ]
-        means = [module_state[name].detach().clone() for name in names]
-        distributed.all_reduce_mean(means)
-        module_state = copy.copy(module_state)  # keeps the ``_metadata`` load_state_dict reads
-        module_state.update(zip(names, means, strict=True))
-        return module_state
-
-    def _mean_grads(self, grads: list[Tensor | None] | None) -> list[Tensor] | None:
-        """The mean over the ranks of an unfinished window's gradients (a rank without a
-        gradient adds zeros), ``None`` when no rank holds a window."""
-        if not distributed.any_rank(grads is not None, self._device):
-            return None
-        params = self._parameters()
-        grads = grads if grads is not None else [None] * len(params)
-        means = [
-            torch.zeros_like(p) if g is None else g.detach().clone()
-            for p, g in zip(params, grads, strict=True)
-        ]
-        distributed.all_reduce_mean(means)
-        return means
-
-    def _rng_of_ranks(self, rng: dict[str, Any] | None) -> list[dict[str, Any]] | None:
-        """Every rank's random stream state, in rank order; ``None`` when a rank has none."""
-        if distributed.any_rank(rng is None, self._device):
-            return None
-        parts = {key: rng[key] for key in ("cpu", "device") if key in rng}
-        gathered = {
-            key: distributed.gather_equal(value.to(self._device)[None]).cpu()
-            for key, value in parts.items()
-        }
-        return [
-            {**rng, **{key: rows[r].clone() for key, rows in gathered.items()}}
-            for r in range(distributed.world_size())
-        ]
