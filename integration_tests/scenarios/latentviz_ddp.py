@@ -8,10 +8,11 @@ import os
 from pathlib import Path
 
 from _common import DictDataset, Encoder, blobs, loader, parse, save, trainer
+from _recording_viz import RecordingViz
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from spt_core import distributed
-from spt_latentviz import LatentViz, load_map, projection_mlp
+from spt_latentviz import load_map, projection_mlp
 
 args = parse()
 p = {"n": 128, "batch_size": 8, "queue_length": 32, "epochs": 2, **args.params}
@@ -20,20 +21,6 @@ data = DictDataset(features, labels)
 # One folder per process (LOCAL_RANK is set for the ranks the launcher starts): shows which
 # rank wrote files.
 maps = Path(args.out) / f"maps_rank{os.environ.get('LOCAL_RANK', '0')}"
-
-
-class RecordingViz(LatentViz):
-    """Keeps this rank's ``(epoch, loss)`` of every update."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.losses: list[tuple[int, float]] = []
-
-    def update_projection(self, trainer, pl_module):
-        loss = super().update_projection(trainer, pl_module)
-        if loss is not None:
-            self.losses.append((trainer.current_epoch, loss.item()))
-        return loss
 
 
 viz = RecordingViz(

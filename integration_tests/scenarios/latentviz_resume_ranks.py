@@ -10,10 +10,11 @@ every_n_train_steps, resume (checkpoint path to resume from).
 from typing import Any
 
 from _common import DictDataset, Encoder, blobs, parse, save, trainer
+from _recording_viz import RecordingViz
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader
 
-from spt_latentviz import LatentViz, projection_mlp
+from spt_latentviz import projection_mlp
 
 ROWS, BATCH = 64, 8
 
@@ -52,20 +53,6 @@ class RankRows(Encoder):
         features, labels = blobs(ROWS, dim=4, classes=4, seed=self.global_rank)
         data = DictDataset(features * (1 + self.global_rank), labels)
         return ResumableLoader(data, batch_size=BATCH)
-
-
-class RecordingViz(LatentViz):
-    """Keeps this rank's ``(epoch, loss)`` of every update."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.losses: list[tuple[int, float]] = []
-
-    def update_projection(self, trainer, pl_module):
-        loss = super().update_projection(trainer, pl_module)
-        if loss is not None:
-            self.losses.append((trainer.current_epoch, loss.item()))
-        return loss
 
 
 viz = RecordingViz(

@@ -1,19 +1,20 @@
 """Run spt_core.distributed's collectives in two real gloo processes (used by a test).
 
-Usage: python gloo_collectives.py PORT. Exits non-zero if any check fails.
+Usage: python gloo_collectives.py RANK PORT, once per rank (``spt_core.testing.run_ranks``).
+Exits non-zero if any check fails.
 """
 
 import sys
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from spt_core import DataChecks, distributed
+from spt_core.testing import join_ranks
 
 
 def check(rank: int, port: int) -> None:
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    join_ranks(rank, port)
     assert distributed.is_distributed()
     assert (distributed.rank(), distributed.world_size()) == (rank, 2)
 
@@ -53,4 +54,4 @@ def check(rank: int, port: int) -> None:
 
 
 if __name__ == "__main__":
-    mp.start_processes(check, args=(int(sys.argv[1]),), nprocs=2, start_method="spawn")
+    check(int(sys.argv[1]), int(sys.argv[2]))

@@ -1,11 +1,9 @@
-import subprocess
-import sys
 from pathlib import Path
 
 import torch
 
 from spt_core import distributed
-from spt_core.testing import free_port
+from spt_core.testing import run_ranks
 
 
 def test_single_process_fallbacks():
@@ -20,12 +18,7 @@ def test_single_process_fallbacks():
 
 
 def test_collectives_in_two_gloo_processes():
-    port = free_port()
-    script = Path(__file__).with_name("gloo_collectives.py")
-    done = subprocess.run(
-        [sys.executable, str(script), str(port)], capture_output=True, text=True, timeout=180
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
+    run_ranks(Path(__file__).with_name("gloo_collectives.py"))
 
 
 def test_single_process_gather_exchange_and_max_are_identities():

@@ -16,8 +16,9 @@ from spt_core.testing import (
     DictDataset,
     RecordingLogger,
     free_port,
-    ports,
+    launch,
     quiet_trainer,
+    run_ranks,
 )
 
 
@@ -107,7 +108,7 @@ def test_callback_tester_ddp_failure_is_reported():
 
 
 def test_free_port_is_below_the_ephemeral_range_and_bindable():
-    start = ports._ephemeral_start()
+    start = launch._ephemeral_start()
     for _ in range(20):
         port = free_port()
         assert 10_000 <= port < start
@@ -127,3 +128,31 @@ def test_free_port_skips_a_taken_port_and_says_when_all_are(monkeypatch):
         monkeypatch.setattr(random.SystemRandom, "randrange", lambda self, a, b: busy)
         with pytest.raises(RuntimeError, match="3 ports"):
             free_port(attempts=3)
+
+
+RANK_SCRIPT = """
+import os, sys
+rank, port = int(sys.argv[1]), int(sys.argv[2])
+print(f"rank {rank} of port {port} says {sys.argv[3]} {os.environ.get('GREETING', '-')}")
+sys.exit(3 if rank == int(os.environ.get("FAIL_RANK", -1)) else 0)
+"""
+
+
+def test_run_ranks_runs_the_script_once_per_rank_with_one_port(tmp_path):
+    script = tmp_path / "rank.py"
+    script.write_text(RANK_SCRIPT)
+    logs = run_ranks(script, "hi", world_size=3, env=[{}, {"GREETING": "hello"}, {}])
+    words = [log.split() for log in logs]
+    assert [w[1] for w in words] == ["0", "1", "2"]
+    assert len({w[4] for w in words}) == 1  # the same port
+    assert [w[6:] for w in words] == [["hi", "-"], ["hi", "hello"], ["hi", "-"]]
+
+
+def test_run_ranks_reports_a_failing_rank_and_a_wrong_env(tmp_path):
+    script = tmp_path / "rank.py"
+    script.write_text(RANK_SCRIPT)
+    with pytest.raises(AssertionError, match=r"rank 1 \(exit 3\)") as failure:
+        run_ranks(script, "hi", env=[{"FAIL_RANK": "1"}] * 2)
+    assert "rank 0 (exit" not in str(failure.value)
+    with pytest.raises(ValueError, match="env must hold 2 mappings, got 1"):
+        run_ranks(script, env=[{}])

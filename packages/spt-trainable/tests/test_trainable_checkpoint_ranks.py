@@ -12,9 +12,6 @@ Run as a script (``python test_trainable_checkpoint_ranks.py RANK PORT``) this f
 from __future__ import annotations
 
 import copy
-import datetime
-import os
-import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -23,7 +20,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from spt_core.testing import free_port
+from spt_core.testing import join_ranks, run_ranks
 from spt_trainable import TrainableCallback
 
 BATCHES, SAVED_AFTER, WINDOW = 8, 4, 3  # the checkpoint holds batch 3 of the window 3-5
@@ -69,13 +66,7 @@ def gathered(tensor):
 
 
 def run_rank(rank: int, port: int) -> None:
-    dist.init_process_group(
-        "gloo",
-        init_method=f"tcp://127.0.0.1:{port}",
-        rank=rank,
-        world_size=2,
-        timeout=datetime.timedelta(seconds=60),
-    )
+    join_ranks(rank, port)
     trainer, pl_module = stub_trainer(), SimpleNamespace(device=torch.device("cpu"))
     straight = head(seed=0)
     straight.setup(trainer, pl_module, "fit")
@@ -116,33 +107,7 @@ def run_rank(rank: int, port: int) -> None:
 
 
 def test_a_mid_window_checkpoint_resumes_every_rank_exactly():
-    port = free_port()
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    ranks = [
-        subprocess.Popen(
-            [sys.executable, str(Path(__file__)), str(rank), str(port)],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for rank in range(2)
-    ]
-    logs = []
-    try:
-        for process in ranks:
-            logs.append(process.communicate(timeout=180)[0])
-    finally:
-        for process in ranks:
-            if process.poll() is None:
-                process.kill()
-                process.communicate()
-    failed = [
-        f"rank {rank} (exit {process.returncode}):\n{log[-3000:]}"
-        for rank, (process, log) in enumerate(zip(ranks, logs, strict=True))
-        if process.returncode
-    ]
-    assert not failed, "\n".join(failed)
+    run_ranks(Path(__file__))
 
 
 if __name__ == "__main__":

@@ -13,9 +13,6 @@ Run as a script (``python test_trainable_ddp.py RANK PORT``) this file is one ra
 
 from __future__ import annotations
 
-import datetime
-import os
-import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -26,7 +23,7 @@ import torch.distributed as dist
 from torch import nn
 
 from spt_core import distributed
-from spt_core.testing import free_port
+from spt_core.testing import join_ranks, run_ranks
 from spt_trainable import TrainableCallback
 
 # One tensor of each dtype; the dtypes of parameters and buffers come in the order given.
@@ -162,13 +159,7 @@ def _as_float(tensor):
 
 
 def run_rank(rank: int, port: int) -> None:
-    dist.init_process_group(
-        "gloo",
-        init_method=f"tcp://127.0.0.1:{port}",
-        rank=rank,
-        world_size=2,
-        timeout=datetime.timedelta(seconds=60),
-    )
+    join_ranks(rank, port)
     trainer, pl_module = stub_trainer(), stub_module()
 
     # Start: every parameter and buffer, of six dtypes, is rank 0's on both ranks.
@@ -209,31 +200,7 @@ def run_rank(rank: int, port: int) -> None:
 
 @pytest.mark.parametrize("seeds", [(0, 1), (2, 3), (4, 5), (6, 7)])
 def test_two_ranks_started_with_different_hash_seeds_agree(seeds):
-    port = free_port()
-    ranks = []
-    for rank, seed in enumerate(seeds):
-        env = {**os.environ, "PYTHONHASHSEED": str(seed), "OMP_NUM_THREADS": "1"}
-        command = [sys.executable, str(Path(__file__)), str(rank), str(port)]
-        ranks.append(
-            subprocess.Popen(
-                command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-            )
-        )
-    logs = []
-    try:
-        for process in ranks:
-            logs.append(process.communicate(timeout=180)[0])
-    finally:
-        for process in ranks:
-            if process.poll() is None:
-                process.kill()
-                process.communicate()
-    failed = [
-        f"rank {rank} (exit {process.returncode}):\n{log[-3000:]}"
-        for rank, (process, log) in enumerate(zip(ranks, logs, strict=True))
-        if process.returncode
-    ]
-    assert not failed, "\n".join(failed)
+    run_ranks(Path(__file__), env=[{"PYTHONHASHSEED": str(seed)} for seed in seeds])
 
 
 if __name__ == "__main__":

@@ -21,8 +21,8 @@ from typing import Any
 import lightning as L
 from torch.utils.data import DataLoader, Dataset
 
+from spt_core.testing.launch import free_port
 from spt_core.testing.parts import RecordingLogger, quiet_trainer
-from spt_core.testing.ports import free_port
 
 _SCRIPT = Path(__file__).with_name("ddp_main.py")
 
