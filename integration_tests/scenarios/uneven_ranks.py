@@ -18,6 +18,8 @@ map files.
 params: epochs, empty (the rank without a validation batch).
 """
 
+import warnings
+
 import lightning as L
 import torch
 from _common import DictDataset, Encoder, blobs, parse, save, trainer
@@ -150,7 +152,8 @@ fit = trainer(
     logger=logger,
     use_distributed_sampler=False,
 )
-fit.fit(Model(in_dim=4))
+with warnings.catch_warnings(record=True) as caught:
+    fit.fit(Model(in_dim=4))
 maps = [load_map(args.out / "maps" / f"epoch_{e:04d}.npz") for e in range(p["epochs"])]
 save(
     args,
@@ -161,5 +164,6 @@ save(
         "val": val_batches(fit.global_rank),
         "clean": (clean.features, clean.labels),
         "maps": maps if fit.is_global_zero else None,
+        "warnings": [str(w.message) for w in caught],
     },
 )

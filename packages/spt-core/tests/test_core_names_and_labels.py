@@ -1,12 +1,14 @@
 """Unique callback names on a Trainer, and unlabelled rows kept out of metrics."""
 
 import inspect
+import warnings
 
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from lightning.pytorch import Callback
+from lightning.pytorch.utilities.warnings import PossibleUserWarning
 
 from spt_core import SPTCallback, StageMetrics
 from spt_core.testing import quiet_trainer
@@ -162,3 +164,31 @@ def test_a_checkpoint_holds_the_gathered_state_and_state_dict_stays_local(tmp_pa
     rows.on_save_checkpoint(None, None, checkpoint)
     assert checkpoint["callbacks"][rows.state_key] == {"rows": [1, 1]}
     assert rows.state_dict() == {"rows": [1]}
+
+
+class LogRecorder:
+    """Stands in for a LightningModule: keeps every ``log`` call."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, object, dict]] = []
+
+    def log(self, name, value, **kwargs) -> None:
+        self.calls.append((name, value, kwargs))
+
+
+def test_log_agreed_logs_without_sync_dist_and_hushes_lightnings_hint_for_those_names():
+    hint = "It is recommended to use `self.log({!r}, ..., sync_dist=True)` when logging on epoch"
+    module = LogRecorder()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        Knn("knn").log_agreed(module, {"eval/knn_accuracy": 0.5}, add_dataloader_idx=False)
+        for name in ("eval/knn_accuracy", "eval/other"):
+            warnings.warn(hint.format(name), PossibleUserWarning, stacklevel=1)
+        warnings.warn(hint.format("eval/knn_accuracy"), UserWarning, stacklevel=1)
+    assert module.calls == [
+        ("eval/knn_accuracy", 0.5, {"sync_dist": False, "add_dataloader_idx": False})
+    ]
+    assert [(w.category, str(w.message)) for w in caught] == [
+        (PossibleUserWarning, hint.format("eval/other")),
+        (UserWarning, hint.format("eval/knn_accuracy")),
+    ]

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import re
+import warnings
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from loguru import logger
 
 from spt_core.verbosity import get_verbosity
@@ -116,6 +119,22 @@ class SPTCallback(Callback):
             if trainer.is_global_zero:
                 logger.log(level, f"{self.state_key}: {message}")
 
+    def log_agreed(
+        self, pl_module: LightningModule, values: Mapping[str, Any], **kwargs: Any
+    ) -> None:
+        """``pl_module.log`` each of ``values``, which are already the same on every rank
+        (reduced by spt or by torchmetrics): no ``sync_dist``, so no second reduction, and
+        none of Lightning's hints to add it (filtered for these names only).
+
+        Args:
+            pl_module: The module that logs.
+            values: ``{name: value}``.
+            kwargs: Passed to ``pl_module.log`` (``add_dataloader_idx``, ``prog_bar``...).
+        """
+        for key, value in values.items():
+            _hush_sync_hint(key)
+            pl_module.log(key, value, sync_dist=False, **kwargs)
+
     def info_if_no_validation(self, trainer: Trainer, what: str) -> None:
         """Say once per fit that ``what`` will not be logged if the fit runs no validation batch.
 
@@ -204,6 +223,16 @@ class SPTCallback(Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned."""
+
+
+def _hush_sync_hint(key: str) -> None:
+    """Filter Lightning's hint to log ``key`` with ``sync_dist=True``, unless already filtered
+    (``warnings.catch_warnings`` may have dropped an earlier filter)."""
+    hint = re.escape(f"It is recommended to use `self.log({key!r}, ..., sync_dist=True)`")
+    if not any(
+        message is not None and message.pattern == hint for _, message, *_ in warnings.filters
+    ):
+        warnings.filterwarnings("ignore", message=hint, category=PossibleUserWarning)
 
 
 def callbacks_modules(pl_module: LightningModule) -> dict[str, Any]:

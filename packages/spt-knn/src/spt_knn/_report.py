@@ -147,13 +147,15 @@ def log_epoch(
             )
             continue
         # torchmetrics already reduced the value across ranks inside compute().
-        pl_module.log(key, value.squeeze(), sync_dist=False, add_dataloader_idx=False)
+        knn.log_agreed(pl_module, {key: value.squeeze()}, add_dataloader_idx=False)
 
 
-def log_banks(pl_module: LightningModule, name: str, report: dict[str, tuple[int, Tensor]]) -> None:
+def log_banks(
+    knn: OnlineKNN, pl_module: LightningModule, report: dict[str, tuple[int, Tensor]]
+) -> None:
     """Log ``eval/{name}_{bank_}bank_rows`` and ``..._bank_classes`` of each bank read this
     epoch (values already over every rank: each rank logs the same)."""
     for which, (rows, classes) in report.items():
-        prefix = f"eval/{name}_{which}_" if which else f"eval/{name}_"
-        for what, value in (("bank_rows", float(rows)), ("bank_classes", classes.float())):
-            pl_module.log(prefix + what, value, sync_dist=False, add_dataloader_idx=False)
+        prefix = f"eval/{knn.name}_{which}_" if which else f"eval/{knn.name}_"
+        values = {prefix + "bank_rows": float(rows), prefix + "bank_classes": classes.float()}
+        knn.log_agreed(pl_module, values, add_dataloader_idx=False)

@@ -267,7 +267,7 @@ class OnlineKNN(SPTCallback):
         if self.metrics:
             classes = [epoch.bank.num_classes for epoch in self._epochs.values()]
             _report.log_epoch(self, trainer, pl_module, stage, loaders, min(classes, default=None))
-        _report.log_banks(pl_module, self.name, self._bank_report)
+        _report.log_banks(self, pl_module, self._bank_report)
         self._epochs, self._bank_report = {}, {}
 
     def on_exception(

@@ -255,17 +255,15 @@ class MetricsCallback(SPTCallback):
         if not values:
             self.info_once(trainer, f"empty-{collector}", f"no {collector} batch: nothing logged")
             return values
-        for key, value in values.items():
-            pl_module.log(
-                key,
-                value,
-                on_step=on_step,
-                on_epoch=on_epoch,
-                prog_bar=self.prog_bar,
-                sync_dist=False,  # already identical on every rank
-                batch_size=1,
-                add_dataloader_idx=False,
-            )
+        self.log_agreed(
+            pl_module,
+            values,
+            on_step=on_step,
+            on_epoch=on_epoch,
+            prog_bar=self.prog_bar,
+            batch_size=1,
+            add_dataloader_idx=False,
+        )
         return values
 
     def _check_inputs(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:

@@ -98,14 +98,15 @@ class OptimizerHost(ModuleHost):
     def log_values(
         self, pl_module: LightningModule, values: dict[str, Tensor], **kwargs: Any
     ) -> None:
-        """``pl_module.log`` each value (``kwargs`` go to it) and remember it for ``monitor``.
+        """Log each value, already the same on every rank (see
+        :meth:`spt_core.SPTCallback.log_agreed`; ``kwargs`` go to ``pl_module.log``), and
+        remember it for ``monitor``.
 
         Lightning shows values logged in an epoch-end hook in ``trainer.callback_metrics``
         only after the hook; remembering them lets a ``ReduceLROnPlateau`` that monitors this
         callback's own epoch value use it at once.
         """
-        for key, value in values.items():
-            pl_module.log(key, value, **kwargs)
+        self.log_agreed(pl_module, values, **kwargs)
         self._logged.update(values)
 
     # ------------------------------------------------------------------ internals
