@@ -263,14 +263,15 @@ def clean_evaluation(
 ) -> CleanEvaluation | NoCleanEvaluation:
     """The clean evaluation of ``owner``: a :class:`CleanEvaluation` of ``loader`` with
     ``options`` (its keyword arguments), or a :class:`NoCleanEvaluation` when ``loader`` is
-    ``None``; the ``clean_*`` options are checked either way (:func:`check_clean_arguments`).
+    ``None``; the ``clean_*`` options are checked either way (:func:`check_clean_arguments`,
+    which :class:`CleanEvaluation` calls itself).
 
     Raises:
         TypeError: See :func:`check_clean_arguments` and :class:`CleanEvaluation`.
         ValueError: See :func:`check_clean_arguments` and :class:`CleanEvaluation`.
     """
+    if loader is not None:
+        return CleanEvaluation(owner, loader, **options)
     checked = {key: value for key, value in options.items() if key != "metrics"}
     check_clean_arguments(owner.state_key, **checked)
-    if loader is None:
-        return NoCleanEvaluation()
-    return CleanEvaluation(owner, loader, **options)
+    return NoCleanEvaluation()
