@@ -7,43 +7,18 @@ params: epochs, checkpoint_dir (a checkpoint every ``every_n_train_steps`` globa
 every_n_train_steps, resume (checkpoint path to resume from).
 """
 
-from typing import Any
-
 from _common import DictDataset, Encoder, blobs, parse, save, trainer
 from _recording_viz import RecordingViz
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader
 
+from spt_core.testing import ResumableLoader
 from spt_latentviz import projection_mlp
 
 ROWS, BATCH = 64, 8
 
 args = parse()
 p = {"epochs": 2, "every_n_train_steps": 12, **args.params}
-
-
-class ResumableLoader(DataLoader):
-    """A loader that resumes where a mid-epoch checkpoint left off (Lightning saves and
-    restores its ``state_dict``): the restored pass starts at the first untrained batch."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.fetched, self.start = 0, 0
-
-    def __iter__(self):
-        start, self.start = self.start, 0
-        self.fetched = start
-        for i, batch in enumerate(super().__iter__()):
-            if i >= start:
-                self.fetched += 1
-                yield batch
-
-    def state_dict(self) -> dict[str, int]:
-        # Lightning fetches no batch ahead from a loader with a length: all fetched trained.
-        return {"next": self.fetched}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.start = state["next"]
 
 
 class RankRows(Encoder):

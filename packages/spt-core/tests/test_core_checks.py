@@ -98,3 +98,26 @@ def test_metrics_are_anything_with_update_compute_and_reset():
     checks.check_metrics({"mean": Mean()}, "Probe[name=p]")
     with pytest.raises(TypeError, match=r"Probe\[name=p\]: metrics\['f'\] must be a metric"):
         checks.check_metrics({"mean": Mean(), "f": sum}, "Probe[name=p]")
+
+
+@settings(max_examples=50, deadline=None)
+@given(batches, st.integers(0, 6))
+def test_a_state_restored_mid_epoch_reads_what_the_uninterrupted_checks_read(batches, cut):
+    """Checks saved after ``cut`` batches and restored into fresh checks, which then see the
+    remaining batches, read what checks that saw every batch read."""
+
+    def feed(checks, part):
+        for stage, loader, batch in part:
+            features = torch.tensor([row for row, _ in batch]).reshape(len(batch), 2)
+            checks.update(stage, loader, features, torch.tensor([y for _, y in batch]).long())
+
+    straight, before = DataChecks(), DataChecks()
+    feed(straight, batches)
+    feed(before, batches[:cut])
+    resumed = DataChecks()
+    for stage in ("train", "val"):
+        for loader in (0, 1):
+            resumed.load(stage, loader, before.state(stage, loader, synchronise=True))
+    feed(resumed, batches[cut:])
+    for stage in ("train", "val"):
+        assert resumed.read(stage, 2) == straight.read(stage, 2)

@@ -2,8 +2,10 @@ import functools
 
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
+from torchmetrics import Metric
+from torchmetrics.classification import MulticlassAccuracy as Accuracy
 
 from spt_core import (
     StageMetrics,
@@ -110,3 +112,69 @@ def test_skipped_loaders_are_reset_without_being_computed():
     assert stages.compute_and_reset("val", num_dataloaders=2) == {
         "acc/dataloader_idx_1": torch.tensor(5.0)
     }
+
+
+class Labels(Metric):
+    """Every labelled target seen (a list state) and the largest (a max state)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("targets", default=[], dist_reduce_fx="cat")
+        self.add_state("top", default=torch.tensor(-1), dist_reduce_fx="max")
+
+    def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
+        self.targets.append(target)
+        if len(target):
+            self.top = torch.maximum(self.top, target.max())
+
+    def compute(self) -> torch.Tensor:
+        return torch.cat([*self.targets, self.top[None]]) if self.targets else self.top[None]
+
+
+class Hits:
+    """A metric without torchmetrics states: it is not checkpointed."""
+
+    def __init__(self) -> None:
+        self.hits = 0
+
+    def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
+        self.hits += int((preds.argmax(1) == target).sum())
+
+    def compute(self) -> torch.Tensor:
+        return torch.tensor(self.hits)
+
+    def reset(self) -> None:
+        self.hits = 0
+
+
+def torchmetrics_stages() -> StageMetrics:
+    accuracy = Accuracy(num_classes=3, average="micro", validate_args=False)
+    return StageMetrics({"accuracy": accuracy, "labels": Labels(), "hits": Hits()})
+
+
+batch = st.lists(st.tuples(st.integers(0, 2), st.integers(-1, 2)), min_size=1, max_size=5)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(batch, min_size=1, max_size=6), st.integers(0, 6))
+def test_states_restored_mid_epoch_compute_what_the_uninterrupted_copies_compute(batches, cut):
+    """Copies saved after ``cut`` batches and restored into fresh copies, which then see the
+    remaining batches, compute what copies that saw every batch compute (``hits`` aside)."""
+
+    def feed(stages, part):
+        for rows in part:
+            preds, target = (torch.tensor(column) for column in zip(*rows, strict=True))
+            stages.update_labelled("train", 0, torch.nn.functional.one_hot(preds, 3), target)
+
+    straight, before, resumed = torchmetrics_stages(), torchmetrics_stages(), torchmetrics_stages()
+    feed(straight, batches)
+    feed(before, batches[:cut])
+    saved = before.states("train", synchronise=True)
+    assert set(saved) == ({"accuracy", "labels"} if cut else set())
+    resumed.load_states("train", 0, saved)
+    feed(resumed, batches[cut:])
+    expected = straight.compute_and_reset("train", num_dataloaders=1)
+    got = resumed.compute_and_reset("train", num_dataloaders=1)
+    assert set(got) == set(expected)
+    for name in ("accuracy", "labels"):
+        torch.testing.assert_close(got[name], expected[name], rtol=0, atol=0)

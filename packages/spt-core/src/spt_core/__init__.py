@@ -9,7 +9,8 @@ from spt_core.callback import (
 )
 from spt_core.checks import DataChecks
 from spt_core.keys import lookup
-from spt_core.metrics import StageMetrics, metric_name, named_metrics, unique_names
+from spt_core.metrics import StageMetrics
+from spt_core.naming import metric_name, named_metrics, unique_names
 from spt_core.verbosity import get_verbosity, set_verbosity
 
 __all__ = [

@@ -160,6 +160,8 @@ class DataChecks:
         >>> rows = torch.tensor([[1.0, float("nan")], [0.0, 1.0]])
         >>> checks.update("val", 0, rows, torch.tensor([2, 7]))
         tensor([False,  True])
+        >>> checks.state("val")  # what a checkpoint written now holds
+        tensor([1, 7])
         >>> checks.read("val", num_dataloaders=1)
         [(1, 7)]
         >>> checks.read("val", num_dataloaders=1)  # started over; -1: no label seen
@@ -177,6 +179,7 @@ class DataChecks:
         batch = torch.stack(((~finite).sum(), top.to(finite.device).long()))
         total = self._totals.get((stage, dataloader_idx))
         if total is not None:
+            total = total.to(batch.device)  # a no-op, unless a checkpoint put it on the CPU
             batch = torch.stack((total[0] + batch[0], torch.maximum(total[1], batch[1])))
         self._totals[stage, dataloader_idx] = batch
         return finite
@@ -200,3 +203,36 @@ class DataChecks:
         counts = per_rank[..., 0].sum(dim=0).tolist()
         tops = per_rank[..., 1].amax(dim=0).tolist()
         return list(zip(counts, tops, strict=True))
+
+    def state(
+        self,
+        stage: str,
+        dataloader_idx: int = 0,
+        *,
+        synchronise: bool = False,
+        device: torch.device | None = None,
+    ) -> Tensor:
+        """``[rows with non-finite features, largest label]`` of ``(stage, dataloader_idx)``
+        so far, on the CPU, for a checkpoint written in the middle of an epoch.
+
+        Args:
+            stage: The stage.
+            dataloader_idx: The loader.
+            synchronise: Over every rank (every rank calls it together: one collective on
+                ``device``); else this rank's.
+            device: Where the collective runs (the module's device).
+
+        Returns:
+            A ``(2,)`` long tensor, ``[0, -1]`` where nothing was seen.
+        """
+        total = self._totals.get((stage, dataloader_idx))
+        total = torch.tensor([0, -1], device=device) if total is None else total.to(device)
+        if synchronise:
+            per_rank = distributed.gather_equal(total[None])
+            total = torch.stack((per_rank[:, 0].sum(), per_rank[:, 1].amax()))
+        return total.cpu()
+
+    def load(self, stage: str, dataloader_idx: int, state: Tensor) -> None:
+        """Restore :meth:`state`'s output (under DDP, that of ``synchronise=True`` on one rank
+        only: :meth:`read` adds the other ranks' new counts)."""
+        self._totals[stage, dataloader_idx] = state.clone()

@@ -1,15 +1,14 @@
-"""Naming and per-stage copies of metric objects, shared by the spt callbacks.
+"""Per-stage copies of metric objects and their checkpointed states, shared by the callbacks.
 
 Nothing here imports torchmetrics: a metric is anything with ``update``/``compute``/``reset``
-(and optionally ``clone`` and ``to``), which torchmetrics' ``Metric`` provides.
+(and optionally ``clone`` and ``to``); a metric whose states can be checkpointed also has
+torchmetrics' ``metric_state``, ``sync_context`` and ``load_state_dict``.
 """
 
 from __future__ import annotations
 
 import copy
-import functools
-import re
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import torch
@@ -17,110 +16,70 @@ from torch import Tensor
 
 from spt_core import distributed
 
-_TASK_PREFIX = re.compile(r"^(multiclass|multilabel|binary)_")
-
-
-def metric_name(metric: Any) -> str:
-    """A readable snake_case name for a metric object, class or function.
-
-    torchmetrics' task prefixes are dropped (``MulticlassAccuracy`` -> ``accuracy``) and a
-    ``top_k`` above 1 is kept in the name, so top-1 and top-5 accuracy stay apart.
-
-    Args:
-        metric: A metric object (named by its class), a class or function (by its
-            ``__name__``), or a ``functools.partial`` (by the function it wraps).
-
-    Returns:
-        The snake_case name, ``"lambda"`` for a lambda.
-
-    Example:
-        >>> import functools, operator
-        >>> metric_name(operator.add), metric_name(functools.partial(operator.add, 1))
-        ('add', 'add')
-        >>> metric_name(lambda x: x)
-        'lambda'
-    """
-    if isinstance(metric, functools.partial):
-        return metric_name(metric.func)
-    raw = getattr(metric, "__name__", None) or type(metric).__name__
-    if raw == "<lambda>":
-        return "lambda"
-    snake = re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", raw).lower()
-    snake = _TASK_PREFIX.sub("", snake)
-    top_k = getattr(metric, "top_k", None)
-    if isinstance(top_k, int) and top_k > 1:
-        snake = f"{snake}_top{top_k}"
-    return snake
-
-
-def unique_names(names: Iterable[str]) -> list[str]:
-    """Make names unique by suffixing repeats with ``_2``, ``_3``...
-
-    Args:
-        names: The names, in order; the first of a repeated name keeps it unchanged.
-
-    Returns:
-        A new list, as long as ``names``, with no name twice.
-
-    Raises:
-        TypeError: If ``names`` is not an iterable of strings.
-
-    Example:
-        >>> unique_names(["acc", "acc", "f1", "acc"])
-        ['acc', 'acc_2', 'f1', 'acc_3']
-    """
-    given = names
-    names = list(names) if isinstance(names, Iterable) and not isinstance(names, str) else None
-    if names is None or not all(isinstance(name, str) for name in names):
-        raise TypeError(f"unique_names: names must be an iterable of strings, got {given!r}")
-    taken: dict[str, None] = {}  # an ordered set
-    for name in names:
-        candidate, count = name, 1
-        while candidate in taken:
-            count += 1
-            candidate = f"{name}_{count}"
-        taken[candidate] = None
-    return list(taken)
-
-
-def named_metrics(metrics: Any, *, owner: str, argument: str = "metrics") -> dict[str, Any]:
-    """Normalise a dict, list, tuple, single metric or ``None`` into a new ``{name: metric}``.
-
-    Args:
-        metrics: What the user passed; entries of a list or tuple, or a single metric, are
-            named by :func:`metric_name` and made unique.
-        owner: Who asks, for error messages.
-        argument: The argument's name, for error messages.
-
-    Returns:
-        A new dict: a mapping's own keys, or the generated names in the given order; empty
-        for ``None``.
-
-    Raises:
-        TypeError: If a key is not a string.
-        ValueError: If a key is empty or contains ``/``.
-
-    Example:
-        >>> import operator
-        >>> sorted(named_metrics([operator.add, operator.add], owner="demo"))
-        ['add', 'add_2']
-    """
-    if metrics is None:
-        return {}
-    if isinstance(metrics, Mapping):
-        for key in metrics:
-            if not isinstance(key, str):
-                raise TypeError(f"{owner}: {argument} keys must be strings, got {key!r}")
-            if not key or "/" in key:
-                raise ValueError(
-                    f"{owner}: {argument} keys must be non-empty without '/', got {key!r}"
-                )
-        return dict(metrics)
-    items = list(metrics) if isinstance(metrics, (list, tuple)) else [metrics]
-    return dict(zip(unique_names(metric_name(m) for m in items), items, strict=True))
-
-
 _UNLABELLED = -1
+
+
+def metric_states(metric: Any, *, synchronise: bool = False) -> dict[str, Any] | None:
+    """A torchmetrics-style metric's states, detached on the CPU, for a checkpoint.
+
+    Args:
+        metric: The metric.
+        synchronise: Hold every rank's part, reduced by the metric's own sync (every rank
+            calls it together under DDP); ``False`` holds this rank's part, without any
+            communication.
+
+    Returns:
+        ``{state: tensor}``, a list state as a list of one concatenated tensor (or empty);
+        ``None`` for a metric without ``metric_state`` and ``sync_context``, whose states
+        cannot be read.
+
+    Example:
+        >>> import contextlib
+        >>> class Rows:  # the parts of a torchmetrics Metric that hold its states
+        ...     metric_state = {"count": torch.tensor(2), "rows": [torch.ones(1), torch.zeros(1)]}
+        ...     def sync_context(self, **kwargs): return contextlib.nullcontext()
+        >>> metric_states(Rows())
+        {'count': tensor(2), 'rows': [tensor([1., 0.])]}
+        >>> metric_states(object()) is None
+        True
+    """
+    if not all(hasattr(metric, part) for part in ("metric_state", "sync_context")):
+        return None
+    lists = {key for key, value in metric.metric_state.items() if isinstance(value, list)}
+    states: dict[str, Any] = {}
+    sync = getattr(metric, "dist_sync_fn", None)
+    with metric.sync_context(dist_sync_fn=sync, should_sync=synchronise):
+        for key, value in metric.metric_state.items():
+            if key not in lists:
+                states[key] = value.detach().cpu().clone()
+            else:  # a list of tensors (or none), which a sync concatenates into one
+                parts = [value] if isinstance(value, Tensor) else value
+                rows = [torch.atleast_1d(part.detach()) for part in parts]
+                states[key] = [torch.cat(rows).cpu()] if rows else []
+    return states
+
+
+def load_metric_states(metric: Any, states: Mapping[str, Any]) -> None:
+    """Restore :func:`metric_states`' output into ``metric``, on the metric's device.
+
+    Args:
+        metric: A metric of the same kind (torchmetrics' ``load_state_dict``).
+        states: What :func:`metric_states` returned.
+
+    Example:
+        >>> class Count:
+        ...     def load_state_dict(self, states, strict): self.count = states["count"]
+        >>> count = Count()
+        >>> load_metric_states(count, {"count": torch.tensor(2)})
+        >>> count.count
+        tensor(2)
+    """
+    device = getattr(metric, "device", None)
+    moved = {
+        key: [v.to(device) for v in value] if isinstance(value, list) else value.to(device)
+        for key, value in states.items()
+    }
+    metric.load_state_dict(moved, strict=False)
 
 
 def _copy(metric: Any) -> Any:
@@ -230,6 +189,54 @@ class StageMetrics:
             if labelled is None:
                 labelled = target >= 0
             metric.update(preds[labelled], target[labelled])
+        self._updated.add((stage, dataloader_idx))
+
+    def states(
+        self,
+        stage: str,
+        dataloader_idx: int = 0,
+        *,
+        synchronise: bool = False,
+        device: torch.device | None = None,
+    ) -> dict[str, dict[str, Any]]:
+        """The states of the copies of ``(stage, dataloader_idx)``, for a checkpoint written
+        in the middle of an epoch (see :func:`metric_states`).
+
+        Args:
+            stage: The stage, e.g. ``"train"``.
+            dataloader_idx: The loader.
+            synchronise: Every rank's part (every rank calls it together: one collective on
+                ``device`` and one host sync, then each metric's sync); else this rank's.
+            device: Where the collective runs (the module's device).
+
+        Returns:
+            ``{name: states}`` of the copies whose states can be read; empty when no copy was
+            updated since its last reset (on any rank, with ``synchronise``).
+        """
+        updated = (stage, dataloader_idx) in self._updated
+        if synchronise:
+            flag = distributed.all_reduce_max_(torch.tensor([float(updated)], device=device))
+            updated = bool(flag.item())
+        if not updated:
+            return {}
+        live = self.get(stage, dataloader_idx).items()
+        states = {name: metric_states(metric, synchronise=synchronise) for name, metric in live}
+        return {name: state for name, state in states.items() if state is not None}
+
+    def load_states(
+        self, stage: str, dataloader_idx: int, states: Mapping[str, Mapping[str, Any]]
+    ) -> None:
+        """Restore :meth:`states` into the copies of ``(stage, dataloader_idx)``.
+
+        Under DDP, give the states of ``synchronise=True`` to one rank only: every rank's part
+        is in them, and the next compute adds the other ranks' new parts.
+        """
+        if not states:
+            return
+        live = self.get(stage, dataloader_idx)
+        for name, state in states.items():
+            if name in live:
+                load_metric_states(live[name], state)
         self._updated.add((stage, dataloader_idx))
 
     def all_live(self) -> dict[str, dict[str, Any]]:

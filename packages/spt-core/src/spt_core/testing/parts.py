@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch.loggers import Logger
 from torch import nn
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 
 def quiet_trainer(**kwargs: Any) -> L.Trainer:
@@ -70,6 +70,43 @@ class DictDataset(Dataset):
         row = {name: column[i] for name, column in self.columns.items()}
         row.setdefault("index", torch.tensor(i))
         return row
+
+
+class ResumableLoader(DataLoader):
+    """A ``DataLoader`` that Lightning resumes mid-epoch: its ``state_dict`` (which Lightning
+    checkpoints) counts the batches handed out this pass, and a restored pass starts after
+    them, as the uninterrupted pass would go on. Without it a resumed epoch starts over.
+
+    Example:
+        >>> loader = ResumableLoader(DictDataset(x=torch.arange(6)), batch_size=2)
+        >>> first = iter(loader); _ = next(first)
+        >>> state = loader.state_dict()
+        >>> restored = ResumableLoader(DictDataset(x=torch.arange(6)), batch_size=2)
+        >>> restored.load_state_dict(state)
+        >>> [batch["x"].tolist() for batch in restored]
+        [[2, 3], [4, 5]]
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.handed_out, self._start = 0, 0
+
+    def __iter__(self) -> Iterator[Any]:
+        start, self._start = self._start, 0
+        self.handed_out = start
+        for i, batch in enumerate(super().__iter__()):
+            if i >= start:
+                self.handed_out += 1
+                yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        """``{"next": batches handed out this pass}`` (Lightning fetches none ahead from a
+        loader with a length, so every one was trained on)."""
+        return {"next": self.handed_out}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Start the next pass after ``state["next"]`` batches."""
+        self._start = state["next"]
 
 
 class Backbone(L.LightningModule):
