@@ -11,9 +11,9 @@ import torch
 from lightning.pytorch import Trainer
 from torch import Tensor
 from torchmetrics import Metric
-from torchmetrics.utilities.data import dim_zero_cat
 
 from spt_core import StageMetrics
+from spt_core.metrics import load_metric_states, metric_states
 from spt_metrics._convert import as_rows, flatten_result, to_numpy
 from spt_metrics._leaves import Plan
 from spt_metrics._ranks import Spec, agree, spec_of, zero_rows
@@ -219,7 +219,7 @@ class Collector:
         window: dict[str, Any] = {"batches": batches, "metrics": {}}
         if batches:
             for name, metric in self.live("train", 0).items():
-                window["metrics"][name] = _states(metric, synchronise)
+                window["metrics"][name] = metric_states(metric, synchronise=synchronise)
         return window
 
     def load_train_window(self, window: Mapping[str, Any], with_states: bool) -> None:
@@ -233,22 +233,7 @@ class Collector:
             live = self.live("train", 0)
             for name, states in window.get("metrics", {}).items():
                 if name in live:
-                    live[name].load_state_dict(dict(states), strict=False)
-
-
-def _states(metric: Metric, synchronise: bool) -> dict[str, Any]:
-    """A metric's states on the CPU (list states as one concatenated tensor in a list)."""
-    lists = {key for key, value in metric.metric_state.items() if isinstance(value, list)}
-    states: dict[str, Any] = {}
-    with metric.sync_context(dist_sync_fn=metric.dist_sync_fn, should_sync=synchronise):
-        for key, value in metric.metric_state.items():
-            if key not in lists:
-                states[key] = value.detach().cpu().clone()
-            elif isinstance(value, Tensor) or value:  # synchronised states are concatenated
-                states[key] = [dim_zero_cat(value).detach().cpu()]
-            else:
-                states[key] = []
-    return states
+                    load_metric_states(live[name], states)
 
 
 def _is_array(value: Any) -> bool:
