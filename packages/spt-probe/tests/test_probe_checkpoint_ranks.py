@@ -3,8 +3,8 @@
 Two gloo processes feed an OnlineProbe their own rows (and their own share of unlabelled rows)
 through its training hooks; the checkpoint is written through ``on_save_checkpoint`` as
 Lightning calls it on every rank, and rank 0's copy (the file Lightning writes) resumes a
-fresh probe on every rank. The resumed probe's weights and its logged epoch loss must be the
-uninterrupted run's.
+fresh probe on every rank. The resumed probe's weights, its logged epoch loss and its epoch
+accuracy and AUROC must be the uninterrupted run's.
 
 Run as a script (``python test_probe_checkpoint_ranks.py RANK PORT``) this file is one rank.
 """
@@ -19,6 +19,7 @@ import lightning as L
 import torch
 import torch.distributed as dist
 from torch import nn
+from torchmetrics.classification import MulticlassAccuracy, MulticlassAUROC
 
 from spt_core.testing import join_ranks, run_ranks
 from spt_probe import OnlineProbe
@@ -46,6 +47,7 @@ def make_probe(seed: int) -> OnlineProbe:
         probe=nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.Dropout(0.3), nn.Linear(6, 3)),
         optimizer={"type": "SGD", "lr": 0.1, "momentum": 0.9},
         accumulate_grad_batches=3,
+        metrics=[MulticlassAccuracy(num_classes=3), MulticlassAUROC(num_classes=3)],
     )
 
 
@@ -87,11 +89,15 @@ def run_rank(rank: int, port: int) -> None:
         torch.testing.assert_close(resumed.module.state_dict()[key], value, rtol=1e-6, atol=1e-7)
     loss = model.logged["train/p_loss"]
     torch.testing.assert_close(again.logged["train/p_loss"], loss, rtol=1e-6, atol=0)
+    accuracy = model.logged["train/p_accuracy"]  # over every rank's rows of the whole epoch
+    assert torch.equal(again.logged["train/p_accuracy"], accuracy), (accuracy, rank)
+    auroc = model.logged["train/p_auroc"]  # list states: every rank's rows, in another order
+    torch.testing.assert_close(again.logged["train/p_auroc"], auroc, rtol=1e-6, atol=0)
     dist.barrier()
     dist.destroy_process_group()
 
 
-def test_a_mid_epoch_checkpoint_resumes_weights_and_epoch_loss_on_every_rank():
+def test_a_mid_epoch_checkpoint_resumes_weights_epoch_loss_and_metrics_on_every_rank():
     run_ranks(Path(__file__))
 
 

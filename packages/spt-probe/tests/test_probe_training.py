@@ -7,12 +7,13 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 from torch.optim.lr_scheduler import ConstantLR, StepLR
 from torchmetrics.classification import MulticlassAccuracy
 
 from spt_core import callbacks_modules
-from spt_core.testing import Backbone, DictDataset
+from spt_core.testing import Backbone, DictDataset, RecordingLogger, ResumableLoader
 from spt_probe import OnlineProbe, probe_step
 
 
@@ -498,6 +499,38 @@ def test_resume_continues_exactly(backbone, trainer, loader, data, tmp_path):
                 assert torch.equal(value, b["state"][slot][name]), name
         assert a_probe.scheduler.state_dict() == b_probe.scheduler.state_dict()
     assert callbacks_modules(model)["linear"] is resumed[0].module
+
+
+@pytest.mark.parametrize("nan_before_checkpoint", [False, True])
+def test_a_mid_epoch_resume_logs_the_uninterrupted_epochs_train_values(
+    backbone, trainer, loader, data, tmp_path, nan_before_checkpoint
+):
+    """Epoch 1 is checkpointed after its 3rd of 6 batches; the resumed fit logs that epoch's
+    train accuracy (and loss) over all 6 batches. A non-finite row in batch 1 of epoch 1 (before
+    the checkpoint) keeps both fits from logging the epoch's accuracy."""
+    if nan_before_checkpoint:
+        data.columns["x"][9, 0] = float("nan")  # row 9: batch 1 of every epoch
+
+    def fit(resume=None):
+        torch.manual_seed(0)
+        probe = probe_on(probe=nn.Linear(6, 3), metrics=MulticlassAccuracy(num_classes=3))
+        saver = ModelCheckpoint(
+            dirpath=tmp_path, filename="{step}", every_n_train_steps=3, save_top_k=-1
+        )
+        logger = RecordingLogger()
+        run = trainer(
+            callbacks=[probe, saver], max_epochs=2, logger=logger, enable_checkpointing=True
+        )
+        run.fit(
+            backbone(width=None), ResumableLoader(data, batch_size=8), ckpt_path=resume
+        )  # the rows are the features
+        return logger.records[-1][1]  # what epoch 1 logged at its end
+
+    straight = fit()
+    resumed = fit(resume=tmp_path / "step=9.ckpt")
+    assert ("train/linear_accuracy" in straight) is not nan_before_checkpoint
+    assert resumed["train/linear_loss"] == straight["train/linear_loss"]
+    assert resumed.get("train/linear_accuracy") == straight.get("train/linear_accuracy")
 
 
 def test_a_mid_epoch_loss_from_a_0_2_checkpoint_counts_every_row_as_labelled():

@@ -110,6 +110,19 @@ class ProbeMetrics:
                 )
         return skip
 
+    def train_state(self, synchronise: bool, device: torch.device | None) -> dict[str, Any]:
+        """The training epoch's metric states and checks so far, for a checkpoint (with
+        ``synchronise``, every rank's: every rank calls it together)."""
+        return {
+            "metrics": self.stages.states("train", synchronise=synchronise, device=device),
+            "checks": self._checks.state("train", synchronise=synchronise, device=device),
+        }
+
+    def load_train_state(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`train_state`'s output."""
+        self.stages.load_states("train", 0, state["metrics"])
+        self._checks.load("train", 0, state["checks"])
+
     def compute(
         self, stage: str, loaders: int, device: torch.device, skip: set[int]
     ) -> dict[str, Tensor]:
