@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from torchmetrics.classification import MulticlassAccuracy
 
+from spt_core.testing import ResumableLoader
 from spt_metrics import MetricsCallback
 
 
@@ -76,3 +79,30 @@ def test_resume_continues_counters_and_the_open_window(harness, tmp_path):
             again.state_dict()["train_window"]["batches"]
             == (done.state_dict()["train_window"]["batches"])
         )
+
+
+@pytest.mark.parametrize(
+    ("schedule", "values"), [({"every_n_train_epochs": 1}, 2), ({"every_n_train_steps": 1}, 6)]
+)
+def test_a_fit_resumed_mid_epoch_logs_the_uninterrupted_values(harness, tmp_path, schedule, values):
+    """Epoch 1 is checkpointed after 2 of its 3 batches; Lightning starts no epoch when it
+    resumes there, and the resumed fit still logs the value of epoch 1 (over all 3 batches) or
+    of its last batch."""
+
+    def fit(resume=None):
+        metrics = {"acc": MulticlassAccuracy(num_classes=3, average="micro"), "hits": hits}
+        callback = MetricsCallback(metrics, every_n_val_epochs=0, **schedule)
+        saver = ModelCheckpoint(tmp_path, "{step}", every_n_train_steps=5, save_top_k=-1)
+        trainer = harness.make_trainer([callback, saver], max_epochs=2, enable_checkpointing=True)
+        module = harness.OutputsModule(
+            lambda batch, module: {"preds": batch["logits"], "target": batch["target"]}
+        )
+        data = harness.DictDataset(**harness.classification(10, 3, correct=0.5, seed=22))
+        trainer.fit(module, ResumableLoader(data, batch_size=4), ckpt_path=resume)
+        return {name: logged(trainer, name) for name in ("acc/train", "hits/train")}
+
+    straight = fit()
+    resumed = fit(resume=tmp_path / "step=5.ckpt")
+    for name, done in straight.items():
+        assert len(done) == values, name
+        assert resumed[name] == done[-1:], name

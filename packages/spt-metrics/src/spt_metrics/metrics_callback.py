@@ -162,6 +162,8 @@ class MetricsCallback(SPTCallback):
             self.warn_once(trainer, "log_every_n_steps", mismatch)
         if self.every_n_val_epochs:
             self.info_if_no_validation(trainer, "the '/val' values")
+        # A fit resumed mid-epoch starts no epoch: whether this one is collected is decided here.
+        self._collecting["train"] = self.schedule.collects_train_epoch()
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._collecting["train"] = self.schedule.collects_train_epoch()
