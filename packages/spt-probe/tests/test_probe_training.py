@@ -12,7 +12,7 @@ from torch import nn
 from torch.optim.lr_scheduler import ConstantLR, StepLR
 from torchmetrics.classification import MulticlassAccuracy
 
-from spt_core import callbacks_modules
+from spt_core import callbacks_metrics, callbacks_modules
 from spt_core.testing import Backbone, DictDataset, RecordingLogger, ResumableLoader
 from spt_probe import OnlineProbe, probe_step
 
@@ -501,6 +501,16 @@ def test_resume_continues_exactly(backbone, trainer, loader, data, tmp_path):
     assert callbacks_modules(model)["linear"] is resumed[0].module
 
 
+class TrainCopiesExposed(L.Callback):
+    """Whether the probe's training metric copies are at ``callbacks_metrics`` on each batch."""
+
+    def __init__(self):
+        self.seen = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.seen.append("train/0" in callbacks_metrics(pl_module).get("linear", {}))
+
+
 @pytest.mark.parametrize("nan_before_checkpoint", [False, True])
 def test_a_mid_epoch_resume_logs_the_uninterrupted_epochs_train_values(
     backbone, trainer, loader, data, tmp_path, nan_before_checkpoint
@@ -517,17 +527,18 @@ def test_a_mid_epoch_resume_logs_the_uninterrupted_epochs_train_values(
         saver = ModelCheckpoint(
             dirpath=tmp_path, filename="{step}", every_n_train_steps=3, save_top_k=-1
         )
-        logger = RecordingLogger()
+        logger, exposed = RecordingLogger(), TrainCopiesExposed()
         run = trainer(
-            callbacks=[probe, saver], max_epochs=2, logger=logger, enable_checkpointing=True
-        )
-        run.fit(
-            backbone(width=None), ResumableLoader(data, batch_size=8), ckpt_path=resume
-        )  # the rows are the features
+            callbacks=[probe, exposed, saver], max_epochs=2, logger=logger,
+            enable_checkpointing=True,
+        )  # fmt: skip
+        features = backbone(width=None)  # the rows themselves
+        run.fit(features, ResumableLoader(data, batch_size=8), ckpt_path=resume)
+        assert exposed.seen == [True] * (12 if resume is None else 3)
         return logger.records[-1][1]  # what epoch 1 logged at its end
 
     straight = fit()
-    resumed = fit(resume=tmp_path / "step=9.ckpt")
+    resumed = fit(resume=tmp_path / "step=9.ckpt")  # Lightning starts no epoch here
     assert ("train/linear_accuracy" in straight) is not nan_before_checkpoint
     assert resumed["train/linear_loss"] == straight["train/linear_loss"]
     assert resumed.get("train/linear_accuracy") == straight.get("train/linear_accuracy")

@@ -201,11 +201,10 @@ class OnlineProbe(ProbeInputs, ProbeCheckpoint, TrainableCallback):
     # ------------------------------------------------------------------ training
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # Here, not at epoch start: a fit resumed mid-epoch starts no epoch.
+        self._metrics.expose(pl_module, "train", 1)
         if self._metrics:
             self.info_if_no_validation(trainer, f"eval/{self.name}_*")
-
-    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._metrics.expose(pl_module, "train", 1)
 
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
