@@ -14,25 +14,26 @@ sys.path.insert(0, str(Path(__file__).parent / "scenarios"))  # e2e_setup, share
 import e2e_setup as e2e
 
 
-def fit(tmp_path, name, epochs, resume=None):
-    """A fresh model, data and callbacks; a checkpoint after every epoch (one folder for both
-    fits: the resumed one rewrites the later epochs' files)."""
+def fit(tmp_path, name, epochs, resume=None, every_n_train_steps=None):
+    """A fresh model, data and callbacks; a checkpoint after every epoch, or every
+    ``every_n_train_steps`` steps through a loader that resumes mid-epoch (one folder for both
+    fits: the resumed one rewrites the later files)."""
     L.seed_everything(0, verbose=False)
     spt = e2e.callbacks(save_dir=tmp_path / name / "maps")
-    saver = ModelCheckpoint(
-        dirpath=tmp_path / "checkpoints",
-        filename="{epoch}",
-        save_top_k=-1,
-        every_n_epochs=1,
-        save_on_train_epoch_end=True,  # after every callback's epoch-end hook
-    )
+    if every_n_train_steps is None:
+        # After every callback's epoch-end hook.
+        when = {"every_n_epochs": 1, "save_on_train_epoch_end": True, "filename": "{epoch}"}
+    else:
+        when = {"every_n_train_steps": every_n_train_steps, "filename": "{step}"}
+    saver = ModelCheckpoint(dirpath=tmp_path / "checkpoints", save_top_k=-1, **when)
     trainer = e2e.make_trainer(
         max_epochs=epochs,
         callbacks=[*spt, saver],
         enable_checkpointing=True,
     )
     model = e2e.Backbone()
-    trainer.fit(model, datamodule=e2e.Rows(batch_size=8), ckpt_path=resume)
+    rows = e2e.Rows(batch_size=8, resumable=every_n_train_steps is not None)
+    trainer.fit(model, datamodule=rows, ckpt_path=resume)
     states = {
         callback.state_key: callback.state_dict()
         for callback in trainer.callbacks
@@ -69,3 +70,17 @@ def test_resumed_fit_logs_and_holds_what_the_uninterrupted_fit_does(tmp_path):
     assert drawn == ["epoch_0001.npz", "epoch_0002.npz"]
     maps = [load_map(tmp_path / run / "maps" / "epoch_0002.npz") for run in ("straight", "resumed")]
     assert (maps[0]["coordinates"] == maps[1]["coordinates"]).all()
+
+
+def test_a_fit_resumed_mid_epoch_logs_and_holds_what_the_uninterrupted_fit_does(tmp_path):
+    """The checkpoint after 4 of epoch 1's 8 batches holds the queues' rows, the probes'
+    running losses, metric states and accumulation windows, LatentViz's loss so far and
+    MetricsCallback's open window: the resumed epoch logs the uninterrupted epoch's values."""
+    straight_logged, straight_states, straight_model = fit(tmp_path, "straight", 2, None, 4)
+    checkpoint = tmp_path / "checkpoints" / "step=12.ckpt"
+    resumed_logged, resumed_states, resumed_model = fit(tmp_path, "resumed", 2, checkpoint, 4)
+
+    assert set(e2e.REQUIRED) <= set(straight_logged)
+    assert resumed_logged == straight_logged  # epoch 1's values, bit for bit
+    e2e.assert_same(resumed_model, straight_model, "backbone")
+    e2e.assert_same(resumed_states, straight_states)

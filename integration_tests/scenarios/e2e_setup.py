@@ -25,6 +25,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchmetrics.classification import MulticlassAccuracy
 
+from spt_core.testing import ResumableLoader
 from spt_knn import OnlineKNN
 from spt_latentviz import LatentViz, projection_mlp
 from spt_metrics import MetricsCallback
@@ -70,18 +71,19 @@ class Rows(L.LightningDataModule):
     batches of ``W`` ranks.
     """
 
-    def __init__(self, batch_size: int = 8, seed: int = 0) -> None:
+    def __init__(self, batch_size: int = 8, seed: int = 0, resumable: bool = False) -> None:
         super().__init__()
-        self.batch_size = batch_size
+        self.batch_size, self.resumable = batch_size, resumable
         self.train, self.validation = data(seed)
 
-    def _loader(self, dataset: Dataset) -> DataLoader:
+    def _loader(self, dataset: Dataset, kind: type[DataLoader] = DataLoader) -> DataLoader:
         sharded = torch.distributed.is_available() and torch.distributed.is_initialized()
         sampler = DistributedSampler(dataset, shuffle=False) if sharded else None
-        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler)
+        return kind(dataset, batch_size=self.batch_size, sampler=sampler)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train)
+        # A resumable loader continues a mid-epoch checkpoint's epoch where it stopped.
+        return self._loader(self.train, ResumableLoader if self.resumable else DataLoader)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.validation)
