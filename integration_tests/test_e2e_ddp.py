@@ -145,3 +145,17 @@ def test_ddp_resumed_fit_logs_and_holds_what_the_uninterrupted_fit_does(run_scen
     for before, after in zip(straight, resumed, strict=True):
         # The last epoch's values, predictions, weights, queues and counters, bit for bit.
         e2e.assert_same(after, before, "rank")
+
+
+@pytest.mark.ddp
+def test_ddp_fit_resumed_mid_epoch_logs_and_holds_what_the_uninterrupted_fit_does(
+    run_scenario, tmp_path
+):
+    # 8 batches per rank and epoch: step 12 is after 4 of epoch 1's.
+    checkpoints, mid_epoch = tmp_path / "checkpoints", {"every_n_train_steps": 4}
+    straight = run_scenario("e2e_ddp", devices=2, checkpoints=str(checkpoints), **mid_epoch)
+    resume = str(checkpoints / "step=12.ckpt")
+    resumed = run_scenario("e2e_ddp", devices=2, resume=resume, **mid_epoch)
+    for before, after in zip(straight, resumed, strict=True):
+        # Epoch 1's values, predictions, weights, queues and counters, bit for bit.
+        e2e.assert_same(after, before, "rank")

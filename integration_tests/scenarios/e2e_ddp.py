@@ -8,10 +8,11 @@ Saves, per rank: the logged values, every validation row's predictions (by row i
 the last validation epoch, the backbone, probe and projection weights, every rank's queue rows
 (the kNN bank, with the row index of each bank row) and their LatentViz projection.
 
-params: epochs, seed, checkpoints (a folder: a checkpoint after every epoch), resume (a
-checkpoint to resume from), faults: on the last rank only, a NaN feature in a validation row in
-epoch 0 and the label 5 in epoch 1; the fit then fails, and each rank saves the error and
-what was logged after each validation epoch instead.
+params: epochs, seed, checkpoints (a folder: a checkpoint after every epoch, or every
+``every_n_train_steps`` steps through a training loader that resumes mid-epoch), resume (a
+checkpoint to resume from; give the same ``every_n_train_steps``), faults: on the last rank
+only, a NaN feature in a validation row in epoch 0 and the label 5 in epoch 1; the fit then
+fails, and each rank saves the error and what was logged after each validation epoch instead.
 """
 
 import lightning as L
@@ -60,8 +61,12 @@ def last_rank_faults(model, stage, batch, out):
 
 
 model = Faulty(last_rank_faults) if p.get("faults") else Backbone()
-saver = []
-if p.get("checkpoints"):
+saver, steps = [], p.get("every_n_train_steps")
+if p.get("checkpoints") and steps:  # mid-epoch, through a loader that resumes there
+    saver.append(
+        ModelCheckpoint(p["checkpoints"], "{step}", save_top_k=-1, every_n_train_steps=steps)
+    )
+elif p.get("checkpoints"):
     saver.append(
         ModelCheckpoint(p["checkpoints"], "{epoch}", save_top_k=-1, save_on_train_epoch_end=True)
     )
@@ -79,7 +84,7 @@ if p.get("faults"):
         save(args, fit, {"error": str(error), "logged": keep.logged})
         raise SystemExit(0) from None
     raise AssertionError("the bad label did not stop the fit")
-fit.fit(model, datamodule=Rows(batch_size), ckpt_path=p.get("resume"))
+fit.fit(model, datamodule=Rows(batch_size, resumable=bool(steps)), ckpt_path=p.get("resume"))
 knn, linear, mlp, viz, metrics = spt
 # Every rank's rows, gathered by the reader (collective: the same queues in the same order on
 # every rank).
