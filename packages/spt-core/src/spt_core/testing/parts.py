@@ -75,7 +75,9 @@ class DictDataset(Dataset):
 class ResumableLoader(DataLoader):
     """A ``DataLoader`` that Lightning resumes mid-epoch: its ``state_dict`` (which Lightning
     checkpoints) counts the batches handed out this pass, and a restored pass starts after
-    them, as the uninterrupted pass would go on. Without it a resumed epoch starts over.
+    them, as the uninterrupted pass would go on (for a loader whose order does not depend on
+    the global random state); after a whole pass, the next one starts at the first batch.
+    Without it a resumed epoch starts over.
 
     Example:
         >>> loader = ResumableLoader(DictDataset(x=torch.arange(6)), batch_size=2)
@@ -100,9 +102,9 @@ class ResumableLoader(DataLoader):
                 yield batch
 
     def state_dict(self) -> dict[str, int]:
-        """``{"next": batches handed out this pass}`` (Lightning fetches none ahead from a
-        loader with a length, so every one was trained on)."""
-        return {"next": self.handed_out}
+        """``{"next": batches handed out this pass}``, 0 after a whole pass (Lightning fetches
+        none ahead from a loader with a length, so every one was trained on)."""
+        return {"next": self.handed_out if self.handed_out < len(self) else 0}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         """Start the next pass after ``state["next"]`` batches."""
