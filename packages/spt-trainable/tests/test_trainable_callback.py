@@ -8,11 +8,12 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 from torch.utils.data import DataLoader
 
 from spt_core import SPTCallback, callbacks_modules
-from spt_core.testing import Backbone, DictDataset, captured_logs, quiet_trainer
+from spt_core.testing import Backbone, DictDataset, ResumableLoader, captured_logs, quiet_trainer
 from spt_trainable import TrainableCallback
 
 
@@ -377,6 +378,37 @@ def test_resume_through_a_lightning_checkpoint(tmp_path):
         resumed.module.state_dict(), straight.module.state_dict(), rtol=0, atol=0
     )
     assert resumed.optimizer_steps == straight.optimizer_steps == 6
+
+
+def test_a_checkpoint_at_an_epochs_last_batch_replays_the_skipped_epoch_end(tmp_path):
+    """Lightning resumes a checkpoint written at epoch 0's last batch in epoch 1 without calling
+    epoch 0's ``on_train_epoch_end``: the resumed callback flushes the unfinished window (2 of 3
+    calls, no ``batch_idx``) and steps the epoch scheduler itself, as the uninterrupted one did."""
+
+    def fresh():
+        torch.manual_seed(0)
+        return Regressor(
+            optimizer={"type": "SGD", "lr": 0.05, "momentum": 0.9},
+            scheduler={"type": "StepLR", "step_size": 1, "gamma": 0.5, "interval": "epoch"},
+            accumulate_grad_batches=3,
+            pass_batch_idx=False,
+        )
+
+    def fit_from(callback, resume=None):
+        saver = ModelCheckpoint(tmp_path, "{step}", every_n_train_steps=7, save_top_k=-1)
+        trainer = quiet_trainer(
+            max_epochs=2, callbacks=[callback, saver], enable_checkpointing=True
+        )
+        trainer.fit(Backbone(), ResumableLoader(rows(56), batch_size=8), ckpt_path=resume)
+
+    straight, resumed = fresh(), fresh()
+    fit_from(straight)
+    fit_from(resumed, tmp_path / "step=7.ckpt")  # 7 batches per epoch: epoch 0's last
+    assert resumed.optimizer_steps == straight.optimizer_steps == 6  # windows of 3, 3, 1
+    assert resumed.scheduler.state_dict() == straight.scheduler.state_dict()
+    torch.testing.assert_close(
+        resumed.module.state_dict(), straight.module.state_dict(), rtol=0, atol=0
+    )
 
 
 # ----------------------------------------------------------------------------- no validation

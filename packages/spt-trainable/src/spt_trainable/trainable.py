@@ -47,12 +47,10 @@ class TrainableCallback(OptimizerHost):
       drift apart within an epoch; they are made identical again before every validation or
       test run and at the end of every training epoch: floating-point buffers become their
       mean over the ranks, other buffers (``num_batches_tracked``) take rank 0's values. A
-      checkpoint holds that mean too, also one written mid-epoch (see **Checkpoints**).
-      Every rank must call
-      :meth:`backward_and_step` equally often (once per training batch, say); the epoch's
-      last, unfinished window is flushed on every rank together, also a rank with no batch.
-      Collectives run in an order that depends only on the module's structure, never on a
-      set's or a hash's order, so ranks cannot issue them in different orders.
+      checkpoint holds that mean too, also one written mid-epoch (see **Checkpoints**). Every
+      rank must call :meth:`backward_and_step` equally often (once per training batch, say);
+      the epoch's last, unfinished window is flushed on every rank together, also a rank with
+      no batch. Collectives run in an order that depends only on the module's structure.
     - **Mixed precision.** Inputs are detached and cast to the module's dtype; the module's
       forward runs outside autocast (fp32 module on bf16/fp16 features).
     - **Randomness.** Building the module runs on a forked RNG and training on the callback's
@@ -66,7 +64,9 @@ class TrainableCallback(OptimizerHost):
       buffers' next common value are unchanged by it, up to rounding) and the random stream
       is kept for every rank, each rank restoring its own (rank 0's when the number of ranks
       changed). Parameters, optimizer and scheduler states and counters are the same on every
-      rank.
+      rank. A checkpoint written at an epoch's last batch (``ModelCheckpoint(
+      every_n_train_steps=k)``, ``k`` dividing the epoch) resumes in the next epoch without
+      that epoch's ``on_train_epoch_end``: :meth:`end_skipped_epoch` then replays it.
 
     Args:
         name: Unique identifier (logging, ``callbacks_modules`` key, checkpoint slot).
@@ -118,6 +118,7 @@ class TrainableCallback(OptimizerHost):
         self.optimizer_steps = 0
         self._window_count = 0
         self._window_size = accumulate_grad_batches
+        self._open_epoch: int | None = None  # the epoch whose on_train_epoch_end is to come
 
     # ------------------------------------------------------------------ what subclasses use
 
@@ -139,6 +140,7 @@ class TrainableCallback(OptimizerHost):
         Returns:
             Whether the optimizer stepped.
         """
+        self._open_epoch = trainer.current_epoch
         if self._window_count == 0:
             self._window_size = window_size(self.accumulate_grad_batches, trainer, batch_idx)
         (loss / self._window_size).backward()
@@ -159,10 +161,7 @@ class TrainableCallback(OptimizerHost):
         Returns:
             Whether the optimizer stepped.
         """
-        pending = self._window_count > 0
-        if distributed.is_distributed():
-            pending = distributed.any_rank(pending, self._device)
-        if not pending:
+        if not distributed.any_rank(self._window_count > 0, self._device):
             return False
         count = self._window_count
         self._step(trainer, rescale=self._window_size / count if count else 1.0)
@@ -186,10 +185,34 @@ class TrainableCallback(OptimizerHost):
             self.optimizer.zero_grad(set_to_none=True)
         self._apply_pending()
 
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._open_epoch is not None and self._open_epoch < trainer.current_epoch:
+            self.end_skipped_epoch(trainer, pl_module)
+
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.flush(trainer)
         self.sync_buffers()
         self._step_scheduler(trainer, "epoch")
+        self._open_epoch = None
+
+    def end_skipped_epoch(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Replay, without logging, the ``on_train_epoch_end`` that Lightning skips when it
+        resumes a checkpoint written after the epoch's last batch and before that hook (the
+        uninterrupted run ran it after writing the checkpoint).
+
+        Called at ``on_train_start`` on every rank together: it flushes an unfinished window,
+        averages the buffers and steps an epoch-interval scheduler unless it monitors a value
+        (as Lightning leaves its own). Subclasses drop the epoch's running values too.
+
+        Args:
+            trainer: The resumed Trainer.
+            pl_module: Its LightningModule.
+        """
+        self.flush(trainer)
+        self.sync_buffers()
+        if self._scheduler_config is not None and not self._scheduler_config.needs_monitor:
+            self._step_scheduler(trainer, "epoch")
+        self._open_epoch = None
 
     def state_dict(self) -> dict[str, Any]:
         if self._module is None:
@@ -202,6 +225,7 @@ class TrainableCallback(OptimizerHost):
                 optimizer_steps=self.optimizer_steps,
                 window_count=self._window_count,
                 window_size=self._window_size,
+                open_epoch=self._open_epoch,
                 grads=[p.grad for p in self._parameters()] if self._window_count else None,
                 rng=self._random.state,
             )
@@ -263,6 +287,7 @@ class TrainableCallback(OptimizerHost):
             self.optimizer_steps = state.pop("optimizer_steps")
             self._window_count = state.pop("window_count")
             self._window_size = state.pop("window_size")
+            self._open_epoch = state.pop("open_epoch", None)
             self._random.state = state.pop("rng", None)
             rngs = state.pop("rng_of_ranks", None)
             if rngs is not None and len(rngs) == distributed.world_size():
