@@ -511,21 +511,28 @@ class TrainCopiesExposed(L.Callback):
         self.seen.append("train/0" in callbacks_metrics(pl_module).get("linear", {}))
 
 
-@pytest.mark.parametrize("nan_before_checkpoint", [False, True])
-def test_a_mid_epoch_resume_logs_the_uninterrupted_epochs_train_values(
-    backbone, trainer, loader, data, tmp_path, nan_before_checkpoint
+@pytest.mark.parametrize(
+    ("every", "nan_before_checkpoint"), [(3, False), (3, True), (6, False)], ids=str
+)
+def test_a_resume_within_an_epoch_logs_the_uninterrupted_epochs_train_values(
+    backbone, trainer, loader, data, tmp_path, every, nan_before_checkpoint
 ):
-    """Epoch 1 is checkpointed after its 3rd of 6 batches; the resumed fit logs that epoch's
-    train accuracy (and loss) over all 6 batches. A non-finite row in batch 1 of epoch 1 (before
-    the checkpoint) keeps both fits from logging the epoch's accuracy."""
+    """Epoch 1 resumes from a checkpoint written after its 3rd of 6 batches (``every=3``), or
+    after epoch 0's last batch, whose ``on_train_epoch_end`` Lightning then skips (``every=6``:
+    the probe replays its scheduler step and drops the epoch's loss and metrics). Both log
+    epoch 1's train values over its 6 batches, as the uninterrupted fit does. A non-finite row
+    in batch 1 of epoch 1 (before the checkpoint) keeps both from logging the accuracy."""
     if nan_before_checkpoint:
         data.columns["x"][9, 0] = float("nan")  # row 9: batch 1 of every epoch
 
     def fit(resume=None):
         torch.manual_seed(0)
-        probe = probe_on(probe=nn.Linear(6, 3), metrics=MulticlassAccuracy(num_classes=3))
+        probe = probe_on(
+            probe=nn.Linear(6, 3), metrics=MulticlassAccuracy(num_classes=3),
+            scheduler={"type": "StepLR", "step_size": 1, "gamma": 0.5, "interval": "epoch"},
+        )  # fmt: skip
         saver = ModelCheckpoint(
-            dirpath=tmp_path, filename="{step}", every_n_train_steps=3, save_top_k=-1
+            dirpath=tmp_path, filename="{step}", every_n_train_steps=every, save_top_k=-1
         )
         logger, exposed = RecordingLogger(), TrainCopiesExposed()
         run = trainer(
@@ -534,14 +541,16 @@ def test_a_mid_epoch_resume_logs_the_uninterrupted_epochs_train_values(
         )  # fmt: skip
         features = backbone(width=None)  # the rows themselves
         run.fit(features, ResumableLoader(data, batch_size=8), ckpt_path=resume)
-        assert exposed.seen == [True] * (12 if resume is None else 3)
-        return logger.records[-1][1]  # what epoch 1 logged at its end
+        assert exposed.seen and all(exposed.seen)
+        return logger.records[-1][1], probe.module.state_dict()  # epoch 1's values at its end
 
-    straight = fit()
-    resumed = fit(resume=tmp_path / "step=9.ckpt")  # Lightning starts no epoch here
+    straight, weights = fit()
+    resumed, resumed_weights = fit(tmp_path / {3: "step=9.ckpt", 6: "step=6.ckpt"}[every])
     assert ("train/linear_accuracy" in straight) is not nan_before_checkpoint
     assert resumed["train/linear_loss"] == straight["train/linear_loss"]
     assert resumed.get("train/linear_accuracy") == straight.get("train/linear_accuracy")
+    for key, value in weights.items():
+        assert torch.equal(resumed_weights[key], value), key
 
 
 def test_a_mid_epoch_loss_from_a_0_2_checkpoint_counts_every_row_as_labelled():

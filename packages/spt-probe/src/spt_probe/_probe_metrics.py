@@ -123,6 +123,12 @@ class ProbeMetrics:
         self.stages.load_states("train", 0, state["metrics"])
         self._checks.load("train", 0, state["checks"])
 
+    def forget(self, stage: str, device: torch.device) -> None:
+        """Reset the copies and checks of ``stage``'s single loader without computing them
+        (every rank together: two collectives)."""
+        self._checks.read(stage, 1, device)
+        self.stages.compute_and_reset(stage, 1, device, skip={0})
+
     def compute(
         self, stage: str, loaders: int, device: torch.device, skip: set[int]
     ) -> dict[str, Tensor]:

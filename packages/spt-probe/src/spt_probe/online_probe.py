@@ -201,6 +201,7 @@ class OnlineProbe(ProbeInputs, ProbeCheckpoint, TrainableCallback):
     # ------------------------------------------------------------------ training
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
         # Here, not at epoch start: a fit resumed mid-epoch starts no epoch.
         self._metrics.expose(pl_module, "train", 1)
         if self._metrics:
@@ -246,6 +247,13 @@ class OnlineProbe(ProbeInputs, ProbeCheckpoint, TrainableCallback):
             values = self._metrics.compute("train", 1, device, skip)
             self.log_values(pl_module, values)
         super().on_train_epoch_end(trainer, pl_module)
+
+    def end_skipped_epoch(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """:meth:`TrainableCallback.end_skipped_epoch`, and the epoch's running loss, training
+        metric states and data checks dropped (the uninterrupted run logged them)."""
+        super().end_skipped_epoch(trainer, pl_module)
+        self._epoch_loss.load(None)
+        self._metrics.forget("train", pl_module.device)
 
     # ------------------------------------------------------------------ evaluation
 
