@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import Logger
 
 from spt_core import callbacks_modules
@@ -262,6 +263,32 @@ def test_checkpoint_resume_restores_projection_and_optimizer(run_fit, blobs, tmp
         for name, tensor in values.items():
             torch.testing.assert_close(mine["state"][slot][name], tensor)
     assert resumed.losses == pytest.approx(straight.losses[-len(resumed.losses) :])
+
+
+def test_a_checkpoint_at_an_epochs_last_batch_replays_the_skipped_map_and_epoch_end(
+    run_fit, blobs, tmp_path
+):
+    """Written at epoch 0's last batch (5 of 5), before its validation drew the map: Lightning
+    resumes in epoch 1 with neither that validation nor epoch 0's ``on_train_epoch_end``.
+    LatentViz fits epoch 0's map and drops its loss itself, so it trains on as the
+    uninterrupted fit does."""
+    features, labels = blobs(200, 16, 4)
+
+    def fit(resume=None) -> RecordingViz:
+        torch.manual_seed(0)
+        callback = viz(queue_length=100, plot_interval=1)
+        saver = ModelCheckpoint(tmp_path, "{step}", every_n_train_steps=5, save_top_k=-1)
+        root = tmp_path / ("resumed" if resume else "straight")
+        run_fit([callback, saver], features, labels, epochs=3, batch_size=40, root=root,
+                ckpt_path=resume, enable_checkpointing=True)  # fmt: skip
+        return callback
+
+    straight = fit()
+    resumed = fit(str(tmp_path / "step=5.ckpt"))
+    assert resumed.optimizer_steps == straight.optimizer_steps
+    for key, value in straight.projection.state_dict().items():
+        assert torch.equal(resumed.projection.state_dict()[key], value), key
+    assert resumed.losses == straight.losses[-len(resumed.losses) :]
 
 
 def test_features_with_extra_dimensions_are_flattened(run_fit, blobs, backbone):

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor
 
 from spt_core import distributed
@@ -170,6 +171,31 @@ class MapTraining(MapFrames):
         super().load_state_dict(state)
 
     # ------------------------------------------------------------------ internals
+
+    def _draw(
+        self, trainer: Trainer, epoch: int, features: Tensor, labels: Tensor | None
+    ) -> tuple[Tensor, Tensor | None] | None:
+        """Fit the map of ``epoch`` to the finite rows of ``features`` during a fit (evaluating
+        alone draws the learnt map); returns those rows and their labels, ``None`` when too
+        few to score."""
+        self.last_plot_epoch = epoch
+        x = self.prepare_input(features)
+        x, kept = drop_non_finite(x.reshape(len(x), -1))  # the same rows on every rank
+        if kept is not None:
+            labels = None if labels is None else labels[kept.to(labels.device)]
+            self.warn_once(trainer, "non-finite-map", "rows with non-finite values are left out")
+        n, k = len(x), self.k_neighbors
+        if n <= 2 * k:
+            self.info_once(
+                trainer,
+                "short-map",
+                f"the queue holds {n} rows; scores at k={k} need more than {2 * k}: no map yet",
+            )
+            return None
+        if trainer.state.fn == TrainerFn.FITTING:
+            steps = self.refine_map(x, seed=epoch)
+            self.debug(f"epoch {epoch}: the map of {n} rows took {steps} steps")
+        return x, labels
 
     def _whiten(self, rows: Tensor) -> Tensor:
         """The graph's ``rows`` whitened by the current scaling."""

@@ -15,7 +15,7 @@ from spt_core import lookup
 from spt_latentviz._checks import check_arguments, check_labels
 from spt_latentviz._outputs import MapOutputs
 from spt_latentviz._training import MapTraining
-from spt_latentviz.functional import drop_non_finite, map_scores
+from spt_latentviz.functional import map_scores
 from spt_queue import OnlineQueue
 
 __all__ = ["DEFAULT_LR", "LatentViz"]
@@ -249,35 +249,32 @@ class LatentViz(MapTraining, MapOutputs):
             few rows.
         """
         epoch = trainer.current_epoch
-        self.last_plot_epoch = epoch
-        x = self.prepare_input(features)
-        x, kept = drop_non_finite(x.reshape(len(x), -1))  # the same rows on every rank
-        if kept is not None:
-            labels = None if labels is None else labels[kept.to(labels.device)]
-            self.warn_once(trainer, "non-finite-map", "rows with non-finite values are left out")
-        n, k = len(x), self.k_neighbors
-        if n <= 2 * k:
-            self.info_once(
-                trainer,
-                "short-map",
-                f"the queue holds {n} rows; scores at k={k} need more than {2 * k}: no map yet",
-            )
+        drawn = self._draw(trainer, epoch, features, labels)
+        if drawn is None:
             return None
-        if trainer.state.fn == TrainerFn.FITTING:  # evaluating alone draws the learnt map
-            steps = self.refine_map(x, seed=epoch)
-            self.debug(f"epoch {epoch}: the map of {n} rows took {steps} steps")
+        x, labels = drawn
         z = self.project(x)
-        scores = map_scores(x, z, k, self.distance_metric)
+        scores = map_scores(x, z, self.k_neighbors, self.distance_metric)
         # The same on every rank (the same rows and map): no sync_dist, no second reduction.
         self.log_values(pl_module, {f"eval/{self.name}_{key}": v for key, v in scores.items()})
         if trainer.is_global_zero:
             self._write(trainer, epoch, z, labels, scores)
         return scores
 
+    def end_skipped_epoch(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """:meth:`~spt_trainable.TrainableCallback.end_skipped_epoch`, after fitting the map of
+        the skipped epoch if one was due (the uninterrupted run drew it, at its validation),
+        and dropping the epoch's running loss (which it logged)."""
+        epoch = self._open_epoch
+        if epoch is not None and self._plot_due(trainer, epoch):
+            self._draw(trainer, epoch, *self._gathered_rows())
+        self._loss_total = None
+        super().end_skipped_epoch(trainer, pl_module)
+
     # ------------------------------------------------------------------ internals
 
-    def _plot_due(self, trainer: Trainer) -> bool:
-        epoch = trainer.current_epoch
+    def _plot_due(self, trainer: Trainer, epoch: int | None = None) -> bool:
+        epoch = trainer.current_epoch if epoch is None else epoch
         last = trainer.state.fn == TrainerFn.FITTING and epoch == (trainer.max_epochs or 0) - 1
         return (
             self._input_queue is not None
