@@ -81,28 +81,35 @@ def test_resume_continues_counters_and_the_open_window(harness, tmp_path):
         )
 
 
+@pytest.mark.parametrize("every", [5, 3], ids=["mid_epoch", "last_batch"])
 @pytest.mark.parametrize(
     ("schedule", "values"), [({"every_n_train_epochs": 1}, 2), ({"every_n_train_steps": 1}, 6)]
 )
-def test_a_fit_resumed_mid_epoch_logs_the_uninterrupted_values(harness, tmp_path, schedule, values):
-    """Epoch 1 is checkpointed after 2 of its 3 batches; Lightning starts no epoch when it
-    resumes there, and the resumed fit still logs the value of epoch 1 (over all 3 batches) or
-    of its last batch."""
+def test_a_fit_resumed_within_an_epoch_logs_the_uninterrupted_values(
+    harness, tmp_path, schedule, values, every
+):
+    """The fit resumes from a checkpoint written after 2 of epoch 1's 3 batches (``every=5``:
+    Lightning starts no epoch there), or after epoch 0's last batch (``every=3``: Lightning
+    skips that epoch's end and the next one's start). Either way it logs the value of epoch 1
+    (over its 3 batches) or of its last batch, and ends with the uninterrupted fit's counters."""
 
     def fit(resume=None):
         metrics = {"acc": MulticlassAccuracy(num_classes=3, average="micro"), "hits": hits}
         callback = MetricsCallback(metrics, every_n_val_epochs=0, **schedule)
-        saver = ModelCheckpoint(tmp_path, "{step}", every_n_train_steps=5, save_top_k=-1)
+        saver = ModelCheckpoint(tmp_path, "{step}", every_n_train_steps=every, save_top_k=-1)
         trainer = harness.make_trainer([callback, saver], max_epochs=2, enable_checkpointing=True)
         module = harness.OutputsModule(
             lambda batch, module: {"preds": batch["logits"], "target": batch["target"]}
         )
         data = harness.DictDataset(**harness.classification(10, 3, correct=0.5, seed=22))
         trainer.fit(module, ResumableLoader(data, batch_size=4), ckpt_path=resume)
-        return {name: logged(trainer, name) for name in ("acc/train", "hits/train")}
+        values = {name: logged(trainer, name) for name in ("acc/train", "hits/train")}
+        return values, callback.state_dict()
 
-    straight = fit()
-    resumed = fit(resume=tmp_path / "step=5.ckpt")
+    straight, counters = fit()
+    resumed, resumed_counters = fit(resume=tmp_path / f"step={every}.ckpt")
+    after_resume = values // 2 if every == 3 else 1  # epoch 1's values, or its last one
     for name, done in straight.items():
         assert len(done) == values, name
-        assert resumed[name] == done[-1:], name
+        assert resumed[name] == done[-after_resume:], name
+    assert resumed_counters == counters

@@ -222,6 +222,13 @@ class Collector:
                 window["metrics"][name] = metric_states(metric, synchronise=synchronise)
         return window
 
+    def drop_train_window(self) -> None:
+        """Forget the open training window (no communication)."""
+        for metric in self.live("train", 0).values():
+            metric.reset()
+        self.batches.pop(("train", 0), None)
+        self.specs.pop(("train", 0), None)
+
     def load_train_window(self, window: Mapping[str, Any], with_states: bool) -> None:
         """Restore :meth:`train_window`'s output; the states only ``with_states`` (one rank
         takes the states that every rank's part was reduced into)."""

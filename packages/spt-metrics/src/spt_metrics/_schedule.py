@@ -8,6 +8,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from lightning.pytorch import Trainer
+
 __all__ = ["EVERY_STEP", "Schedule", "check_bools"]
 
 
@@ -37,6 +39,8 @@ class Schedule:
     train_batches: int = 0
     train_epochs: int = 0
     val_runs: int = 0
+    open_epoch: int | None = None  # the epoch whose on_train_epoch_end is to come
+    val_epoch: int | None = None  # the epoch of the last validation run
 
     @classmethod
     def from_arguments(
@@ -82,9 +86,10 @@ class Schedule:
         m = self.every_n_train_epochs
         return bool(self.every_n_train_steps) or bool(m and (self.train_epochs + 1) % m == 0)
 
-    def end_train_batch(self) -> bool:
-        """Count a training batch; whether the step schedule logs after it."""
+    def end_train_batch(self, epoch: int) -> bool:
+        """Count a training batch of ``epoch``; whether the step schedule logs after it."""
         self.train_batches += 1
+        self.open_epoch = epoch
         k = self.every_n_train_steps
         return bool(k and self.train_batches % k == 0)
 
@@ -92,7 +97,32 @@ class Schedule:
         """Count a training epoch; whether the epoch schedule logs at its end."""
         logs = bool(self.every_n_train_epochs) and self.collects_train_epoch()
         self.train_epochs += 1
+        self.open_epoch = None
         return logs
+
+    def end_val_run(self, epoch: int) -> None:
+        """Count a validation run (not a sanity check) of ``epoch``."""
+        self.val_runs += 1
+        self.val_epoch = epoch
+
+    def end_skipped_epoch(self, trainer: Trainer) -> bool:
+        """At the start of a fit, count the epoch whose end a resume skipped, if any.
+
+        Lightning resumes a checkpoint written after an epoch's last batch but before its
+        ``on_train_epoch_end`` in the next epoch, skipping that hook (and, if the checkpoint
+        preceded it, the epoch's validation run); the uninterrupted run ran and logged them.
+
+        Returns:
+            Whether the skipped epoch end logged (and reset) the epoch schedule's window.
+        """
+        epoch = self.open_epoch
+        if epoch is None or epoch >= trainer.current_epoch:
+            return False
+        every = trainer.check_val_every_n_epoch
+        validates = trainer.enable_validation and (every is None or (epoch + 1) % every == 0)
+        if validates and self.val_epoch != epoch:
+            self.end_val_run(epoch)
+        return self.end_train_epoch()
 
     def collects_val_run(self) -> bool:
         """Whether the validation run about to start (not a sanity check) is logged."""
@@ -123,6 +153,8 @@ class Schedule:
             "train_batches": self.train_batches,
             "train_epochs": self.train_epochs,
             "val_runs": self.val_runs,
+            "open_epoch": self.open_epoch,
+            "val_epoch": self.val_epoch,
         }
 
     def load_counters(self, state: Mapping[str, Any]) -> None:
@@ -130,6 +162,7 @@ class Schedule:
         self.train_batches = int(state.get("train_batches", 0))
         self.train_epochs = int(state.get("train_epochs", 0))
         self.val_runs = int(state.get("val_runs", 0))
+        self.open_epoch, self.val_epoch = state.get("open_epoch"), state.get("val_epoch")
 
 
 def check_bools(owner: str = "MetricsCallback", **flags: Any) -> None:

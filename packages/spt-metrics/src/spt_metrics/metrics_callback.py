@@ -162,6 +162,8 @@ class MetricsCallback(SPTCallback):
             self.warn_once(trainer, "log_every_n_steps", mismatch)
         if self.every_n_val_epochs:
             self.info_if_no_validation(trainer, "the '/val' values")
+        if self.schedule.end_skipped_epoch(trainer):  # the uninterrupted run logged the window
+            self._collector.drop_train_window()
         # A fit resumed mid-epoch starts no epoch: whether this one is collected is decided here.
         self._collecting["train"] = self.schedule.collects_train_epoch()
 
@@ -171,7 +173,7 @@ class MetricsCallback(SPTCallback):
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        logs = self.schedule.end_train_batch()
+        logs = self.schedule.end_train_batch(trainer.current_epoch)
         if self._collecting["train"]:
             self._collector.update("train", 0, outputs, batch, pl_module.device)
             if logs:
@@ -216,7 +218,7 @@ class MetricsCallback(SPTCallback):
             self.compute_metrics_and_log(trainer, pl_module, stage, on_step=False, on_epoch=True)
         self._collecting[stage] = False
         if stage == "val":
-            self.schedule.val_runs += 1
+            self.schedule.end_val_run(trainer.current_epoch)
 
     def compute_metrics_and_log(
         self,
