@@ -148,14 +148,15 @@ def test_ddp_resumed_fit_logs_and_holds_what_the_uninterrupted_fit_does(run_scen
 
 
 @pytest.mark.ddp
-def test_ddp_fit_resumed_mid_epoch_logs_and_holds_what_the_uninterrupted_fit_does(
-    run_scenario, tmp_path
+@pytest.mark.parametrize(("every", "file"), [(4, "step=12.ckpt"), (8, "step=8.ckpt")])
+def test_ddp_fit_resumed_within_an_epoch_logs_and_holds_what_the_uninterrupted_fit_does(
+    run_scenario, tmp_path, every, file
 ):
-    # 8 batches per rank and epoch: step 12 is after 4 of epoch 1's.
-    checkpoints, mid_epoch = tmp_path / "checkpoints", {"every_n_train_steps": 4}
-    straight = run_scenario("e2e_ddp", devices=2, checkpoints=str(checkpoints), **mid_epoch)
-    resume = str(checkpoints / "step=12.ckpt")
-    resumed = run_scenario("e2e_ddp", devices=2, resume=resume, **mid_epoch)
+    # 8 batches per rank and epoch: step 12 is after 4 of epoch 1's; step 8 is epoch 0's last
+    # batch, whose validation and on_train_epoch_end Lightning skips on resume.
+    checkpoints, within = tmp_path / "checkpoints", {"every_n_train_steps": every}
+    straight = run_scenario("e2e_ddp", devices=2, checkpoints=str(checkpoints), **within)
+    resumed = run_scenario("e2e_ddp", devices=2, resume=str(checkpoints / file), **within)
     for before, after in zip(straight, resumed, strict=True):
-        # Epoch 1's values, predictions, weights, queues and counters, bit for bit.
+        # The last epoch's values, predictions, weights, queues and counters, bit for bit.
         e2e.assert_same(after, before, "rank")
