@@ -148,11 +148,23 @@ class Hits:
 
 
 def torchmetrics_stages() -> StageMetrics:
-    accuracy = Accuracy(num_classes=3, average="micro", validate_args=False)
-    return StageMetrics({"accuracy": accuracy, "labels": Labels(), "hits": Hits()})
+    def accuracy(average):
+        return Accuracy(num_classes=3, average=average, validate_args=False)
+
+    return StageMetrics(
+        {
+            "accuracy": accuracy("micro"),
+            "labels": Labels(),
+            "hits": Hits(),
+            # A CompositionalMetric: its states are those of its two inner metrics.
+            "composed": accuracy("micro") + accuracy("macro"),
+        }
+    )
 
 
-batch = st.lists(st.tuples(st.integers(0, 2), st.integers(-1, 2)), min_size=1, max_size=5)
+batch = st.lists(st.tuples(st.integers(0, 2), st.integers(-1, 2)), min_size=1, max_size=5).filter(
+    lambda rows: any(target >= 0 for _, target in rows)  # torchmetrics refuses empty updates
+)
 
 
 @settings(max_examples=40, deadline=None)
@@ -170,11 +182,20 @@ def test_states_restored_mid_epoch_compute_what_the_uninterrupted_copies_compute
     feed(straight, batches)
     feed(before, batches[:cut])
     saved = before.states("train", synchronise=True)
-    assert set(saved) == ({"accuracy", "labels"} if cut else set())
-    resumed.load_states("train", 0, saved)
+    assert set(saved) == ({"accuracy", "labels", "composed"} if cut else set())
+    assert resumed.load_states("train", 0, saved) == []
     feed(resumed, batches[cut:])
     expected = straight.compute_and_reset("train", num_dataloaders=1)
     got = resumed.compute_and_reset("train", num_dataloaders=1)
     assert set(got) == set(expected)
-    for name in ("accuracy", "labels"):
+    for name in ("accuracy", "labels", "composed"):
         torch.testing.assert_close(got[name], expected[name], rtol=0, atol=0)
+
+
+def test_states_of_another_metric_under_the_same_name_are_not_restored():
+    saved = StageMetrics({"accuracy": Accuracy(num_classes=3, average="macro")})
+    saved.update("train", 0, torch.eye(3), torch.arange(3))
+    micro = StageMetrics({"accuracy": Accuracy(num_classes=3, average="micro")})
+    assert micro.load_states("train", 0, saved.states("train")) == ["accuracy"]
+    micro.update("train", 0, torch.eye(3)[[0, 0]], torch.tensor([0, 1]))
+    assert micro.compute_and_reset("train", num_dataloaders=1)["accuracy"] == 0.5  # fresh

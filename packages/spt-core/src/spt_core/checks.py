@@ -234,5 +234,11 @@ class DataChecks:
 
     def load(self, stage: str, dataloader_idx: int, state: Tensor) -> None:
         """Restore :meth:`state`'s output (under DDP, that of ``synchronise=True`` on one rank
-        only: :meth:`read` adds the other ranks' new counts)."""
+        only: :meth:`read` adds the other ranks' new counts).
+
+        Args:
+            stage: The stage.
+            dataloader_idx: The loader.
+            state: What :meth:`state` returned.
+        """
         self._totals[stage, dataloader_idx] = state.clone()

@@ -1,8 +1,8 @@
-"""Per-stage copies of metric objects and their checkpointed states, shared by the callbacks.
+"""Per-stage copies of metric objects, shared by the callbacks.
 
 Nothing here imports torchmetrics: a metric is anything with ``update``/``compute``/``reset``
-(and optionally ``clone`` and ``to``); a metric whose states can be checkpointed also has
-torchmetrics' ``metric_state``, ``sync_context`` and ``load_state_dict``.
+(and optionally ``clone`` and ``to``); see :mod:`spt_core.metric_states` for the states a
+checkpoint can keep.
 """
 
 from __future__ import annotations
@@ -15,71 +15,9 @@ import torch
 from torch import Tensor
 
 from spt_core import distributed
+from spt_core.metric_states import load_metric_states, metric_states
 
 _UNLABELLED = -1
-
-
-def metric_states(metric: Any, *, synchronise: bool = False) -> dict[str, Any] | None:
-    """A torchmetrics-style metric's states, detached on the CPU, for a checkpoint.
-
-    Args:
-        metric: The metric.
-        synchronise: Hold every rank's part, reduced by the metric's own sync (every rank
-            calls it together under DDP); ``False`` holds this rank's part, without any
-            communication.
-
-    Returns:
-        ``{state: tensor}``, a list state as a list of one concatenated tensor (or empty);
-        ``None`` for a metric without ``metric_state`` and ``sync_context``, whose states
-        cannot be read.
-
-    Example:
-        >>> import contextlib
-        >>> class Rows:  # the parts of a torchmetrics Metric that hold its states
-        ...     metric_state = {"count": torch.tensor(2), "rows": [torch.ones(1), torch.zeros(1)]}
-        ...     def sync_context(self, **kwargs): return contextlib.nullcontext()
-        >>> metric_states(Rows())
-        {'count': tensor(2), 'rows': [tensor([1., 0.])]}
-        >>> metric_states(object()) is None
-        True
-    """
-    if not all(hasattr(metric, part) for part in ("metric_state", "sync_context")):
-        return None
-    lists = {key for key, value in metric.metric_state.items() if isinstance(value, list)}
-    states: dict[str, Any] = {}
-    sync = getattr(metric, "dist_sync_fn", None)
-    with metric.sync_context(dist_sync_fn=sync, should_sync=synchronise):
-        for key, value in metric.metric_state.items():
-            if key not in lists:
-                states[key] = value.detach().cpu().clone()
-            else:  # a list of tensors (or none), which a sync concatenates into one
-                parts = [value] if isinstance(value, Tensor) else value
-                rows = [torch.atleast_1d(part.detach()) for part in parts]
-                states[key] = [torch.cat(rows).cpu()] if rows else []
-    return states
-
-
-def load_metric_states(metric: Any, states: Mapping[str, Any]) -> None:
-    """Restore :func:`metric_states`' output into ``metric``, on the metric's device.
-
-    Args:
-        metric: A metric of the same kind (torchmetrics' ``load_state_dict``).
-        states: What :func:`metric_states` returned.
-
-    Example:
-        >>> class Count:
-        ...     def load_state_dict(self, states, strict): self.count = states["count"]
-        >>> count = Count()
-        >>> load_metric_states(count, {"count": torch.tensor(2)})
-        >>> count.count
-        tensor(2)
-    """
-    device = getattr(metric, "device", None)
-    moved = {
-        key: [v.to(device) for v in value] if isinstance(value, list) else value.to(device)
-        for key, value in states.items()
-    }
-    metric.load_state_dict(moved, strict=False)
 
 
 def _copy(metric: Any) -> Any:
@@ -210,8 +148,22 @@ class StageMetrics:
             device: Where the collective runs (the module's device).
 
         Returns:
-            ``{name: states}`` of the copies whose states can be read; empty when no copy was
+            ``{name: states}`` of the copies whose states can be kept; empty when no copy was
             updated since its last reset (on any rank, with ``synchronise``).
+
+        Example:
+            >>> from torchmetrics.aggregation import SumMetric
+            >>> stages = StageMetrics({"total": SumMetric()})
+            >>> stages.update("train", 0, torch.tensor([2.0, 3.0]))
+            >>> saved = stages.states("train")
+            >>> saved
+            {'total': {'sum_value': tensor(5.)}}
+            >>> resumed = StageMetrics({"total": SumMetric()})
+            >>> resumed.load_states("train", 0, saved)
+            []
+            >>> resumed.update("train", 0, torch.tensor([1.0]))
+            >>> resumed.compute_and_reset("train", num_dataloaders=1)
+            {'total': tensor(6.)}
         """
         updated = (stage, dataloader_idx) in self._updated
         if synchronise:
@@ -219,25 +171,34 @@ class StageMetrics:
             updated = bool(flag.item())
         if not updated:
             return {}
-        live = self.get(stage, dataloader_idx).items()
+        live = self.get(stage, dataloader_idx, device).items()
         states = {name: metric_states(metric, synchronise=synchronise) for name, metric in live}
         return {name: state for name, state in states.items() if state is not None}
 
     def load_states(
         self, stage: str, dataloader_idx: int, states: Mapping[str, Mapping[str, Any]]
-    ) -> None:
-        """Restore :meth:`states` into the copies of ``(stage, dataloader_idx)``.
+    ) -> list[str]:
+        """Restore :meth:`states`' output into the copies of ``(stage, dataloader_idx)``.
 
         Under DDP, give the states of ``synchronise=True`` to one rank only: every rank's part
         is in them, and the next compute adds the other ranks' new parts.
+
+        Args:
+            stage: The stage.
+            dataloader_idx: The loader.
+            states: What :meth:`states` returned.
+
+        Returns:
+            The names whose states were not restored (no copy of that name, or one whose
+            states differ in layout: see :func:`load_metric_states`); those copies start over.
         """
         if not states:
-            return
+            return []
         live = self.get(stage, dataloader_idx)
-        for name, state in states.items():
-            if name in live:
-                load_metric_states(live[name], state)
+        left = [name for name, state in states.items()
+                if name not in live or not load_metric_states(live[name], state)]  # fmt: skip
         self._updated.add((stage, dataloader_idx))
+        return left
 
     def all_live(self) -> dict[str, dict[str, Any]]:
         """Every live copy, keyed ``"{stage}/{dataloader_idx}"`` (for ``callbacks_metrics``)."""

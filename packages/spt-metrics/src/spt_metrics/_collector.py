@@ -13,7 +13,7 @@ from torch import Tensor
 from torchmetrics import Metric
 
 from spt_core import StageMetrics
-from spt_core.metrics import load_metric_states, metric_states
+from spt_core.metric_states import load_metric_states, metric_states
 from spt_metrics._convert import as_rows, flatten_result, to_numpy
 from spt_metrics._leaves import Plan
 from spt_metrics._ranks import Spec, agree, spec_of, zero_rows
@@ -239,8 +239,8 @@ class Collector:
         if with_states:
             live = self.live("train", 0)
             for name, states in window.get("metrics", {}).items():
-                if name in live:
-                    load_metric_states(live[name], states)
+                if name not in live or not load_metric_states(live[name], states):
+                    self.say(f"the checkpoint's window of {name!r} does not fit it: not restored")
 
 
 def _is_array(value: Any) -> bool:

@@ -120,8 +120,13 @@ class ProbeMetrics:
 
     def load_train_state(self, state: Mapping[str, Any]) -> None:
         """Restore :meth:`train_state`'s output."""
-        self.stages.load_states("train", 0, state["metrics"])
+        left = self.stages.load_states("train", 0, state["metrics"])
         self._checks.load("train", 0, state["checks"])
+        if left:
+            self._owner.info(
+                f"the checkpoint's training states of {left} do not fit these metrics: they "
+                "start the epoch over"
+            )
 
     def forget(self, stage: str, device: torch.device) -> None:
         """Reset the copies and checks of ``stage``'s single loader without computing them
