@@ -15,6 +15,7 @@ from spt_core import (
     named_metrics,
     unique_names,
 )
+from spt_core.metric_states import load_metric_states, metric_states
 
 
 class MulticlassAccuracy:
@@ -199,3 +200,25 @@ def test_states_of_another_metric_under_the_same_name_are_not_restored():
     assert micro.load_states("train", 0, saved.states("train")) == ["accuracy"]
     micro.update("train", 0, torch.eye(3)[[0, 0]], torch.tensor([0, 1]))
     assert micro.compute_and_reset("train", num_dataloaders=1)["accuracy"] == 0.5  # fresh
+
+
+def test_list_states_of_rows_of_different_widths_are_kept_entry_by_entry():
+    class Boxes(Metric):  # per-image rows of different widths, as detection metrics keep
+        def __init__(self) -> None:
+            super().__init__()
+            self.add_state("boxes", default=[], dist_reduce_fx="cat")
+
+        def update(self, boxes: torch.Tensor) -> None:
+            self.boxes.append(boxes)
+
+        def compute(self) -> torch.Tensor:
+            return torch.tensor(float(sum(len(b) for b in self.boxes)))
+
+    boxes = Boxes()
+    boxes.update(torch.ones(2, 4))
+    boxes.update(torch.ones(3, 5))
+    saved = metric_states(boxes)
+    assert [b.shape for b in saved["boxes"]] == [(2, 4), (3, 5)]
+    restored = Boxes()
+    assert load_metric_states(restored, saved)
+    assert restored.compute() == 5

@@ -31,7 +31,8 @@ def metric_states(metric: Any, *, synchronise: bool = False) -> dict[str, Any] |
             communication.
 
     Returns:
-        ``{state: tensor}``, a list state as a list of one concatenated tensor (or empty);
+        ``{state: tensor}``, a list state as a list of one concatenated tensor (empty, or
+        its entries as they are when their trailing shapes differ);
         ``None`` for a metric without ``metric_state``, ``sync_context`` and
         ``load_state_dict`` (in itself or a submodule), whose states cannot be kept.
 
@@ -67,8 +68,10 @@ def _own_states(metric: Any, synchronise: bool) -> dict[str, Any]:
                 states[key] = value.detach().cpu().clone()
             else:  # a list of tensors (or none), which a sync concatenates into one
                 parts = [value] if isinstance(value, Tensor) else value
-                rows = [torch.atleast_1d(part.detach()) for part in parts]
-                states[key] = [torch.cat(rows).cpu()] if rows else []
+                rows = [torch.atleast_1d(part.detach()).cpu() for part in parts]
+                if len({row.shape[1:] for row in rows}) == 1:
+                    rows = [torch.cat(rows)]
+                states[key] = rows  # entries of different widths stay apart
     return states
 
 
