@@ -202,11 +202,17 @@ def test_states_of_another_metric_under_the_same_name_are_not_restored():
     assert micro.compute_and_reset("train", num_dataloaders=1)["accuracy"] == 0.5  # fresh
 
 
-def test_list_states_of_rows_of_different_widths_are_kept_entry_by_entry():
-    class Boxes(Metric):  # per-image rows of different widths, as detection metrics keep
+@pytest.mark.parametrize(
+    ("reduction", "widths", "entries"), [("cat", (4, 5), 2), (None, (4, 4), 2), ("cat", (4, 4), 1)]
+)
+def test_list_states_are_concatenated_only_where_torchmetrics_would(reduction, widths, entries):
+    """Entries of a list state are one per update (per image, say) unless the state is reduced
+    by concatenation and its rows share their width."""
+
+    class Boxes(Metric):
         def __init__(self) -> None:
             super().__init__()
-            self.add_state("boxes", default=[], dist_reduce_fx="cat")
+            self.add_state("boxes", default=[], dist_reduce_fx=reduction)
 
         def update(self, boxes: torch.Tensor) -> None:
             self.boxes.append(boxes)
@@ -215,10 +221,11 @@ def test_list_states_of_rows_of_different_widths_are_kept_entry_by_entry():
             return torch.tensor(float(sum(len(b) for b in self.boxes)))
 
     boxes = Boxes()
-    boxes.update(torch.ones(2, 4))
-    boxes.update(torch.ones(3, 5))
+    boxes.update(torch.ones(2, widths[0]))
+    boxes.update(torch.ones(3, widths[1]))
     saved = metric_states(boxes)
-    assert [b.shape for b in saved["boxes"]] == [(2, 4), (3, 5)]
+    assert len(saved["boxes"]) == entries
     restored = Boxes()
     assert load_metric_states(restored, saved)
     assert restored.compute() == 5
+    assert len(restored.boxes) == entries

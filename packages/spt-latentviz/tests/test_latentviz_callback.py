@@ -265,27 +265,39 @@ def test_checkpoint_resume_restores_projection_and_optimizer(run_fit, blobs, tmp
     assert resumed.losses == pytest.approx(straight.losses[-len(resumed.losses) :])
 
 
+LAST_BATCH_CASES = {
+    "validated": ({}, True),
+    "no_update_that_epoch": ({"update_interval": 6}, True),  # 5 batches per epoch
+    "warm_up": ({"warmup_epochs": 1}, True),
+    "not_validated": ({"accumulate_grad_batches": 3}, False),  # the map follows the flush
+}
+
+
+@pytest.mark.parametrize("case", LAST_BATCH_CASES)
 def test_a_checkpoint_at_an_epochs_last_batch_replays_the_skipped_map_and_epoch_end(
-    run_fit, blobs, tmp_path
+    run_fit, blobs, tmp_path, case
 ):
-    """Written at epoch 0's last batch (5 of 5), before its validation drew the map: Lightning
-    resumes in epoch 1 with neither that validation nor epoch 0's ``on_train_epoch_end``.
-    LatentViz fits epoch 0's map and drops its loss itself, so it trains on as the
-    uninterrupted fit does."""
+    """Written at epoch 0's last batch (5 of 5): Lightning resumes in epoch 1 without that
+    epoch's validation and ``on_train_epoch_end``. LatentViz replays them (the due map, the
+    epoch scheduler's step, the flush of an unfinished window, in the uninterrupted order) and
+    drops the epoch's loss, so it trains on as the uninterrupted fit does."""
     features, labels = blobs(200, 16, 4)
+    options, validate = LAST_BATCH_CASES[case]
+    scheduler = {"type": "StepLR", "step_size": 1, "gamma": 0.5, "interval": "epoch"}
 
     def fit(resume=None) -> RecordingViz:
         torch.manual_seed(0)
-        callback = viz(queue_length=100, plot_interval=1)
+        callback = viz(queue_length=100, plot_interval=1, scheduler=scheduler, **options)
         saver = ModelCheckpoint(tmp_path, "{step}", every_n_train_steps=5, save_top_k=-1)
         root = tmp_path / ("resumed" if resume else "straight")
         run_fit([callback, saver], features, labels, epochs=3, batch_size=40, root=root,
-                ckpt_path=resume, enable_checkpointing=True)  # fmt: skip
+                ckpt_path=resume, enable_checkpointing=True, validate=validate)  # fmt: skip
         return callback
 
     straight = fit()
     resumed = fit(str(tmp_path / "step=5.ckpt"))
     assert resumed.optimizer_steps == straight.optimizer_steps
+    assert resumed.scheduler.state_dict() == straight.scheduler.state_dict()
     for key, value in straight.projection.state_dict().items():
         assert torch.equal(resumed.projection.state_dict()[key], value), key
     assert resumed.losses == straight.losses[-len(resumed.losses) :]

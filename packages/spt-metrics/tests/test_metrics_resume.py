@@ -113,3 +113,37 @@ def test_a_fit_resumed_within_an_epoch_logs_the_uninterrupted_values(
         assert len(done) == values, name
         assert resumed[name] == done[-after_resume:], name
     assert resumed_counters == counters
+
+
+@pytest.mark.parametrize(
+    "validation",
+    [{"val_check_interval": 0.5}, {"val_check_interval": 3, "check_val_every_n_epoch": None}],
+    ids=["twice_per_epoch", "every_3_batches"],
+)
+def test_a_resume_at_an_epochs_last_batch_counts_the_validation_it_skips(
+    harness, tmp_path, validation
+):
+    """Epoch 0's last batch (4 of 4) is checkpointed before the validation that follows it,
+    if any (after batches 2 and 4 of each epoch; or after batches 3, 6, ... of the fit): the
+    resumed fit counts what Lightning skips and logs the later validations as the
+    uninterrupted fit does."""
+
+    def fit(resume=None):
+        metrics = {"acc": MulticlassAccuracy(num_classes=3, average="micro"), "hits": hits}
+        callback = MetricsCallback(metrics, every_n_train_epochs=1, every_n_val_epochs=2)
+        saver = ModelCheckpoint(tmp_path, "{step}", every_n_train_steps=4, save_top_k=-1)
+        trainer = harness.make_trainer(
+            [callback, saver], max_epochs=2, enable_checkpointing=True, **validation
+        )
+        module = harness.OutputsModule(
+            lambda batch, module: {"preds": batch["logits"], "target": batch["target"]}
+        )
+        train = harness.DictDataset(**harness.classification(16, 3, correct=0.5, seed=23))
+        val = harness.DictDataset(**harness.classification(8, 3, correct=0.5, seed=24))
+        trainer.fit(module, ResumableLoader(train, batch_size=4), harness.loader(val, 4),
+                    ckpt_path=resume)  # fmt: skip
+        return logged(trainer, "acc/val"), callback.state_dict()
+
+    (straight, counters), (resumed, resumed_counters) = fit(), fit(tmp_path / "step=4.ckpt")
+    assert resumed_counters == counters
+    assert resumed == [value for value in straight if value[1] == 1]  # epoch 1's

@@ -382,7 +382,7 @@ def test_resume_through_a_lightning_checkpoint(tmp_path):
 
 def test_a_checkpoint_at_an_epochs_last_batch_replays_the_skipped_epoch_end(tmp_path):
     """Lightning resumes a checkpoint written at epoch 0's last batch in epoch 1 without calling
-    epoch 0's ``on_train_epoch_end``: the resumed callback flushes the unfinished window (2 of 3
+    epoch 0's ``on_train_epoch_end``: the resumed callback flushes the unfinished window (1 of 3
     calls, no ``batch_idx``) and steps the epoch scheduler itself, as the uninterrupted one did."""
 
     def fresh():

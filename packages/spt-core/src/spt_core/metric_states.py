@@ -31,8 +31,8 @@ def metric_states(metric: Any, *, synchronise: bool = False) -> dict[str, Any] |
             communication.
 
     Returns:
-        ``{state: tensor}``, a list state as a list of one concatenated tensor (empty, or
-        its entries as they are when their trailing shapes differ);
+        ``{state: tensor}``, a list state as a list: one concatenated tensor for a state
+        reduced by concatenation whose entries share their trailing shape, else its entries;
         ``None`` for a metric without ``metric_state``, ``sync_context`` and
         ``load_state_dict`` (in itself or a submodule), whose states cannot be kept.
 
@@ -42,8 +42,8 @@ def metric_states(metric: Any, *, synchronise: bool = False) -> dict[str, Any] |
         ...     metric_state = {"count": torch.tensor(2), "rows": [torch.ones(1), torch.zeros(1)]}
         ...     def sync_context(self, **kwargs): return contextlib.nullcontext()
         ...     def load_state_dict(self, states, strict): self.metric_state = dict(states)
-        >>> metric_states(Rows())
-        {'count': tensor(2), 'rows': [tensor([1., 0.])]}
+        >>> metric_states(Rows())  # without torchmetrics' "cat" reduction: entry by entry
+        {'count': tensor(2), 'rows': [tensor([1.]), tensor([0.])]}
         >>> metric_states(object()) is None
         True
     """
@@ -68,11 +68,18 @@ def _own_states(metric: Any, synchronise: bool) -> dict[str, Any]:
                 states[key] = value.detach().cpu().clone()
             else:  # a list of tensors (or none), which a sync concatenates into one
                 parts = [value] if isinstance(value, Tensor) else value
-                rows = [torch.atleast_1d(part.detach()).cpu() for part in parts]
-                if len({row.shape[1:] for row in rows}) == 1:
-                    rows = [torch.cat(rows)]
-                states[key] = rows  # entries of different widths stay apart
+                rows = [part.detach().cpu() for part in parts]
+                if _concatenated(metric, key) and len({r.shape[1:] for r in rows}) == 1:
+                    rows = [torch.cat([torch.atleast_1d(row) for row in rows])]
+                states[key] = rows
     return states
+
+
+def _concatenated(metric: Any, key: str) -> bool:
+    """Whether list state ``key`` is reduced by concatenation (torchmetrics' ``"cat"``), so its
+    entries may be kept as one tensor; other list states keep one entry per update."""
+    reduction = getattr(metric, "_reductions", {}).get(key)
+    return getattr(reduction, "__name__", None) == "dim_zero_cat"
 
 
 def load_metric_states(metric: Any, states: Mapping[str, Any]) -> bool:

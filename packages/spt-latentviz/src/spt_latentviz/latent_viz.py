@@ -12,6 +12,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor, nn
 
 from spt_core import lookup
+from spt_core.loops import validates_after_last_batch
 from spt_latentviz._checks import check_arguments, check_labels
 from spt_latentviz._outputs import MapOutputs
 from spt_latentviz._training import MapTraining
@@ -262,14 +263,18 @@ class LatentViz(MapTraining, MapOutputs):
         return scores
 
     def end_skipped_epoch(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """:meth:`~spt_trainable.TrainableCallback.end_skipped_epoch`, after fitting the map of
-        the skipped epoch if one was due (the uninterrupted run drew it, at its validation),
-        and dropping the epoch's running loss (which it logged)."""
-        epoch = self._open_epoch
-        if epoch is not None and self._plot_due(trainer, epoch):
+        """:meth:`~spt_trainable.TrainableCallback.end_skipped_epoch` with the epoch's running
+        loss dropped, and the map of the skipped epoch fitted if one was due, where the
+        uninterrupted run drew it: at the validation after the epoch's last batch, else after
+        the epoch's end."""
+        epoch, self._loss_total = self._open_epoch, None
+        due = epoch is not None and self._plot_due(trainer, epoch)
+        validated = epoch is not None and validates_after_last_batch(trainer, epoch)
+        if due and validated:
             self._draw(trainer, epoch, *self._gathered_rows())
-        self._loss_total = None
         super().end_skipped_epoch(trainer, pl_module)
+        if due and not validated:
+            self._draw(trainer, epoch, *self._gathered_rows())
 
     # ------------------------------------------------------------------ internals
 

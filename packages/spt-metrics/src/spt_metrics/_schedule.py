@@ -10,6 +10,8 @@ from typing import Any
 
 from lightning.pytorch import Trainer
 
+from spt_core.loops import validates_after_last_batch
+
 __all__ = ["EVERY_STEP", "Schedule", "check_bools"]
 
 
@@ -109,8 +111,8 @@ class Schedule:
         """At the start of a fit, count the epoch whose end a resume skipped, if any.
 
         Lightning resumes a checkpoint written after an epoch's last batch but before its
-        ``on_train_epoch_end`` in the next epoch, skipping that hook (and, if the checkpoint
-        preceded it, the epoch's validation run); the uninterrupted run ran and logged them.
+        ``on_train_epoch_end`` in the next epoch, skipping that hook and the validation run
+        that follows that batch, if any; the uninterrupted run ran and logged them.
 
         Returns:
             Whether the skipped epoch end logged (and reset) the epoch schedule's window.
@@ -118,9 +120,7 @@ class Schedule:
         epoch = self.open_epoch
         if epoch is None or epoch >= trainer.current_epoch:
             return False
-        every = trainer.check_val_every_n_epoch
-        validates = trainer.enable_validation and (every is None or (epoch + 1) % every == 0)
-        if validates and self.val_epoch != epoch:
+        if validates_after_last_batch(trainer, epoch):
             self.end_val_run(epoch)
         return self.end_train_epoch()
 

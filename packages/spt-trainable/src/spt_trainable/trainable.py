@@ -140,7 +140,6 @@ class TrainableCallback(OptimizerHost):
         Returns:
             Whether the optimizer stepped.
         """
-        self._open_epoch = trainer.current_epoch
         if self._window_count == 0:
             self._window_size = window_size(self.accumulate_grad_batches, trainer, batch_idx)
         (loss / self._window_size).backward()
@@ -188,6 +187,9 @@ class TrainableCallback(OptimizerHost):
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self._open_epoch is not None and self._open_epoch < trainer.current_epoch:
             self.end_skipped_epoch(trainer, pl_module)
+
+    def on_train_batch_start(self, trainer: Trainer, *args: Any) -> None:
+        self._open_epoch = trainer.current_epoch
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.flush(trainer)
