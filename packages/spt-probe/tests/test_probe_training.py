@@ -580,3 +580,27 @@ def test_probe_follows_the_model_to_cuda_under_bf16(backbone, trainer, loader, d
     assert callbacks_modules(model)["linear"] is probe.module
     assert torch.isfinite(fit.callback_metrics["train/linear_loss"])
     assert "eval/linear_accuracy" in fit.callback_metrics
+
+
+def test_a_resume_at_an_epochs_last_batch_keeps_the_clean_evaluation_schedule(
+    backbone, trainer, loader, data, tmp_path
+):
+    """Epoch 0's validation (a clean evaluation, due every 2 epochs) follows the batch the
+    checkpoint was written at, and Lightning skips it on resume: the resumed probe marks it
+    and evaluates at epoch 2, as the uninterrupted fit does, not at epoch 1."""
+
+    def fit(resume=None):
+        torch.manual_seed(0)
+        probe = probe_on(
+            probe=nn.Linear(5, 3), metrics=MulticlassAccuracy(num_classes=3),
+            clean_loader=loader(data), clean_every_n_epochs=2, clean_epochs=1,
+        )  # fmt: skip
+        saver = ModelCheckpoint(tmp_path, "{step}", every_n_train_steps=6, save_top_k=-1)
+        logger = RecordingLogger()
+        run = trainer(callbacks=[probe, saver], max_epochs=3, logger=logger,
+                      enable_checkpointing=True)  # fmt: skip
+        run.fit(backbone(), ResumableLoader(data, batch_size=8), loader(data), ckpt_path=resume)
+        return [m["epoch"] for _, m in logger.records if "eval/linear_clean_accuracy" in m]
+
+    assert fit() == [0, 2]
+    assert fit(tmp_path / "step=6.ckpt") == [2]  # 6 batches per epoch: epoch 0's last

@@ -8,6 +8,7 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.trainer.states import TrainerFn
 
 from spt_core.checks import positive_int
+from spt_core.loops import validates_after_last_batch
 
 
 class EvaluationSchedule:
@@ -61,6 +62,20 @@ class EvaluationSchedule:
         """Record that the evaluation due now ran (only a fit's evaluations count)."""
         if trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking:
             self.last_epoch = trainer.current_epoch
+
+    def mark_skipped(self, trainer: Trainer, epoch: int) -> None:
+        """Record the evaluation of the validation that followed ``epoch``'s last training
+        batch, if one was due there: a fit resumed from a checkpoint written at that batch
+        starts the next epoch without that validation, which the uninterrupted run ran.
+
+        Args:
+            trainer: The resumed Trainer, at ``on_train_start``.
+            epoch: The epoch whose end the resume skipped.
+        """
+        last = self.last_epoch
+        due = last is None or epoch >= last + self.every_n_epochs
+        if due and validates_after_last_batch(trainer, epoch):
+            self.last_epoch = epoch
 
     def reset(self) -> None:
         """Forget the last evaluation: call it when a fit starts (``setup``)."""

@@ -250,7 +250,10 @@ class OnlineProbe(ProbeInputs, ProbeCheckpoint, TrainableCallback):
 
     def end_skipped_epoch(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """:meth:`TrainableCallback.end_skipped_epoch`, and the epoch's running loss, training
-        metric states and data checks dropped (the uninterrupted run logged them)."""
+        metric states and data checks dropped (the uninterrupted run logged them); a clean
+        evaluation the skipped validation made is marked on the schedule."""
+        if self._clean:
+            self._clean.schedule.mark_skipped(trainer, self._open_epoch)
         super().end_skipped_epoch(trainer, pl_module)
         self._epoch_loss.load(None)
         self._metrics.forget("train", pl_module.device)
