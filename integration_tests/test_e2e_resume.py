@@ -35,19 +35,29 @@ CHECKPOINTS = {  # ModelCheckpoint settings, the file resumed from (8 batches pe
 }
 
 
-def fit(tmp_path, name, when, resume=None):
-    """A fresh model, data and callbacks over 3 epochs, checkpointed ``when`` (one folder for
-    both fits: the resumed one rewrites the later files)."""
+class FolderCheckpoint(ModelCheckpoint):
+    """A ModelCheckpoint keyed by its folder too, so that several can save in one fit."""
+
+    @property
+    def state_key(self) -> str:
+        return f"{super().state_key}[{self.dirpath}]"
+
+
+def fit(root, name, savers, resume=None):
+    """A fresh model, data and callbacks over 3 epochs, with ``savers``: ``{folder: when}``
+    (the resumed fit rewrites the later files of its folder)."""
     L.seed_everything(0, verbose=False)
-    spt = e2e.callbacks(save_dir=tmp_path / name / "maps")
-    saver = ModelCheckpoint(dirpath=tmp_path / "checkpoints", save_top_k=-1, **when)
+    spt = e2e.callbacks(save_dir=root / name / "maps")
+    checkpoints = [
+        FolderCheckpoint(dirpath=root / folder, save_top_k=-1, **when)
+        for folder, when in savers.items()
+    ]
     logger = RecordingLogger()
     trainer = e2e.make_trainer(
-        max_epochs=3, callbacks=[*spt, saver], enable_checkpointing=True, logger=logger
+        max_epochs=3, callbacks=[*spt, *checkpoints], enable_checkpointing=True, logger=logger
     )
     model = e2e.Backbone()
-    rows = e2e.Rows(batch_size=8, resumable="every_n_train_steps" in when)
-    trainer.fit(model, datamodule=rows, ckpt_path=resume)
+    trainer.fit(model, datamodule=e2e.Rows(batch_size=8, resumable=True), ckpt_path=resume)
     states = {
         callback.state_key: callback.state_dict()
         for callback in trainer.callbacks
@@ -56,14 +66,21 @@ def fit(tmp_path, name, when, resume=None):
     return logger.records, e2e.logged(trainer), states, model.state_dict()
 
 
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    """One uninterrupted fit that writes the checkpoints of every case (writing one changes
+    nothing in the fit)."""
+    root = tmp_path_factory.mktemp("straight")
+    savers = {where: when for where, (when, _) in CHECKPOINTS.items()}
+    return root, fit(root, "straight", savers)
+
+
 @pytest.mark.parametrize("where", CHECKPOINTS)
-def test_resumed_fit_logs_and_holds_what_the_uninterrupted_fit_does(tmp_path, where):
+def test_resumed_fit_logs_and_holds_what_the_uninterrupted_fit_does(straight, tmp_path, where):
+    root, (straight_records, straight_logged, straight_states, straight_model) = straight
     when, file = CHECKPOINTS[where]
-    straight_records, straight_logged, straight_states, straight_model = fit(
-        tmp_path, "straight", when
-    )
     resumed_records, resumed_logged, resumed_states, resumed_model = fit(
-        tmp_path, "resumed", when, tmp_path / "checkpoints" / file
+        tmp_path, "resumed", {where: when}, root / where / file
     )
 
     assert set(e2e.REQUIRED) <= set(straight_logged)
@@ -90,5 +107,8 @@ def test_resumed_fit_logs_and_holds_what_the_uninterrupted_fit_does(tmp_path, wh
     # The resumed fit drew the maps of the epochs it ran, the same as the uninterrupted one.
     drawn = sorted(p.name for p in (tmp_path / "resumed" / "maps").glob("*.npz"))
     assert drawn == ["epoch_0001.npz", "epoch_0002.npz"]
-    maps = [load_map(tmp_path / run / "maps" / "epoch_0002.npz") for run in ("straight", "resumed")]
+    maps = [
+        load_map(r / run / "maps" / "epoch_0002.npz")
+        for r, run in ((root, "straight"), (tmp_path, "resumed"))
+    ]
     assert (maps[0]["coordinates"] == maps[1]["coordinates"]).all()
