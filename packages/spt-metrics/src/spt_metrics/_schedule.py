@@ -42,7 +42,6 @@ class Schedule:
     train_epochs: int = 0
     val_runs: int = 0
     open_epoch: int | None = None  # the epoch whose on_train_epoch_end is to come
-    val_epoch: int | None = None  # the epoch of the last validation run
 
     @classmethod
     def from_arguments(
@@ -102,10 +101,9 @@ class Schedule:
         self.open_epoch = None
         return logs
 
-    def end_val_run(self, epoch: int) -> None:
-        """Count a validation run (not a sanity check) of ``epoch``."""
+    def end_val_run(self) -> None:
+        """Count a validation run (not a sanity check)."""
         self.val_runs += 1
-        self.val_epoch = epoch
 
     def end_skipped_epoch(self, trainer: Trainer) -> bool:
         """At the start of a fit, count the epoch whose end a resume skipped, if any.
@@ -121,7 +119,7 @@ class Schedule:
         if epoch is None or epoch >= trainer.current_epoch:
             return False
         if validates_after_last_batch(trainer, epoch):
-            self.end_val_run(epoch)
+            self.end_val_run()
         return self.end_train_epoch()
 
     def collects_val_run(self) -> bool:
@@ -154,7 +152,6 @@ class Schedule:
             "train_epochs": self.train_epochs,
             "val_runs": self.val_runs,
             "open_epoch": self.open_epoch,
-            "val_epoch": self.val_epoch,
         }
 
     def load_counters(self, state: Mapping[str, Any]) -> None:
@@ -162,7 +159,7 @@ class Schedule:
         self.train_batches = int(state.get("train_batches", 0))
         self.train_epochs = int(state.get("train_epochs", 0))
         self.val_runs = int(state.get("val_runs", 0))
-        self.open_epoch, self.val_epoch = state.get("open_epoch"), state.get("val_epoch")
+        self.open_epoch = state.get("open_epoch")
 
 
 def check_bools(owner: str = "MetricsCallback", **flags: Any) -> None:

@@ -218,7 +218,7 @@ class MetricsCallback(SPTCallback):
             self.compute_metrics_and_log(trainer, pl_module, stage, on_step=False, on_epoch=True)
         self._collecting[stage] = False
         if stage == "val":
-            self.schedule.end_val_run(trainer.current_epoch)
+            self.schedule.end_val_run()
 
     def compute_metrics_and_log(
         self,

@@ -192,10 +192,7 @@ class TrainableCallback(OptimizerHost):
         self._open_epoch = trainer.current_epoch
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self.flush(trainer)
-        self.sync_buffers()
-        self._step_scheduler(trainer, "epoch")
-        self._open_epoch = None
+        self._end_epoch(trainer, step_monitored=True)
 
     def end_skipped_epoch(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Replay, without logging, the ``on_train_epoch_end`` that Lightning skips when it
@@ -210,11 +207,7 @@ class TrainableCallback(OptimizerHost):
             trainer: The resumed Trainer.
             pl_module: Its LightningModule.
         """
-        self.flush(trainer)
-        self.sync_buffers()
-        if self._scheduler_config is not None and not self._scheduler_config.needs_monitor:
-            self._step_scheduler(trainer, "epoch")
-        self._open_epoch = None
+        self._end_epoch(trainer, step_monitored=False)
 
     def state_dict(self) -> dict[str, Any]:
         if self._module is None:
@@ -265,6 +258,13 @@ class TrainableCallback(OptimizerHost):
         self._apply_pending()
 
     # ------------------------------------------------------------------ internals
+
+    def _end_epoch(self, trainer: Trainer, step_monitored: bool) -> None:
+        self.flush(trainer)
+        self.sync_buffers()
+        if step_monitored or not getattr(self._scheduler_config, "needs_monitor", False):
+            self._step_scheduler(trainer, "epoch")
+        self._open_epoch = None
 
     def _step(self, trainer: Trainer, rescale: float) -> None:
         prepare_gradients(
