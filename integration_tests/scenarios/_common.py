@@ -6,6 +6,7 @@ Run a scenario as ``python scenario.py --out DIR [--devices N] [--params JSON]``
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,15 @@ from torch.utils.data import DataLoader, Dataset
 from spt_core.testing import quiet_trainer
 
 
+def _leave_process_group() -> None:
+    # A gloo group left alive at interpreter exit can abort the process ("terminate called
+    # without an active exception") after the scenario's work is done.
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
 def parse() -> argparse.Namespace:
+    atexit.register(_leave_process_group)
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--devices", type=int, default=1)
